@@ -1,0 +1,225 @@
+// Package wgbind is a wireguard-go conn.Bind on one UDP socket bound to a
+// chosen host address, such as 127.0.0.1 or one address of a multi-homed
+// host. (wireguard-go's own bind always listens on the wildcard address.)
+//
+// Reads and writes move up to conn.IdealBatchSize datagrams per system
+// call (recvmmsg and sendmmsg).
+package wgbind
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// batchConn is what ipv4.PacketConn and ipv6.PacketConn have in common
+// (ipv4.Message and ipv6.Message are the same type).
+type batchConn interface {
+	ReadBatch(ms []ipv6.Message, flags int) (int, error)
+	WriteBatch(ms []ipv6.Message, flags int) (int, error)
+}
+
+// Bind is a conn.Bind on a single address. It is safe for concurrent use.
+type Bind struct {
+	addr netip.Addr
+
+	msgs sync.Pool // of *[]ipv6.Message, conn.IdealBatchSize long
+
+	mu sync.Mutex // guards the fields after it
+	uc *net.UDPConn
+	bc batchConn
+}
+
+var _ conn.Bind = (*Bind)(nil)
+
+// New returns a Bind that listens on addr; the port comes from Open (that
+// is, from wireguard-go's listen_port). addr must be a valid IP address; it
+// may be unspecified (0.0.0.0 or ::) to listen on all addresses of one
+// family.
+func New(addr netip.Addr) (*Bind, error) {
+	if !addr.IsValid() {
+		return nil, errors.New("wgbind: invalid listen address")
+	}
+	b := &Bind{addr: addr.Unmap()}
+	b.msgs.New = func() any {
+		ms := make([]ipv6.Message, conn.IdealBatchSize)
+		for i := range ms {
+			ms[i].Buffers = make([][]byte, 1)
+		}
+		return &ms
+	}
+	return b, nil
+}
+
+// Open listens on the Bind's address and port and returns one receive
+// function. Port 0 picks a free port, which is returned.
+func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.uc != nil {
+		return nil, 0, conn.ErrBindAlreadyOpen
+	}
+	network := "udp4"
+	if b.addr.Is6() {
+		network = "udp6"
+	}
+	laddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.addr, port))
+	uc, err := net.ListenUDP(network, laddr)
+	if err != nil {
+		return nil, 0, fmt.Errorf("wgbind: listen %v: %w", laddr, err)
+	}
+	b.uc = uc
+	if network == "udp4" {
+		b.bc = ipv4.NewPacketConn(uc)
+	} else {
+		b.bc = ipv6.NewPacketConn(uc)
+	}
+	actual := uint16(uc.LocalAddr().(*net.UDPAddr).Port)
+	bc := b.bc
+	recv := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		return b.receive(bc, bufs, sizes, eps)
+	}
+	return []conn.ReceiveFunc{recv}, actual, nil
+}
+
+func (b *Bind) receive(bc batchConn, bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	mp := b.msgs.Get().(*[]ipv6.Message)
+	defer b.msgs.Put(mp)
+	ms := (*mp)[:min(len(bufs), len(*mp))]
+	for i := range ms {
+		ms[i].Buffers[0] = bufs[i]
+		ms[i].N, ms[i].Addr = 0, nil
+	}
+	n, err := bc.ReadBatch(ms, 0)
+	if err != nil {
+		return 0, err
+	}
+	for i := 0; i < n; i++ {
+		sizes[i] = ms[i].N
+		ua, ok := ms[i].Addr.(*net.UDPAddr)
+		if !ok {
+			sizes[i] = 0
+			continue
+		}
+		eps[i] = &Endpoint{ap: ua.AddrPort(), ua: ua}
+	}
+	for i := range ms {
+		ms[i].Buffers[0] = nil
+	}
+	return n, nil
+}
+
+// Close closes the socket. Receive functions then return net.ErrClosed.
+// Closing a closed Bind does nothing.
+func (b *Bind) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.uc == nil {
+		return nil
+	}
+	err := b.uc.Close()
+	b.uc, b.bc = nil, nil
+	return err
+}
+
+// SetMark sets SO_MARK on the socket (Linux; needs CAP_NET_ADMIN unless
+// mark is 0).
+func (b *Bind) SetMark(mark uint32) error {
+	b.mu.Lock()
+	uc := b.uc
+	b.mu.Unlock()
+	if uc == nil {
+		return nil
+	}
+	return setMark(uc, mark)
+}
+
+// Send writes bufs to ep in as few system calls as the kernel allows.
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	e, ok := ep.(*Endpoint)
+	if !ok {
+		return conn.ErrWrongEndpointType
+	}
+	b.mu.Lock()
+	bc := b.bc
+	b.mu.Unlock()
+	if bc == nil {
+		return net.ErrClosed
+	}
+	if e.ap.Addr().Is4() != b.addr.Is4() {
+		return fmt.Errorf("wgbind: send to %v from %v: %w", e.ap, b.addr, syscall.EAFNOSUPPORT)
+	}
+	mp := b.msgs.Get().(*[]ipv6.Message)
+	defer b.msgs.Put(mp)
+	for len(bufs) > 0 {
+		ms := (*mp)[:min(len(bufs), len(*mp))]
+		for i := range ms {
+			ms[i].Buffers[0] = bufs[i]
+			ms[i].Addr = e.ua
+		}
+		sent := 0
+		for sent < len(ms) {
+			n, err := bc.WriteBatch(ms[sent:], 0)
+			if err != nil {
+				return fmt.Errorf("wgbind: send to %v: %w", e.ap, err)
+			}
+			sent += n
+		}
+		bufs = bufs[len(ms):]
+	}
+	for i := range *mp {
+		(*mp)[i].Buffers[0] = nil
+		(*mp)[i].Addr = nil
+	}
+	return nil
+}
+
+// ParseEndpoint parses "ip:port".
+func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return nil, fmt.Errorf("wgbind: endpoint %q: %w", s, err)
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	return &Endpoint{ap: ap, ua: net.UDPAddrFromAddrPort(ap)}, nil
+}
+
+// BatchSize is conn.IdealBatchSize.
+func (b *Bind) BatchSize() int { return conn.IdealBatchSize }
+
+// Endpoint is a peer's address as seen by a Bind.
+type Endpoint struct {
+	ap netip.AddrPort
+	ua *net.UDPAddr
+}
+
+var _ conn.Endpoint = (*Endpoint)(nil)
+
+// ClearSrc does nothing: the source is always the Bind's address.
+func (e *Endpoint) ClearSrc() {}
+
+// SrcToString returns "": the source is the Bind's address.
+func (e *Endpoint) SrcToString() string { return "" }
+
+// DstToString returns the peer's "ip:port".
+func (e *Endpoint) DstToString() string { return e.ap.String() }
+
+// DstToBytes returns the peer's address and port in a stable binary form
+// (used for WireGuard cookies).
+func (e *Endpoint) DstToBytes() []byte {
+	b, _ := e.ap.MarshalBinary()
+	return b
+}
+
+// DstIP returns the peer's IP.
+func (e *Endpoint) DstIP() netip.Addr { return e.ap.Addr() }
+
+// SrcIP returns the zero Addr.
+func (e *Endpoint) SrcIP() netip.Addr { return netip.Addr{} }

@@ -1,0 +1,102 @@
+package netstack
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// limiter enforces the global and per-peer caps on dials in progress and
+// open flows. A flow holds its flow slot from the moment it is admitted
+// (before its dial) until it ends; a TCP flow also holds a dial slot while
+// its host dial is in progress.
+type limiter struct {
+	maxDials, maxPeerDials int
+	maxFlows, maxPeerFlows int
+
+	mu           sync.Mutex // guards the fields after it
+	dials, flows int
+	peers        map[string]*peerUsage
+}
+
+type peerUsage struct {
+	dials, flows int
+}
+
+func (l *limiter) init(cfg *Config) {
+	l.maxDials, l.maxPeerDials = cfg.MaxInFlightDials, cfg.MaxInFlightDialsPerPeer
+	l.maxFlows, l.maxPeerFlows = cfg.MaxFlows, cfg.MaxFlowsPerPeer
+	l.peers = make(map[string]*peerUsage)
+}
+
+// admit takes a flow slot for peer and, if dial is set, a dial slot too. It
+// reports false, taking nothing, if any cap would be exceeded.
+func (l *limiter) admit(peer string, dial bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.peers[peer]
+	if p == nil {
+		p = &peerUsage{}
+	}
+	if l.flows >= l.maxFlows || p.flows >= l.maxPeerFlows {
+		return false
+	}
+	if dial && (l.dials >= l.maxDials || p.dials >= l.maxPeerDials) {
+		return false
+	}
+	l.peers[peer] = p
+	l.flows++
+	p.flows++
+	if dial {
+		l.dials++
+		p.dials++
+	}
+	return true
+}
+
+// dialDone releases the dial slot taken by admit(peer, true).
+func (l *limiter) dialDone(peer string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.dials--
+	l.peers[peer].dials--
+}
+
+// flowDone releases the flow slot taken by admit.
+func (l *limiter) flowDone(peer string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.flows--
+	p := l.peers[peer]
+	p.flows--
+	if p.flows == 0 && p.dials == 0 {
+		delete(l.peers, peer)
+	}
+}
+
+func (l *limiter) usage() (flows, dials, peers int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.flows, l.dials, len(l.peers)
+}
+
+// counters are the monotonic parts of Stats.
+type counters struct {
+	tcpForwarded, tcpDialFailed, tcpRefused, tcpLimited atomic.Uint64
+	udpForwarded, udpRefused, udpLimited                atomic.Uint64
+	udpHostRefused, udpIdleClosed, handlerFailures      atomic.Uint64
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		TCPForwarded:    c.tcpForwarded.Load(),
+		TCPDialFailed:   c.tcpDialFailed.Load(),
+		TCPRefused:      c.tcpRefused.Load(),
+		TCPLimited:      c.tcpLimited.Load(),
+		UDPForwarded:    c.udpForwarded.Load(),
+		UDPRefused:      c.udpRefused.Load(),
+		UDPLimited:      c.udpLimited.Load(),
+		UDPHostRefused:  c.udpHostRefused.Load(),
+		UDPIdleClosed:   c.udpIdleClosed.Load(),
+		HandlerFailures: c.handlerFailures.Load(),
+	}
+}

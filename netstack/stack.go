@@ -1,0 +1,417 @@
+// Package netstack runs a userspace TCP/IP stack (gVisor) on a tun.Device
+// and forwards the TCP and UDP flows that arrive on it through the host's
+// ordinary sockets.
+//
+// Every flow is checked against Config.Allow before anything else happens.
+// A refused TCP flow gets a RST and a refused UDP flow an ICMP port
+// unreachable; no host socket is opened for either. An allowed TCP flow
+// dials the host first and completes the peer's handshake only once the
+// dial succeeded, so a peer sees the destination's own refusal as a RST.
+//
+// The same Stack can also originate connections from its own addresses
+// (DialContext, ListenTCP, ListenUDP); clients and tests use that.
+//
+// gVisor types do not leave this package: callers see net.Conn, netip.Addr
+// and netip.AddrPort.
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/appconnector/appconnector/tun"
+)
+
+const nicID tcpip.NICID = 1
+
+// Defaults for the zero values of Config.
+const (
+	DefaultDialTimeout             = 10 * time.Second
+	DefaultMaxInFlightDials        = 1024
+	DefaultMaxInFlightDialsPerPeer = 256
+	DefaultMaxFlows                = 65536
+	DefaultMaxFlowsPerPeer         = 16384
+	DefaultUDPIdleTimeout          = 2 * time.Minute
+	DefaultDNSIdleTimeout          = 15 * time.Second
+)
+
+// Proto is a transport protocol of a Flow.
+type Proto uint8
+
+// Transport protocols.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// Flow is a connection attempt arriving from a peer: Src is the peer-side
+// (inner source) address, Dst the destination it asked for.
+type Flow struct {
+	Proto Proto
+	Src   netip.AddrPort
+	Dst   netip.AddrPort
+}
+
+func (f Flow) String() string { return fmt.Sprintf("%v %v->%v", f.Proto, f.Src, f.Dst) }
+
+// Dialer opens host sockets. *net.Dialer implements it.
+type Dialer interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// Config configures a Stack. The zero value is a stack that forwards
+// nothing.
+type Config struct {
+	// Addresses are the stack's own addresses (the tunnel addresses). The
+	// host part matters; the prefix length is ignored.
+	Addresses []netip.Prefix
+
+	// Allow decides whether a flow may be forwarded to the host. It is
+	// called once per new flow, from the packet path, so it must be fast
+	// and must not block. Nil refuses every flow.
+	Allow func(Flow) bool
+
+	// PeerOf maps a flow's source address to the peer it came from, for the
+	// per-peer limits. Nil uses the source address itself.
+	PeerOf func(netip.Addr) string
+
+	// Dialer opens host sockets for forwarded flows. Nil uses a net.Dialer.
+	Dialer Dialer
+	// DialTimeout bounds each host dial. Zero means DefaultDialTimeout.
+	DialTimeout time.Duration
+
+	// MaxInFlightDials bounds host TCP dials in progress at once, over all
+	// peers; MaxInFlightDialsPerPeer bounds them per peer. A SYN beyond
+	// either gets a RST. Zero means the Default.
+	MaxInFlightDials        int
+	MaxInFlightDialsPerPeer int
+	// MaxFlows bounds open forwarded flows (TCP and UDP together, dials in
+	// progress included) over all peers; MaxFlowsPerPeer per peer. A new
+	// flow beyond either is refused like a disallowed one. Zero means the
+	// Default.
+	MaxFlows        int
+	MaxFlowsPerPeer int
+
+	// UDPIdleTimeout closes a UDP flow with no traffic in either direction
+	// for this long. DNSIdleTimeout does the same for flows to port 53.
+	// Zero means the Default.
+	UDPIdleTimeout time.Duration
+	DNSIdleTimeout time.Duration
+
+	// Logf logs events that are rare or rate-limited. Nil discards.
+	Logf func(format string, args ...any)
+}
+
+// Stats are counters of a Stack's forwarding.
+type Stats struct {
+	TCPForwarded     uint64 // flows whose host dial succeeded and handshake completed
+	TCPDialFailed    uint64 // host dials that failed or timed out (peer got RST)
+	TCPRefused       uint64 // SYNs refused by Allow (peer got RST, no dial)
+	TCPLimited       uint64 // SYNs refused by a dial or flow limit (peer got RST, no dial)
+	UDPForwarded     uint64 // UDP flows opened
+	UDPRefused       uint64 // UDP flows refused by Allow (peer got ICMP, no socket)
+	UDPLimited       uint64 // UDP flows refused by a flow limit
+	UDPHostRefused   uint64 // host reported port unreachable (peer got ICMP)
+	UDPIdleClosed    uint64 // UDP flows closed by the idle timer
+	OpenFlows        int    // TCP and UDP flows open now, dials in progress included
+	InFlightDials    int    // host TCP dials in progress now
+	PeersWithFlows   int    // peers holding at least one flow or dial
+	HandlerFailures  uint64 // flows lost to a stack error after the host dial
+	ForwarderDropped uint64 // SYNs dropped by gVisor's own in-flight limit
+}
+
+// Stack is a gVisor network stack attached to a tun.Device.
+type Stack struct {
+	cfg    Config
+	logf   func(string, ...any)
+	dialer Dialer
+	stack  *stack.Stack
+	dev    *tun.Device
+	local  map[netip.Addr]bool
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+
+	limits limiter
+	stats  counters
+
+	mu sync.Mutex // guards the fields after it
+	// closed is set by Close; no goroutine starts after it is set.
+	closed bool
+	// flows are the open forwarded flows, to abort on Close.
+	flows map[*flowConn]struct{}
+	wg    sync.WaitGroup // every goroutine the Stack started
+}
+
+// New creates a stack on dev with cfg. The caller keeps ownership of dev
+// and closes it after the Stack.
+func New(dev *tun.Device, cfg Config) (*Stack, error) {
+	if dev == nil {
+		return nil, errors.New("netstack: nil device")
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Stack{
+		cfg:    cfg,
+		logf:   cfg.Logf,
+		dialer: cfg.Dialer,
+		dev:    dev,
+		local:  make(map[netip.Addr]bool),
+		flows:  make(map[*flowConn]struct{}),
+	}
+	s.limits.init(&cfg)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+
+	s.stack = stack.New(stack.Options{
+		NetworkProtocols: []stack.NetworkProtocolFactory{
+			// Loopback destinations are allowed through: whether a flow
+			// to 127.0.0.0/8 or ::1 may be forwarded is Allow's decision.
+			ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: true}),
+			ipv6.NewProtocolWithOptions(ipv6.Options{AllowExternalLoopbackTraffic: true}),
+		},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
+		HandleLocal:        false,
+	})
+	if err := s.configure(); err != nil {
+		s.stack.Destroy()
+		s.cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (cfg *Config) setDefaults() error {
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{}
+	}
+	setDefault := func(p *int, d int, name string) error {
+		if *p < 0 {
+			return fmt.Errorf("netstack: %s %d is negative", name, *p)
+		}
+		if *p == 0 {
+			*p = d
+		}
+		return nil
+	}
+	for _, f := range []struct {
+		p    *int
+		d    int
+		name string
+	}{
+		{&cfg.MaxInFlightDials, DefaultMaxInFlightDials, "MaxInFlightDials"},
+		{&cfg.MaxInFlightDialsPerPeer, DefaultMaxInFlightDialsPerPeer, "MaxInFlightDialsPerPeer"},
+		{&cfg.MaxFlows, DefaultMaxFlows, "MaxFlows"},
+		{&cfg.MaxFlowsPerPeer, DefaultMaxFlowsPerPeer, "MaxFlowsPerPeer"},
+	} {
+		if err := setDefault(f.p, f.d, f.name); err != nil {
+			return err
+		}
+	}
+	for _, f := range []struct {
+		p    *time.Duration
+		d    time.Duration
+		name string
+	}{
+		{&cfg.DialTimeout, DefaultDialTimeout, "DialTimeout"},
+		{&cfg.UDPIdleTimeout, DefaultUDPIdleTimeout, "UDPIdleTimeout"},
+		{&cfg.DNSIdleTimeout, DefaultDNSIdleTimeout, "DNSIdleTimeout"},
+	} {
+		if *f.p < 0 {
+			return fmt.Errorf("netstack: %s %v is negative", f.name, *f.p)
+		}
+		if *f.p == 0 {
+			*f.p = f.d
+		}
+	}
+	return nil
+}
+
+func (s *Stack) configure() error {
+	sack := tcpip.TCPSACKEnabled(true)
+	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
+		return fmt.Errorf("netstack: enable sack: %v", err)
+	}
+	if err := s.stack.CreateNIC(nicID, s.dev.LinkEndpoint()); err != nil {
+		return fmt.Errorf("netstack: create nic: %v", err)
+	}
+	// Promiscuous: accept packets for any destination, not only ours.
+	// Spoofing: answer from that destination's address.
+	if err := s.stack.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("netstack: promiscuous mode: %v", err)
+	}
+	if err := s.stack.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("netstack: spoofing: %v", err)
+	}
+	for _, p := range s.cfg.Addresses {
+		a := p.Addr().Unmap()
+		if !a.IsValid() || a.Zone() != "" {
+			return fmt.Errorf("netstack: invalid address %v", p)
+		}
+		proto := header.IPv4ProtocolNumber
+		if a.Is6() {
+			proto = header.IPv6ProtocolNumber
+		}
+		pa := tcpip.ProtocolAddress{
+			Protocol:          proto,
+			AddressWithPrefix: tcpip.AddrFromSlice(a.AsSlice()).WithPrefix(),
+		}
+		if err := s.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+			return fmt.Errorf("netstack: add address %v: %v", a, err)
+		}
+		s.local[a] = true
+	}
+	s.stack.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, NIC: nicID},
+	})
+	// gVisor's own in-flight limit only bounds handler goroutines; ours
+	// (with RSTs) is checked first, so give gVisor's some headroom.
+	tcpFwd := tcp.NewForwarder(s.stack, 0, 2*s.cfg.MaxInFlightDials, s.forwardTCP)
+	s.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+		return s.handleTCP(tcpFwd, id, pkt)
+	})
+	s.stack.SetTransportProtocolHandler(udp.ProtocolNumber, s.handleUDP)
+	return nil
+}
+
+// Close aborts every forwarded flow and dial, stops the stack and waits for
+// every goroutine it started. It does not close the tun.Device. Close is
+// idempotent; after it, Dial and Listen calls fail.
+func (s *Stack) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	flows := make([]*flowConn, 0, len(s.flows))
+	for f := range s.flows {
+		flows = append(flows, f)
+	}
+	s.mu.Unlock()
+
+	s.cancel()
+	for _, f := range flows {
+		f.abort()
+	}
+	s.wg.Wait()
+	s.stack.Close()
+	s.stack.Wait()
+	return nil
+}
+
+// goLocked starts fn in a goroutine owned by the Stack, unless the Stack is
+// closed. s.mu must be held.
+func (s *Stack) goLocked(fn func()) bool {
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Stats returns a snapshot of the forwarding counters.
+func (s *Stack) Stats() Stats {
+	st := s.stats.snapshot()
+	st.OpenFlows, st.InFlightDials, st.PeersWithFlows = s.limits.usage()
+	st.ForwarderDropped = s.stack.Stats().TCP.ForwardMaxInFlightDrop.Value()
+	return st
+}
+
+// WriteRawPacket sends one complete IPv4 or IPv6 packet out of the stack
+// towards WireGuard, as if the stack had built it. Tests use it to send
+// packets a well-behaved stack would not.
+func (s *Stack) WriteRawPacket(pkt []byte) error {
+	if len(pkt) == 0 {
+		return errors.New("netstack: empty packet")
+	}
+	var proto tcpip.NetworkProtocolNumber
+	switch pkt[0] >> 4 {
+	case 4:
+		proto = header.IPv4ProtocolNumber
+	case 6:
+		proto = header.IPv6ProtocolNumber
+	default:
+		return fmt.Errorf("netstack: raw packet: ip version %d", pkt[0]>>4)
+	}
+	if err := s.stack.WriteRawPacket(nicID, proto, buffer.MakeWithData(pkt)); err != nil {
+		return fmt.Errorf("netstack: raw packet: %v", err)
+	}
+	return nil
+}
+
+// isLocal reports whether a is one of the stack's own addresses.
+func (s *Stack) isLocal(a netip.Addr) bool { return s.local[a] }
+
+func addrFrom(a tcpip.Address) netip.Addr {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return ip
+}
+
+func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {
+	a := ap.Addr().Unmap()
+	proto := header.IPv4ProtocolNumber
+	if a.Is6() {
+		proto = header.IPv6ProtocolNumber
+	}
+	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFromSlice(a.AsSlice()), Port: ap.Port()}, proto
+}
+
+// flowOf returns the Flow of a transport endpoint ID: the remote side of
+// the ID is the peer, the local side the destination it asked for.
+func flowOf(p Proto, id stack.TransportEndpointID) Flow {
+	return Flow{
+		Proto: p,
+		Src:   netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
+		Dst:   netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort),
+	}
+}
+
+func (s *Stack) peerOf(a netip.Addr) string {
+	if s.cfg.PeerOf != nil {
+		return s.cfg.PeerOf(a)
+	}
+	return a.String()
+}
+
+// allow applies the policy. The stack's own addresses are never forwarded:
+// a flow to them is for a local listener or for nobody.
+func (s *Stack) allow(f Flow) bool {
+	if s.isLocal(f.Dst.Addr()) {
+		return false
+	}
+	return s.cfg.Allow != nil && s.cfg.Allow(f)
+}

@@ -1,0 +1,503 @@
+package netstack
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/appconnector/appconnector/tun"
+)
+
+// These tests join two stacks by copying packets between their tun devices
+// (no WireGuard): a forwarding stack ("gateway") and a client stack that
+// dials through it. Upstream servers are real sockets on loopback.
+
+var (
+	clientV4 = netip.MustParsePrefix("10.77.0.2/32")
+	clientV6 = netip.MustParsePrefix("fd77::2/128")
+	gwV4     = netip.MustParsePrefix("10.77.0.1/32")
+	gwV6     = netip.MustParsePrefix("fd77::1/128")
+)
+
+// countingDialer counts host dials and can hold them.
+type countingDialer struct {
+	n    atomic.Int64
+	hold chan struct{} // if non-nil, dials wait for it or their ctx
+	d    net.Dialer
+}
+
+func (c *countingDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c.n.Add(1)
+	if c.hold != nil {
+		select {
+		case <-c.hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return c.d.DialContext(ctx, network, addr)
+}
+
+type pair struct {
+	gw, client       *Stack
+	gwTun, clientTun *tun.Device
+	dialer           *countingDialer
+	wg               sync.WaitGroup
+}
+
+func allowLoopback(f Flow) bool { return f.Dst.Addr().IsLoopback() }
+
+// newPair builds a gateway with cfg (Addresses, Dialer defaulted) and a
+// client, joined by a packet pipe. Everything is closed at test cleanup.
+func newPair(t *testing.T, cfg Config) *pair {
+	t.Helper()
+	p := &pair{dialer: &countingDialer{}}
+	if d, ok := cfg.Dialer.(*countingDialer); ok {
+		p.dialer = d
+	}
+	cfg.Dialer = p.dialer
+	cfg.Addresses = []netip.Prefix{gwV4, gwV6}
+	cfg.Logf = t.Logf
+	var err error
+	if p.gwTun, err = tun.New(tun.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if p.clientTun, err = tun.New(tun.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if p.gw, err = New(p.gwTun, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if p.client, err = New(p.clientTun, Config{Addresses: []netip.Prefix{clientV4, clientV6}}); err != nil {
+		t.Fatal(err)
+	}
+	p.wg.Add(2)
+	go p.copyPackets(p.gwTun, p.clientTun)
+	go p.copyPackets(p.clientTun, p.gwTun)
+	t.Cleanup(func() {
+		p.client.Close()
+		p.gw.Close()
+		p.gwTun.Close()
+		p.clientTun.Close()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *pair) copyPackets(from, to *tun.Device) {
+	defer p.wg.Done()
+	bufs := make([][]byte, from.BatchSize())
+	for i := range bufs {
+		bufs[i] = make([]byte, 65535)
+	}
+	sizes := make([]int, len(bufs))
+	for {
+		n, err := from.Read(bufs, sizes, 0)
+		if err != nil {
+			return
+		}
+		out := make([][]byte, n)
+		for i := range n {
+			out[i] = bufs[i][:sizes[i]]
+		}
+		if _, err := to.Write(out, 0); errors.Is(err, os.ErrClosed) {
+			return
+		}
+	}
+}
+
+// tcpEcho serves TCP echo on addr ("127.0.0.1:0" or "[::1]:0"): it copies
+// input back and half-closes when the input ends.
+func tcpEcho(t *testing.T, addr string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("listen %s: %v", addr, err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// udpEcho serves UDP echo on addr.
+func udpEcho(t *testing.T, addr string) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Skipf("listen %s: %v", addr, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestTCPEchoAndHalfClose(t *testing.T) {
+	checkLeaks(t)
+	for _, tc := range []struct{ name, listen string }{
+		{"ipv4", "127.0.0.1:0"},
+		{"ipv6", "[::1]:0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPair(t, Config{Allow: allowLoopback})
+			up := tcpEcho(t, tc.listen)
+			c, err := p.client.DialContext(ctxTimeout(t, 10*time.Second), "tcp", up.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			want := make([]byte, 1<<20)
+			rand.Read(want)
+			errc := make(chan error, 1)
+			go func() {
+				_, err := c.Write(want)
+				if err == nil {
+					// Half-close: the echo server sees EOF and closes its
+					// side, which must come back to us as EOF.
+					err = c.(interface{ CloseWrite() error }).CloseWrite()
+				}
+				errc <- err
+			}()
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(want))
+			}
+			if n := p.dialer.n.Load(); n != 1 {
+				t.Errorf("host dials = %d, want 1", n)
+			}
+		})
+	}
+}
+
+func TestTCPRefusedByPolicy(t *testing.T) {
+	checkLeaks(t)
+	p := newPair(t, Config{Allow: func(f Flow) bool { return f.Dst.Addr() == netip.MustParseAddr("127.0.0.2") }})
+	up := tcpEcho(t, "127.0.0.1:0")
+	// Well within the 1 s a refused flow may take; a dropped SYN would
+	// time out instead.
+	_, err := p.client.DialContext(ctxTimeout(t, time.Second), "tcp", up.String())
+	if err == nil {
+		t.Fatal("dial to a destination outside the routes succeeded")
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial timed out instead of being reset: %v", err)
+	}
+	if n := p.dialer.n.Load(); n != 0 {
+		t.Errorf("host dials = %d, want 0", n)
+	}
+	if st := p.gw.Stats(); st.TCPRefused != 1 {
+		t.Errorf("TCPRefused = %d, want 1", st.TCPRefused)
+	}
+}
+
+func TestTCPHostRefusedIsReset(t *testing.T) {
+	checkLeaks(t)
+	p := newPair(t, Config{Allow: allowLoopback})
+	// A port nobody listens on: bind, note the port, close.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	_, err = p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", dead)
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial to a closed host port: err = %v, want a reset", err)
+	}
+	if st := p.gw.Stats(); st.TCPDialFailed != 1 || st.OpenFlows != 0 {
+		t.Errorf("stats = %+v, want one failed dial and no open flows", st)
+	}
+}
+
+func TestTCPInFlightDialLimit(t *testing.T) {
+	checkLeaks(t)
+	d := &countingDialer{hold: make(chan struct{})}
+	p := newPair(t, Config{Allow: allowLoopback, Dialer: d, MaxInFlightDials: 4, MaxInFlightDialsPerPeer: 2})
+	up := tcpEcho(t, "127.0.0.1:0")
+
+	// Two dials from the one client peer hold its two slots.
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	held := make(chan result, 2)
+	for range 2 {
+		go func() {
+			c, err := p.client.DialContext(ctxTimeout(t, 10*time.Second), "tcp", up.String())
+			held <- result{c, err}
+		}()
+	}
+	waitFor(t, func() bool { return p.gw.Stats().InFlightDials == 2 })
+	// The third is over the per-peer cap: RST, no dial.
+	_, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", up.String())
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial over the limit: err = %v, want a reset", err)
+	}
+	if n := d.n.Load(); n != 2 {
+		t.Errorf("host dials = %d, want 2", n)
+	}
+	if st := p.gw.Stats(); st.TCPLimited != 1 {
+		t.Errorf("TCPLimited = %d, want 1", st.TCPLimited)
+	}
+	close(d.hold)
+	for range 2 {
+		r := <-held
+		if r.err != nil {
+			t.Fatalf("held dial: %v", r.err)
+		}
+		r.c.Close()
+	}
+	waitFor(t, func() bool { st := p.gw.Stats(); return st.OpenFlows == 0 && st.PeersWithFlows == 0 })
+}
+
+func TestTCPDialTimeoutReleasesSlot(t *testing.T) {
+	checkLeaks(t)
+	d := &countingDialer{hold: make(chan struct{})} // never released: a blackhole
+	p := newPair(t, Config{Allow: allowLoopback, Dialer: d, DialTimeout: 200 * time.Millisecond, MaxInFlightDialsPerPeer: 1})
+	for i := range 3 {
+		_, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", "127.0.0.1:9")
+		if err == nil || errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("dial %d to a blackhole: err = %v, want a reset after the dial timeout", i, err)
+		}
+	}
+	if st := p.gw.Stats(); st.TCPDialFailed != 3 || st.TCPLimited != 0 || st.InFlightDials != 0 {
+		t.Errorf("stats = %+v, want 3 failed dials, none limited, none in flight", st)
+	}
+}
+
+func TestUDPEcho(t *testing.T) {
+	checkLeaks(t)
+	for _, tc := range []struct{ name, listen string }{
+		{"ipv4", "127.0.0.1:0"},
+		{"ipv6", "[::1]:0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPair(t, Config{Allow: allowLoopback})
+			up := udpEcho(t, tc.listen)
+			c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", up.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			buf := make([]byte, 2000)
+			for i := range 20 {
+				msg := make([]byte, 1+i*97)
+				rand.Read(msg)
+				if _, err := c.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, err := c.Read(buf)
+				if err != nil {
+					t.Fatalf("datagram %d: %v", i, err)
+				}
+				if !bytes.Equal(buf[:n], msg) {
+					t.Fatalf("datagram %d: echo mismatch", i)
+				}
+			}
+			if st := p.gw.Stats(); st.UDPForwarded != 1 || p.dialer.n.Load() != 1 {
+				t.Errorf("flows = %d, dials = %d; want one flow and one socket for the whole exchange", st.UDPForwarded, p.dialer.n.Load())
+			}
+		})
+	}
+}
+
+func TestUDPRefusedByPolicyGetsICMP(t *testing.T) {
+	checkLeaks(t)
+	p := newPair(t, Config{Allow: func(Flow) bool { return false }})
+	up := udpEcho(t, "127.0.0.1:0")
+	expectRefused(t, p, up)
+	if n := p.dialer.n.Load(); n != 0 {
+		t.Errorf("host dials = %d, want 0", n)
+	}
+	if st := p.gw.Stats(); st.UDPRefused == 0 {
+		t.Errorf("UDPRefused = 0")
+	}
+}
+
+func TestUDPHostRefusedGetsICMP(t *testing.T) {
+	checkLeaks(t)
+	p := newPair(t, Config{Allow: allowLoopback})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	pc.Close()
+	expectRefused(t, p, dead)
+	if st := p.gw.Stats(); st.UDPHostRefused == 0 {
+		t.Errorf("UDPHostRefused = 0")
+	}
+	waitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
+}
+
+// expectRefused sends datagrams to dst until the client's socket reports
+// the ICMP port unreachable as a refused connection (on the next read or
+// write, as on Linux).
+func expectRefused(t *testing.T, p *pair, dst netip.AddrPort) {
+	t.Helper()
+	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 100)
+	for range 20 {
+		if _, err = c.Write([]byte("ping")); err == nil {
+			c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+			_, err = c.Read(buf)
+			if err == nil {
+				t.Fatal("got a reply from a refused destination")
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+		}
+		if !strings.Contains(err.Error(), "refused") {
+			t.Fatalf("got %v, want connection refused", err)
+		}
+		return
+	}
+	t.Fatal("no ICMP port unreachable reached the client")
+}
+
+func TestUDPIdleTimeout(t *testing.T) {
+	checkLeaks(t)
+	p := newPair(t, Config{Allow: allowLoopback, UDPIdleTimeout: 300 * time.Millisecond})
+	up := udpEcho(t, "127.0.0.1:0")
+	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", up.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.gw.Stats(); st.OpenFlows != 1 {
+		t.Fatalf("OpenFlows = %d, want 1", st.OpenFlows)
+	}
+	waitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
+	if st := p.gw.Stats(); st.UDPIdleClosed != 1 {
+		t.Errorf("UDPIdleClosed = %d, want 1", st.UDPIdleClosed)
+	}
+	// The same 4-tuple opens a new flow.
+	c.Write([]byte("again"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.gw.Stats(); st.UDPForwarded != 2 {
+		t.Errorf("UDPForwarded = %d, want 2", st.UDPForwarded)
+	}
+}
+
+func TestCloseAbortsFlows(t *testing.T) {
+	checkLeaks(t)
+	p := newPair(t, Config{Allow: allowLoopback})
+	up := tcpEcho(t, "127.0.0.1:0")
+	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", up.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("x"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	p.gw.Close() // the flow is open; Close must end it and its goroutines
+	if _, err := p.gw.DialContext(context.Background(), "tcp", up.String()); err == nil {
+		t.Error("dial after Close succeeded")
+	}
+}
+
+func TestListenOnlyOwnAddresses(t *testing.T) {
+	checkLeaks(t)
+	p := newPair(t, Config{})
+	if _, err := p.gw.ListenTCP(netip.MustParseAddrPort("0.0.0.0:53")); err == nil {
+		t.Error("listening on the unspecified address succeeded")
+	}
+	ln, err := p.gw.ListenTCP(netip.AddrPortFrom(gwV4.Addr(), 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pc, err := p.gw.ListenUDP(netip.AddrPortFrom(gwV6.Addr(), 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.Close()
+}
+
+// checkLeaks fails the test if goroutines started during it are still
+// running after its cleanups (which close the stacks) have run.
+func checkLeaks(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
