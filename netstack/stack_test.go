@@ -1,4 +1,4 @@
-package netstack
+package netstack_test
 
 import (
 	"bytes"
@@ -17,6 +17,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/appconnector/appconnector/netstack"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 	"github.com/appconnector/appconnector/tun"
 )
 
@@ -51,17 +53,17 @@ func (c *countingDialer) DialContext(ctx context.Context, network, addr string) 
 }
 
 type pair struct {
-	gw, client       *Stack
+	gw, client       *netstack.Stack
 	gwTun, clientTun *tun.Device
 	dialer           *countingDialer
 	wg               sync.WaitGroup
 }
 
-func allowLoopback(f Flow) bool { return f.Dst.Addr().IsLoopback() }
+func allowLoopback(f netstack.Flow) bool { return f.Dst.Addr().IsLoopback() }
 
 // newPair builds a gateway with cfg (Addresses, Dialer defaulted) and a
 // client, joined by a packet pipe. Everything is closed at test cleanup.
-func newPair(t *testing.T, cfg Config) *pair {
+func newPair(t *testing.T, cfg netstack.Config) *pair {
 	t.Helper()
 	p := &pair{dialer: &countingDialer{}}
 	if d, ok := cfg.Dialer.(*countingDialer); ok {
@@ -77,10 +79,10 @@ func newPair(t *testing.T, cfg Config) *pair {
 	if p.clientTun, err = tun.New(tun.Config{}); err != nil {
 		t.Fatal(err)
 	}
-	if p.gw, err = New(p.gwTun, cfg); err != nil {
+	if p.gw, err = netstack.New(p.gwTun, cfg); err != nil {
 		t.Fatal(err)
 	}
-	if p.client, err = New(p.clientTun, Config{Addresses: []netip.Prefix{clientV4, clientV6}}); err != nil {
+	if p.client, err = netstack.New(p.clientTun, netstack.Config{Addresses: []netip.Prefix{clientV4, clientV6}}); err != nil {
 		t.Fatal(err)
 	}
 	p.wg.Add(2)
@@ -118,60 +120,6 @@ func (p *pair) copyPackets(from, to *tun.Device) {
 	}
 }
 
-// tcpEcho serves TCP echo on addr ("127.0.0.1:0" or "[::1]:0"): it copies
-// input back and half-closes when the input ends.
-func tcpEcho(t *testing.T, addr string) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Skipf("listen %s: %v", addr, err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-// udpEcho serves UDP echo on addr.
-func udpEcho(t *testing.T, addr string) netip.AddrPort {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		t.Skipf("listen %s: %v", addr, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() { pc.Close(); <-done })
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
-}
-
 func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -185,8 +133,8 @@ func TestTCPEchoAndHalfClose(t *testing.T) {
 		{"ipv6", "[::1]:0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPair(t, Config{Allow: allowLoopback})
-			up := tcpEcho(t, tc.listen)
+			p := newPair(t, netstack.Config{Allow: allowLoopback})
+			up := netstacktest.TCPEcho(t, tc.listen)
 			c, err := p.client.DialContext(ctxTimeout(t, 10*time.Second), "tcp", up.String())
 			if err != nil {
 				t.Fatal(err)
@@ -224,8 +172,8 @@ func TestTCPEchoAndHalfClose(t *testing.T) {
 
 func TestTCPRefusedByPolicy(t *testing.T) {
 	checkLeaks(t)
-	p := newPair(t, Config{Allow: func(f Flow) bool { return f.Dst.Addr() == netip.MustParseAddr("127.0.0.2") }})
-	up := tcpEcho(t, "127.0.0.1:0")
+	p := newPair(t, netstack.Config{Allow: func(f netstack.Flow) bool { return f.Dst.Addr() == netip.MustParseAddr("127.0.0.2") }})
+	up := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	// Well within the 1 s a refused flow may take; a dropped SYN would
 	// time out instead.
 	_, err := p.client.DialContext(ctxTimeout(t, time.Second), "tcp", up.String())
@@ -245,15 +193,9 @@ func TestTCPRefusedByPolicy(t *testing.T) {
 
 func TestTCPHostRefusedIsReset(t *testing.T) {
 	checkLeaks(t)
-	p := newPair(t, Config{Allow: allowLoopback})
-	// A port nobody listens on: bind, note the port, close.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
-	_, err = p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", dead)
+	p := newPair(t, netstack.Config{Allow: allowLoopback})
+	dead := netstacktest.ClosedPort(t, "tcp", "127.0.0.1")
+	_, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", dead.String())
 	if err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("dial to a closed host port: err = %v, want a reset", err)
 	}
@@ -265,8 +207,8 @@ func TestTCPHostRefusedIsReset(t *testing.T) {
 func TestTCPInFlightDialLimit(t *testing.T) {
 	checkLeaks(t)
 	d := &countingDialer{hold: make(chan struct{})}
-	p := newPair(t, Config{Allow: allowLoopback, Dialer: d, MaxInFlightDials: 4, MaxInFlightDialsPerPeer: 2})
-	up := tcpEcho(t, "127.0.0.1:0")
+	p := newPair(t, netstack.Config{Allow: allowLoopback, Dialer: d, MaxInFlightDials: 4, MaxInFlightDialsPerPeer: 2})
+	up := netstacktest.TCPEcho(t, "127.0.0.1:0")
 
 	// Two dials from the one client peer hold its two slots.
 	type result struct {
@@ -306,7 +248,7 @@ func TestTCPInFlightDialLimit(t *testing.T) {
 func TestTCPDialTimeoutReleasesSlot(t *testing.T) {
 	checkLeaks(t)
 	d := &countingDialer{hold: make(chan struct{})} // never released: a blackhole
-	p := newPair(t, Config{Allow: allowLoopback, Dialer: d, DialTimeout: 200 * time.Millisecond, MaxInFlightDialsPerPeer: 1})
+	p := newPair(t, netstack.Config{Allow: allowLoopback, Dialer: d, DialTimeout: 200 * time.Millisecond, MaxInFlightDialsPerPeer: 1})
 	for i := range 3 {
 		_, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", "127.0.0.1:9")
 		if err == nil || errors.Is(err, context.DeadlineExceeded) {
@@ -325,8 +267,8 @@ func TestUDPEcho(t *testing.T) {
 		{"ipv6", "[::1]:0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPair(t, Config{Allow: allowLoopback})
-			up := udpEcho(t, tc.listen)
+			p := newPair(t, netstack.Config{Allow: allowLoopback})
+			up := netstacktest.UDPEcho(t, tc.listen).Addr
 			c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", up.String())
 			if err != nil {
 				t.Fatal(err)
@@ -357,8 +299,8 @@ func TestUDPEcho(t *testing.T) {
 
 func TestUDPRefusedByPolicyGetsICMP(t *testing.T) {
 	checkLeaks(t)
-	p := newPair(t, Config{Allow: func(Flow) bool { return false }})
-	up := udpEcho(t, "127.0.0.1:0")
+	p := newPair(t, netstack.Config{Allow: func(netstack.Flow) bool { return false }})
+	up := netstacktest.UDPEcho(t, "127.0.0.1:0").Addr
 	expectRefused(t, p, up)
 	if n := p.dialer.n.Load(); n != 0 {
 		t.Errorf("host dials = %d, want 0", n)
@@ -370,14 +312,8 @@ func TestUDPRefusedByPolicyGetsICMP(t *testing.T) {
 
 func TestUDPHostRefusedGetsICMP(t *testing.T) {
 	checkLeaks(t)
-	p := newPair(t, Config{Allow: allowLoopback})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	pc.Close()
-	expectRefused(t, p, dead)
+	p := newPair(t, netstack.Config{Allow: allowLoopback})
+	expectRefused(t, p, netstacktest.ClosedPort(t, "udp", "127.0.0.1"))
 	if st := p.gw.Stats(); st.UDPHostRefused == 0 {
 		t.Errorf("UDPHostRefused = 0")
 	}
@@ -416,8 +352,8 @@ func expectRefused(t *testing.T, p *pair, dst netip.AddrPort) {
 
 func TestUDPIdleTimeout(t *testing.T) {
 	checkLeaks(t)
-	p := newPair(t, Config{Allow: allowLoopback, UDPIdleTimeout: 300 * time.Millisecond})
-	up := udpEcho(t, "127.0.0.1:0")
+	p := newPair(t, netstack.Config{Allow: allowLoopback, UDPIdleTimeout: 300 * time.Millisecond})
+	up := netstacktest.UDPEcho(t, "127.0.0.1:0").Addr
 	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", up.String())
 	if err != nil {
 		t.Fatal(err)
@@ -448,8 +384,8 @@ func TestUDPIdleTimeout(t *testing.T) {
 
 func TestCloseAbortsFlows(t *testing.T) {
 	checkLeaks(t)
-	p := newPair(t, Config{Allow: allowLoopback})
-	up := tcpEcho(t, "127.0.0.1:0")
+	p := newPair(t, netstack.Config{Allow: allowLoopback})
+	up := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", up.String())
 	if err != nil {
 		t.Fatal(err)
@@ -468,7 +404,7 @@ func TestCloseAbortsFlows(t *testing.T) {
 
 func TestListenOnlyOwnAddresses(t *testing.T) {
 	checkLeaks(t)
-	p := newPair(t, Config{})
+	p := newPair(t, netstack.Config{})
 	if _, err := p.gw.ListenTCP(netip.MustParseAddrPort("0.0.0.0:53")); err == nil {
 		t.Error("listening on the unspecified address succeeded")
 	}
