@@ -116,7 +116,9 @@ func up(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := runUp(ctx, f, stdout, log); err != nil {
-		log.Error(err.Error())
+		// Plain text, not a log record: the message names a file, line
+		// and value that should read exactly as written.
+		fmt.Fprintf(stderr, "appconnector up: %v\n", err)
 		return 1
 	}
 	return 0

@@ -1,0 +1,483 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
+)
+
+// When this variable is set, the test binary is the appconnector binary:
+// the process tests run it as a separate, unprivileged process.
+const mainEnv = "APPCONNECTOR_TEST_AS_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(mainEnv) == "1" {
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func TestGenkeyPubkey(t *testing.T) {
+	// RFC 7748 section 6.1, Alice's key pair.
+	priv, _ := hex.DecodeString("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+	pub, _ := hex.DecodeString("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+	var out, errb bytes.Buffer
+	in := strings.NewReader(base64.StdEncoding.EncodeToString(priv) + "\n")
+	if code := run([]string{"pubkey"}, in, &out, &errb); code != 0 {
+		t.Fatalf("pubkey: exit %d: %s", code, errb.String())
+	}
+	if got, want := strings.TrimSpace(out.String()), base64.StdEncoding.EncodeToString(pub); got != want {
+		t.Errorf("pubkey = %s, want %s", got, want)
+	}
+
+	out.Reset()
+	if code := run([]string{"genkey"}, nil, &out, &errb); code != 0 {
+		t.Fatalf("genkey: exit %d", code)
+	}
+	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out.String()))
+	if err != nil || len(k) != 32 {
+		t.Fatalf("genkey printed %q", out.String())
+	}
+	if k[0]&7 != 0 || k[31]&0x80 != 0 || k[31]&0x40 == 0 {
+		t.Errorf("genkey key is not clamped: %x", k)
+	}
+	// wireguard-tools, where installed, must agree.
+	if wg, err := exec.LookPath("wg"); err == nil {
+		cmd := exec.Command(wg, "pubkey")
+		cmd.Stdin = strings.NewReader(out.String())
+		got, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mine bytes.Buffer
+		run([]string{"pubkey"}, strings.NewReader(out.String()), &mine, io.Discard)
+		if !bytes.Equal(got, mine.Bytes()) {
+			t.Errorf("wg pubkey = %q, ours = %q", got, mine.String())
+		}
+	}
+
+	if code := run([]string{"pubkey"}, strings.NewReader("not a key"), io.Discard, &errb); code == 0 {
+		t.Error("pubkey accepted garbage")
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"up", "--log-level", "loud"},
+		{"up", "extra"},
+		{"up", "--listen", "not-an-address"},
+	} {
+		var errb bytes.Buffer
+		if code := run(args, nil, io.Discard, &errb); code == 0 {
+			t.Errorf("run(%q) = 0, want an error", args)
+		} else if errb.Len() == 0 {
+			t.Errorf("run(%q): no message", args)
+		}
+	}
+}
+
+func TestBadConfigNamesFileLineKey(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "wg0.conf")
+	key, _ := wgconf.GeneratePrivateKey()
+	os.WriteFile(conf, []byte("[Interface]\nPrivateKey = "+key.String()+"\nAddress = 10.0.0.1/24\nListenPort = seventy\n"), 0o600)
+	var errb bytes.Buffer
+	if code := run([]string{"up", "--config", conf, "--listen", "127.0.0.1:0"}, nil, io.Discard, &errb); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	for _, want := range []string{"wg0.conf:4", "ListenPort", "seventy"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("error %q does not mention %q", errb.String(), want)
+		}
+	}
+	pol := filepath.Join(dir, "policy.json")
+	os.WriteFile(pol, []byte(`[{"name": "a", "connectors": ["*"], "routes": ["192.0.2.1/24"]}]`), 0o600)
+	errb.Reset()
+	if code := run([]string{"up", "--policy", pol, "--state", dir}, nil, io.Discard, &errb); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	for _, want := range []string{"policy.json:1", `"a"`, "routes", "192.0.2.1/24"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("error %q does not mention %q", errb.String(), want)
+		}
+	}
+}
+
+// TestEmbeddedDefault runs "up" with only a state directory (and a fixed
+// loopback listen address for the test), connects the generated client
+// config, and checks that a second start reuses the identity.
+func TestEmbeddedDefault(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	pol := filepath.Join(dir, "policy.json")
+	os.WriteFile(pol, []byte(`[{"name": "lo", "connectors": ["*"], "routes": ["127.0.0.1/32"]}]`), 0o600)
+	listen := netstacktest.ClosedPort(t, "udp", "127.0.0.1").String()
+	upstream := netstacktest.TCPEcho(t, "127.0.0.1:0")
+
+	var firstKey string
+	for round := range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		var out syncBuffer
+		go func() {
+			done <- runUp(ctx, upFlags{state: state, policy: pol, listen: listen}, &out, testLogger(t))
+		}()
+		clientPath := filepath.Join(state, "client.conf")
+		waitFor(t, func() bool { return strings.Contains(out.String(), "client config: "+clientPath) })
+
+		connConf, _, err := wgconf.Load(filepath.Join(state, "connector.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if round == 0 {
+			firstKey = connConf.Interface.PrivateKey.String()
+		} else if connConf.Interface.PrivateKey.String() != firstKey {
+			t.Fatal("second start generated a new key")
+		}
+		echoThroughClientConf(t, clientPath, upstream)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("round %d: up: %v", round, err)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(state, "client.conf")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("client.conf mode = %v, %v; want 0600", fi.Mode(), err)
+	}
+}
+
+// echoThroughClientConf starts a client from a wg-quick file and echoes a
+// message through the tunnel to upstream.
+func echoThroughClientConf(t *testing.T, path string, upstream netip.AddrPort) {
+	t.Helper()
+	cc, _, err := wgconf.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !containsPrefix(cc.Peers[0].AllowedIPs, upstream.Addr()) {
+		t.Fatalf("client AllowedIPs %v do not cover the route %v", cc.Peers[0].AllowedIPs, upstream.Addr())
+	}
+	ep := netip.MustParseAddrPort(cc.Peers[0].Endpoint)
+	client, err := netstacktest.New(netstacktest.Config{
+		PrivateKey: netstacktest.Key(cc.Interface.PrivateKey),
+		Addresses:  cc.Interface.Addresses,
+		Remotes: []netstacktest.RemotePeer{{
+			PublicKey:    netstacktest.Key(cc.Peers[0].PublicKey),
+			PresharedKey: netstacktest.Key(cc.Peers[0].PresharedKey),
+			Endpoint:     ep,
+			AllowedIPs:   cc.Peers[0].AllowedIPs,
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	echo(t, client, upstream, 64<<10)
+}
+
+func containsPrefix(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// echo sends n random bytes to a TCP echo server through the client and
+// checks they come back.
+func echo(t *testing.T, client *netstacktest.Peer, upstream netip.AddrPort, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.DialContext(ctx, "tcp", upstream.String())
+	if err != nil {
+		t.Fatalf("dial %v through the tunnel: %v", upstream, err)
+	}
+	defer c.Close()
+	want := make([]byte, n)
+	rand.Read(want)
+	go func() {
+		c.Write(want)
+		c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("echo through the tunnel: %d of %d bytes, err %v", len(got), n, err)
+	}
+}
+
+// TestUnprivilegedProcess runs the connector as a separate process with no
+// privileges (uid/gid 65534, no capabilities, no groups) and drives the
+// whole data path through it.
+func TestUnprivilegedProcess(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	var prefix []string
+	if os.Geteuid() == 0 {
+		setpriv, err := exec.LookPath("setpriv")
+		if err != nil {
+			t.Skip("setpriv (util-linux) is not installed: cannot drop root privileges for this test")
+		}
+		prefix = []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"}
+	} // else: already unprivileged; run it directly.
+
+	// Everything the process reads must be readable by nobody.
+	dir, err := os.MkdirTemp("", "appconnector-proc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "appconnector")
+	copyFile(t, self, bin, 0o755)
+
+	serverKey, _ := wgconf.GeneratePrivateKey()
+	clientKey, _ := netstacktest.NewPrivateKey()
+	connConf := &wgconf.Config{
+		Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{
+			netip.MustParsePrefix("10.98.0.1/24"), netip.MustParsePrefix("fd98::1/64")}},
+		Peers: []wgconf.Peer{{PublicKey: wgconf.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{
+			netip.MustParsePrefix("10.98.0.2/32"), netip.MustParsePrefix("fd98::2/128")}}},
+	}
+	var cb bytes.Buffer
+	cb.WriteString("# a plain wg-quick file: these keys mean nothing here\n")
+	connConf.WriteTo(&cb)
+	conf := strings.Replace(cb.String(), "[Interface]\n", "[Interface]\nDNS = 10.98.0.1\nPostUp = iptables -A FORWARD -j ACCEPT\n", 1)
+	os.WriteFile(filepath.Join(dir, "wg0.conf"), []byte(conf), 0o644)
+	os.WriteFile(filepath.Join(dir, "policy.json"), []byte(`[{"name": "lo", "connectors": ["tag:connector"], "domains": ["example.com"], "routes": ["127.0.0.1/32", "::1/128"]}]`), 0o644)
+	state := filepath.Join(dir, "state")
+	os.Mkdir(state, 0o700)
+	os.Chown(state, 65534, 65534)
+
+	args := append(prefix, bin, "up", "--config", filepath.Join(dir, "wg0.conf"), "--policy", filepath.Join(dir, "policy.json"),
+		"--state", state, "--listen", "127.0.0.1:0", "--log-level", "debug")
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), mainEnv+"=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var logMu sync.Mutex
+	var logText strings.Builder
+	portc := make(chan uint16, 1)
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		re := regexp.MustCompile(`msg="wireguard up" listen=127\.0\.0\.1:(\d+)`)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logMu.Lock()
+			logText.WriteString(sc.Text() + "\n")
+			logMu.Unlock()
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				p, _ := strconv.ParseUint(m[1], 10, 16)
+				portc <- uint16(p)
+			}
+		}
+	}()
+	exited := false
+	defer func() {
+		if !exited {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+		<-logDone
+		if t.Failed() {
+			logMu.Lock()
+			t.Logf("connector log:\n%s", logText.String())
+			logMu.Unlock()
+		}
+	}()
+	var port uint16
+	select {
+	case port = <-portc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the connector process did not come up")
+	}
+
+	// It really runs as nobody with no capabilities.
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		for _, want := range []string{"Uid:\t65534\t65534\t65534\t65534", "Gid:\t65534\t65534\t65534\t65534", "CapEff:\t0000000000000000", "CapBnd:\t0000000000000000"} {
+			if !strings.Contains(string(status), want) {
+				t.Errorf("process status lacks %q", want)
+			}
+		}
+	}
+	logMu.Lock()
+	for _, want := range []string{"DNS", "PostUp"} {
+		if !strings.Contains(logText.String(), want) {
+			t.Errorf("no warning about the ignored key %s", want)
+		}
+	}
+	logMu.Unlock()
+
+	client, err := netstacktest.New(netstacktest.Config{
+		PrivateKey: clientKey,
+		Addresses:  []netip.Prefix{netip.MustParsePrefix("10.98.0.2/32"), netip.MustParsePrefix("fd98::2/128")},
+		Remotes: []netstacktest.RemotePeer{{
+			PublicKey:  netstacktest.Key(serverKey.PublicKey()),
+			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port),
+			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	echo(t, client, netstacktest.TCPEcho(t, "127.0.0.1:0"), 1<<20)
+	echo(t, client, netstacktest.TCPEcho(t, "[::1]:0"), 256<<10)
+
+	// UDP.
+	srv := netstacktest.UDPEcho(t, "127.0.0.1:0")
+	uc, err := client.DialContext(context.Background(), "udp", srv.Addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc.Write([]byte("datagram"))
+	uc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	if n, err := uc.Read(buf); err != nil || string(buf[:n]) != "datagram" {
+		t.Fatalf("udp echo: %q, %v", buf[:n], err)
+	}
+	uc.Close()
+
+	// Outside the routes: reset within a second, and the upstream never
+	// sees a connection.
+	outside, accepts := countingListener(t, "127.0.0.2:0")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_, err = client.DialContext(ctx, "tcp", outside.String())
+	cancel()
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial outside the routes: err = %v; want a prompt reset", err)
+	}
+	if n := accepts.Load(); n != 0 {
+		t.Errorf("upstream outside the routes accepted %d connections", n)
+	}
+
+	// SIGTERM: a clean exit.
+	cmd.Process.Signal(syscall.SIGTERM)
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	select {
+	case err := <-waitErr:
+		exited = true
+		if err != nil {
+			t.Errorf("connector exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("connector did not exit within 10s of SIGTERM")
+	}
+}
+
+func countingListener(t *testing.T, addr string) (netip.AddrPort, *atomic.Int64) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().(*net.TCPAddr).AddrPort(), &n
+}
+
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, data, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testLogger logs through t.Logf.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, nil))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 20s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
