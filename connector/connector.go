@@ -88,7 +88,8 @@ func New(cfg Config) (*Connector, error) {
 	nc.Addresses = cfg.WireGuard.Interface.Addresses
 	nc.Allow = c.allow
 	nc.PeerOf = c.peers.lookup
-	nc.Logf = func(format string, args ...any) { log.Warn(fmt.Sprintf(format, args...)) }
+	flowLog := log.With("component", "netstack")
+	nc.Logf = func(format string, args ...any) { flowLog.Info(fmt.Sprintf(format, args...)) }
 	c.stack, err = netstack.New(c.tun, nc)
 	if err != nil {
 		c.tun.Close()
@@ -170,14 +171,15 @@ func (c *Connector) Port() uint16 { return c.port }
 // SetPolicy replaces the policy; nil forwards nothing. New flows see the new
 // routes at once; established flows are not touched.
 func (c *Connector) SetPolicy(p *Policy) {
-	set := &netipx.IPSet{}
+	var routes []netip.Prefix
 	if p != nil {
-		set = p.RouteSet()
+		routes = p.Routes()
 	}
-	c.routes.Store(set)
+	c.routes.Store(forwardSet(routes))
 }
 
-// Routes returns the prefixes flows may be forwarded to.
+// Routes returns the prefixes flows may be forwarded to: the apps' routes
+// without the ranges that are never forwarded (see forwardSet).
 func (c *Connector) Routes() []netip.Prefix { return c.routes.Load().Prefixes() }
 
 // allow is the forwarding policy: the destination must be inside a route.

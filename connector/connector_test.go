@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -43,6 +44,11 @@ type countingDialer struct {
 
 func (c *countingDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	c.n.Add(1)
+	// Tests must never reach beyond loopback, whatever the code under
+	// test decides.
+	if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().Unmap().IsLoopback() {
+		return nil, fmt.Errorf("test dialer: refusing non-loopback destination %q", addr)
+	}
 	return c.d.DialContext(ctx, network, addr)
 }
 

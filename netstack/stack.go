@@ -147,12 +147,13 @@ type Stats struct {
 
 // Stack is a gVisor network stack attached to a tun.Device.
 type Stack struct {
-	cfg    Config
-	logf   func(string, ...any)
-	dialer Dialer
-	stack  *stack.Stack
-	dev    *tun.Device
-	local  map[netip.Addr]bool
+	cfg     Config
+	logf    func(string, ...any)
+	flowLog *rateLog // per-flow events
+	dialer  Dialer
+	stack   *stack.Stack
+	dev     *tun.Device
+	local   map[netip.Addr]bool
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -178,12 +179,13 @@ func New(dev *tun.Device, cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	s := &Stack{
-		cfg:    cfg,
-		logf:   cfg.Logf,
-		dialer: cfg.Dialer,
-		dev:    dev,
-		local:  make(map[netip.Addr]bool),
-		flows:  make(map[*flowConn]struct{}),
+		cfg:     cfg,
+		logf:    cfg.Logf,
+		flowLog: newRateLog(cfg.Logf),
+		dialer:  cfg.Dialer,
+		dev:     dev,
+		local:   make(map[netip.Addr]bool),
+		flows:   make(map[*flowConn]struct{}),
 	}
 	s.limits.init(&cfg)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -407,11 +409,18 @@ func (s *Stack) peerOf(a netip.Addr) string {
 	return a.String()
 }
 
-// allow applies the policy. The stack's own addresses are never forwarded:
-// a flow to them is for a local listener or for nobody.
+// allow applies the policy. Some destinations are refused whatever the
+// policy says: the stack's own addresses (a flow to them is for a local
+// listener or for nobody), and addresses a host dial would not reach as
+// such (unspecified means the local host; an IPv4-mapped IPv6 address
+// means the IPv4 host) or that are not unicast.
 func (s *Stack) allow(f Flow) bool {
-	if s.isLocal(f.Dst.Addr()) {
-		return false
+	d := f.Dst.Addr()
+	switch {
+	case s.isLocal(d), d.IsUnspecified(), d.Is4In6(), d.IsMulticast(), d == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+	case s.cfg.Allow != nil && s.cfg.Allow(f):
+		return true
 	}
-	return s.cfg.Allow != nil && s.cfg.Allow(f)
+	s.flowLog.printf("%v: refused by policy", f)
+	return false
 }

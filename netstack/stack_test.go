@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -42,6 +43,11 @@ type countingDialer struct {
 
 func (c *countingDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	c.n.Add(1)
+	// Tests must never reach beyond loopback, whatever the code under
+	// test decides.
+	if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().Unmap().IsLoopback() {
+		return nil, fmt.Errorf("test dialer: refusing non-loopback destination %q", addr)
+	}
 	if c.hold != nil {
 		select {
 		case <-c.hold:

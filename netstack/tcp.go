@@ -63,6 +63,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	peer := s.peerOf(f.Src.Addr())
 	if !s.limits.admit(peer, true) {
 		s.stats.tcpLimited.Add(1)
+		s.flowLog.printf("%v: refused: dial or flow limit reached for peer %s", f, peer)
 		r.Complete(true)
 		return
 	}
@@ -73,6 +74,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	if err != nil {
 		s.limits.flowDone(peer)
 		s.stats.tcpDialFailed.Add(1)
+		s.flowLog.printf("%v: reset: %v", f, err)
 		r.Complete(true)
 		return
 	}
@@ -83,6 +85,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		hc.Close()
 		s.limits.flowDone(peer)
 		s.stats.handlerFailures.Add(1)
+		s.flowLog.printf("%v: reset: complete handshake: %v", f, terr)
 		r.Complete(true)
 		return
 	}

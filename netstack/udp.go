@@ -37,6 +37,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	peer := s.peerOf(f.Src.Addr())
 	if !s.limits.admit(peer, false) {
 		s.stats.udpLimited.Add(1)
+		s.flowLog.printf("%v: refused: flow limit reached for peer %s", f, peer)
 		return false
 	}
 	// Dialing UDP sends nothing and does not block: it only creates and
@@ -45,6 +46,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	if err != nil {
 		s.limits.flowDone(peer)
 		s.stats.udpHostRefused.Add(1)
+		s.flowLog.printf("%v: refused: %v", f, err)
 		return false
 	}
 	var (
@@ -58,6 +60,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 		hc.Close()
 		s.limits.flowDone(peer)
 		s.stats.handlerFailures.Add(1)
+		s.flowLog.printf("%v: dropped: create endpoint: %v", f, terr)
 		return true
 	}
 	pc := gonet.NewUDPConn(&wq, ep)
@@ -165,7 +168,7 @@ func (fl *udpFlow) hostError(err error) {
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		fl.s.stats.udpHostRefused.Add(1)
 		if perr := fl.s.sendPortUnreachable(fl.f); perr != nil {
-			fl.s.logf("udp %v: icmp unreachable: %v", fl.f, perr)
+			fl.s.flowLog.printf("%v: icmp unreachable: %v", fl.f, perr)
 		}
 	}
 	fl.fc.abort()

@@ -1,0 +1,64 @@
+package connector
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func TestForwardSet(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		routes []string
+		in     []string
+		out    []string
+	}{
+		{
+			name:   "everything",
+			routes: []string{"0.0.0.0/0", "::/0"},
+			in:     []string{"8.8.8.8", "10.1.2.3", "2001:db8::1", "192.168.1.1"},
+			out: []string{"127.0.0.1", "127.255.255.254", "::1", "169.254.169.254", "fe80::1", "0.0.0.0", "0.1.2.3",
+				"::", "224.0.0.1", "239.1.1.1", "255.255.255.255", "ff02::1", "::ffff:127.0.0.1", "::ffff:8.8.8.8"},
+		},
+		{
+			name:   "explicit loopback",
+			routes: []string{"127.0.0.1/32", "::1/128"},
+			in:     []string{"127.0.0.1", "::1"},
+			out:    []string{"127.0.0.2", "::ffff:127.0.0.1", "8.8.8.8"},
+		},
+		{
+			name:   "all of loopback named",
+			routes: []string{"127.0.0.0/8"},
+			in:     []string{"127.0.0.1", "127.9.9.9"},
+			out:    []string{"128.0.0.1"},
+		},
+		{
+			name:   "metadata only when named",
+			routes: []string{"169.0.0.0/8", "169.254.169.254/32"},
+			in:     []string{"169.1.1.1", "169.254.169.254"},
+			out:    []string{"169.254.0.1"},
+		},
+		{
+			name:   "none",
+			routes: nil,
+			out:    []string{"8.8.8.8", "127.0.0.1"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var routes []netip.Prefix
+			for _, r := range tc.routes {
+				routes = append(routes, netip.MustParsePrefix(r))
+			}
+			set := forwardSet(routes)
+			for _, a := range tc.in {
+				if !set.Contains(netip.MustParseAddr(a)) {
+					t.Errorf("%s not forwarded", a)
+				}
+			}
+			for _, a := range tc.out {
+				if set.Contains(netip.MustParseAddr(a)) {
+					t.Errorf("%s forwarded", a)
+				}
+			}
+		})
+	}
+}
