@@ -325,8 +325,10 @@ func (s *Stack) Close() error {
 	for _, f := range flows {
 		f.abort()
 	}
-	s.wg.Wait()
+	// Closing the gVisor stack aborts every endpoint, including
+	// handshakes forwardTCP may be waiting on, so wait after it.
 	s.stack.Close()
+	s.wg.Wait()
 	s.stack.Wait()
 	return nil
 }

@@ -2,8 +2,6 @@ package netstack
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net"
 	"sync"
 	"time"
@@ -19,11 +17,6 @@ import (
 // keepaliveIdle is how long a forwarded TCP flow may be silent before the
 // stack probes the peer, so flows from peers that vanished end.
 const keepaliveIdle = 5 * time.Minute
-
-// copyBufSize is the size of the buffers that carry forwarded TCP data.
-const copyBufSize = 32 << 10
-
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
 // handleTCP is the stack's TCP handler for segments that match no
 // endpoint. A SYN the policy refuses returns false, so the stack answers
@@ -70,8 +63,8 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 	hc, err := s.dialer.DialContext(ctx, "tcp", f.Dst.String())
 	cancel()
-	s.limits.dialDone(peer)
 	if err != nil {
+		s.limits.dialDone(peer)
 		s.limits.flowDone(peer)
 		s.stats.tcpDialFailed.Add(1)
 		s.flowLog.printf("%v: reset: %v", f, err)
@@ -79,8 +72,24 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 
+	// Complete the peer's handshake. CreateEndpoint waits for the peer's
+	// ACK, and gVisor would retransmit its SYN-ACK for about two minutes;
+	// a peer that never answers must not pin the host connection and the
+	// dial slot that long, so the handshake gets the dial's deadline too.
 	var wq waiter.Queue
+	id := r.ID()
+	netProto := header.IPv4ProtocolNumber
+	if f.Dst.Addr().Is6() {
+		netProto = header.IPv6ProtocolNumber
+	}
+	giveUp := time.AfterFunc(s.cfg.DialTimeout, func() {
+		if e := s.stack.FindTransportEndpoint(netProto, tcp.ProtocolNumber, id, nicID); e != nil {
+			e.Abort()
+		}
+	})
 	ep, terr := r.CreateEndpoint(&wq)
+	giveUp.Stop()
+	s.limits.dialDone(peer)
 	if terr != nil {
 		hc.Close()
 		s.limits.flowDone(peer)
@@ -109,59 +118,40 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	defer s.untrack(fc)
-	s.proxyTCP(fc, pc, hc)
+	readPeer, stop := peerReader(ep, &wq, pc, streamBufs)
+	defer stop()
+	s.proxyTCP(fc, pc, readPeer, hc)
 }
 
-// proxyTCP copies both ways between the peer's connection pc and the host
-// connection hc. A FIN in one direction becomes a half-close on the other
-// side; an error in either direction (a RST, a failed write) resets both.
-func (s *Stack) proxyTCP(fc *flowConn, pc *gonet.TCPConn, hc net.Conn) {
+// proxyTCP copies both ways between the peer's connection pc (read
+// through readPeer) and the host connection hc. A FIN in one direction
+// becomes a half-close on the other side; an error in either direction (a
+// RST, a failed write, a dead peer) resets both at once, so neither side
+// waits on a partner that is gone.
+func (s *Stack) proxyTCP(fc *flowConn, pc *gonet.TCPConn, readPeer readFunc, hc net.Conn) {
 	up := make(chan error, 1)
 	s.mu.Lock()
-	started := s.goLocked(func() { up <- copyHalf(hc, pc) })
+	started := s.goLocked(func() {
+		err := copyStream(hc, readPeer, streamBufs)
+		if err != nil {
+			fc.abort() // the host may be idle: wake the other direction
+		}
+		up <- err
+	})
 	s.mu.Unlock()
 	if !started {
 		fc.abort()
 		return
 	}
-	downErr := copyHalf(pc, hc)
+	downErr := copyStream(pc, hostReader(hc, streamBufs, true), streamBufs)
 	if downErr != nil {
 		fc.abort()
 	}
-	upErr := <-up
-	if upErr != nil {
-		fc.abort()
+	if upErr := <-up; upErr != nil || downErr != nil {
 		return
 	}
-	if downErr == nil {
-		pc.Close()
-		hc.Close()
-	}
-}
-
-// copyHalf copies src to dst until src ends, then half-closes dst. It
-// returns nil only if src ended cleanly and the half-close worked.
-func copyHalf(dst, src net.Conn) error {
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
-	buf := *bp
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return werr
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-				return cw.CloseWrite()
-			}
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
+	pc.Close()
+	hc.Close()
 }
 
 // flowConn is an open forwarded flow, tracked so Close can abort it.

@@ -1,9 +1,10 @@
 package netstack
 
 import (
+	"context"
 	"errors"
 	"net"
-	"sync"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -16,11 +17,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
-
-// maxDatagram is the largest UDP payload either side can send.
-const maxDatagram = 65535
-
-var datagramPool = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
 
 // handleUDP is the stack's UDP handler for datagrams that match no
 // endpoint, that is, the first datagram of a new flow. A flow the policy
@@ -42,7 +38,9 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	}
 	// Dialing UDP sends nothing and does not block: it only creates and
 	// connects a socket, so it may run on the packet path.
-	hc, err := s.dialer.DialContext(s.ctx, "udp", f.Dst.String())
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+	hc, err := s.dialer.DialContext(ctx, "udp", f.Dst.String())
+	cancel()
 	if err != nil {
 		s.limits.flowDone(peer)
 		s.stats.udpHostRefused.Add(1)
@@ -65,6 +63,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	}
 	pc := gonet.NewUDPConn(&wq, ep)
 	fl := &udpFlow{s: s, f: f, peer: peer, pc: pc, hc: hc, start: time.Now()}
+	fl.readPeer, fl.stopPeer = peerReader(ep, &wq, pc, datagramBufs)
 	fl.fc.abortFn = func() {
 		hc.Close()
 		pc.Close()
@@ -94,14 +93,16 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 // udpFlow is one forwarded UDP flow: a connected gVisor endpoint on the
 // peer side and a connected host socket.
 type udpFlow struct {
-	s       *Stack
-	f       Flow
-	peer    string
-	pc      *gonet.UDPConn
-	hc      net.Conn
-	fc      flowConn
-	start   time.Time
-	timeout time.Duration
+	s        *Stack
+	f        Flow
+	peer     string
+	pc       *gonet.UDPConn
+	readPeer readFunc
+	stopPeer func()
+	hc       net.Conn
+	fc       flowConn
+	start    time.Time
+	timeout  time.Duration
 	// last is the time of the latest datagram in either direction, as
 	// time.Since(start).
 	last atomic.Int64
@@ -113,16 +114,20 @@ type udpFlow struct {
 // up copies datagrams from the peer to the host.
 func (fl *udpFlow) up() {
 	defer fl.done()
-	bp := datagramPool.Get().(*[]byte)
-	defer datagramPool.Put(bp)
+	defer fl.stopPeer()
 	for {
-		n, err := fl.pc.Read(*bp)
+		b, n, err := fl.readPeer()
 		if err != nil {
+			if b != nil {
+				datagramBufs.put(b)
+			}
 			fl.fc.abort()
 			return
 		}
 		fl.touch()
-		if _, err := fl.hc.Write((*bp)[:n]); err != nil {
+		_, err = fl.hc.Write((*b)[:n])
+		datagramBufs.put(b)
+		if err != nil {
 			fl.hostError(err)
 			return
 		}
@@ -133,13 +138,15 @@ func (fl *udpFlow) up() {
 // timer: its read deadline is the moment the flow would become idle.
 func (fl *udpFlow) down() {
 	defer fl.done()
-	bp := datagramPool.Get().(*[]byte)
-	defer datagramPool.Put(bp)
+	read := hostReader(fl.hc, datagramBufs, false)
 	wait := fl.timeout
 	for {
 		fl.hc.SetReadDeadline(time.Now().Add(wait))
-		n, err := fl.hc.Read(*bp)
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		b, n, err := read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if b != nil {
+				datagramBufs.put(b)
+			}
 			idle := time.Since(fl.start) - time.Duration(fl.last.Load())
 			if idle >= fl.timeout {
 				fl.s.stats.udpIdleClosed.Add(1)
@@ -150,12 +157,17 @@ func (fl *udpFlow) down() {
 			continue
 		}
 		if err != nil {
+			if b != nil {
+				datagramBufs.put(b)
+			}
 			fl.hostError(err)
 			return
 		}
 		wait = fl.timeout
 		fl.touch()
-		if _, err := fl.pc.Write((*bp)[:n]); err != nil {
+		_, err = fl.pc.Write((*b)[:n])
+		datagramBufs.put(b)
+		if err != nil {
 			fl.fc.abort()
 			return
 		}
