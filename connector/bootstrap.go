@@ -27,12 +27,13 @@ const (
 type StateOptions struct {
 	// Dir is the state directory; it is created (mode 0700) if missing.
 	Dir string
-	// ListenPort is written into a new connector config. Zero means
-	// DefaultListenPort. An existing config keeps its own.
+	// ListenPort overrides the connector's listen port for this run (and
+	// is the one written into a new config). Zero keeps the config's own,
+	// or DefaultListenPort for a new one.
 	ListenPort uint16
-	// Endpoint is the host:port the client reaches the connector at.
-	// Empty means 127.0.0.1 and the connector's listen port.
-	Endpoint string
+	// EndpointHost is the address the client reaches the connector at;
+	// the port is the listen port. The zero Addr means 127.0.0.1.
+	EndpointHost netip.Addr
 	// Routes are added to the client's AllowedIPs (the tunnel addresses of
 	// the connector always are), so its traffic to the apps enters the
 	// tunnel.
@@ -79,34 +80,39 @@ func LoadOrCreateState(opts StateOptions) (*State, error) {
 		if err != nil {
 			return nil, fmt.Errorf("state: %w", err)
 		}
-		if err := writeConfig(connPath, st.Config); err != nil {
-			return nil, fmt.Errorf("state: %w", err)
-		}
 		st.Created = true
 	default:
 		return nil, fmt.Errorf("state: %w", err)
 	}
-
 	if len(client.Peers) != 1 || len(st.Config.Peers) == 0 {
 		return nil, fmt.Errorf("state: %s and %s do not describe one client of this connector", clientPath, connPath)
 	}
-	endpoint := opts.Endpoint
-	if endpoint == "" {
-		port := st.Config.Interface.ListenPort
-		if port == 0 {
-			port = DefaultListenPort
-		}
-		endpoint = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()
+	if opts.ListenPort != 0 {
+		st.Config.Interface.ListenPort = opts.ListenPort
+	}
+	if st.Config.Interface.ListenPort == 0 {
+		st.Config.Interface.ListenPort = DefaultListenPort
+	}
+	host := opts.EndpointHost
+	if !host.IsValid() {
+		host = netip.MustParseAddr("127.0.0.1")
 	}
 	peer := &client.Peers[0]
-	peer.Endpoint = endpoint
+	peer.Endpoint = netip.AddrPortFrom(host, st.Config.Interface.ListenPort).String()
 	peer.AllowedIPs = peer.AllowedIPs[:0]
 	for _, a := range st.Config.Interface.Addresses {
 		peer.AllowedIPs = append(peer.AllowedIPs, netip.PrefixFrom(a.Addr(), a.Addr().BitLen()))
 	}
 	peer.AllowedIPs = append(peer.AllowedIPs, opts.Routes...)
+	// The client's file first: a new connector.conf is written last, so
+	// its presence means both files are complete.
 	if err := writeConfig(clientPath, client); err != nil {
 		return nil, fmt.Errorf("state: %w", err)
+	}
+	if st.Created {
+		if err := writeConfig(connPath, st.Config); err != nil {
+			return nil, fmt.Errorf("state: %w", err)
+		}
 	}
 	return st, nil
 }

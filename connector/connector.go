@@ -42,6 +42,12 @@ type Config struct {
 	// Allow, PeerOf and Logf fields are set by the Connector.
 	Netstack netstack.Config
 
+	// HostAddrs are the connector host's own addresses. Like loopback, they
+	// are forwarded to only if a route names exactly them (a /32 or /128),
+	// so a route such as 10.0.0.0/8 does not open the host's own services
+	// to every peer. cmd/appconnector fills it from the host's interfaces.
+	HostAddrs []netip.Addr
+
 	// Logger receives the connector's logs. Nil discards them.
 	Logger *slog.Logger
 
@@ -53,8 +59,9 @@ type Config struct {
 // Connector is a userspace WireGuard endpoint whose peers' flows are
 // forwarded to the routes of the policy's apps through host sockets.
 type Connector struct {
-	log    *slog.Logger
-	tun    *tun.Device
+	log       *slog.Logger
+	hostAddrs []netip.Addr
+	tun       *tun.Device
 	stack  *netstack.Stack
 	wg     *device.Device
 	peers  peerTable
@@ -76,7 +83,7 @@ func New(cfg Config) (*Connector, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Connector{log: log, peers: newPeerTable(cfg.WireGuard.Peers)}
+	c := &Connector{log: log, hostAddrs: cfg.HostAddrs, peers: newPeerTable(cfg.WireGuard.Peers)}
 	c.SetPolicy(cfg.Policy)
 
 	var err error
@@ -173,9 +180,14 @@ func (c *Connector) Port() uint16 { return c.port }
 func (c *Connector) SetPolicy(p *Policy) {
 	var routes []netip.Prefix
 	if p != nil {
-		routes = p.Routes()
+		// Each app's own prefixes, not the merged union: a route that
+		// names a guarded range must be seen even when a wider route of
+		// another app covers it.
+		for _, a := range p.Apps {
+			routes = append(routes, a.Routes...)
+		}
 	}
-	c.routes.Store(forwardSet(routes))
+	c.routes.Store(forwardSet(routes, c.hostAddrs))
 }
 
 // Routes returns the prefixes flows may be forwarded to: the apps' routes

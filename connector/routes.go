@@ -31,18 +31,23 @@ var neverRanges = []netip.Prefix{
 }
 
 // forwardSet returns the destinations flows may be forwarded to, given the
-// routes: the routes, less the guarded ranges except where a route lies
-// inside one, less the never ranges.
-func forwardSet(routes []netip.Prefix) *netipx.IPSet {
+// routes: the routes, less the guarded ranges (and the host's own
+// addresses) except where a route lies inside one, less the never ranges.
+func forwardSet(routes []netip.Prefix, hostAddrs []netip.Addr) *netipx.IPSet {
+	guarded := guardedRanges
+	for _, a := range hostAddrs {
+		a = a.Unmap().WithZone("")
+		guarded = append(guarded[:len(guarded):len(guarded)], netip.PrefixFrom(a, a.BitLen()))
+	}
 	var b netipx.IPSetBuilder
 	for _, r := range routes {
 		b.AddPrefix(r)
 	}
-	for _, g := range guardedRanges {
+	for _, g := range guarded {
 		b.RemovePrefix(g)
 	}
 	for _, r := range routes {
-		for _, g := range guardedRanges {
+		for _, g := range guarded {
 			if r.Bits() >= g.Bits() && g.Contains(r.Addr()) {
 				b.AddPrefix(r)
 			}

@@ -9,6 +9,7 @@ func TestForwardSet(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		routes []string
+		host   []string
 		in     []string
 		out    []string
 	}{
@@ -38,6 +39,18 @@ func TestForwardSet(t *testing.T) {
 			out:    []string{"169.254.0.1"},
 		},
 		{
+			name:   "named loopback inside a wider route",
+			routes: []string{"0.0.0.0/0", "127.0.0.1/32", "126.0.0.0/8", "127.0.0.0/8"},
+			in:     []string{"127.0.0.1", "127.0.0.9", "126.1.1.1"},
+		},
+		{
+			name:   "host's own addresses",
+			routes: []string{"10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"},
+			host:   []string{"10.0.0.5", "192.0.2.7", "2001:db8::5", "fe80::1%eth0"},
+			in:     []string{"10.0.0.4", "10.0.0.6", "192.0.2.7", "2001:db8::4"},
+			out:    []string{"10.0.0.5", "2001:db8::5"},
+		},
+		{
 			name:   "none",
 			routes: nil,
 			out:    []string{"8.8.8.8", "127.0.0.1"},
@@ -48,7 +61,11 @@ func TestForwardSet(t *testing.T) {
 			for _, r := range tc.routes {
 				routes = append(routes, netip.MustParsePrefix(r))
 			}
-			set := forwardSet(routes)
+			var host []netip.Addr
+			for _, h := range tc.host {
+				host = append(host, netip.MustParseAddr(h))
+			}
+			set := forwardSet(routes, host)
 			for _, a := range tc.in {
 				if !set.Contains(netip.MustParseAddr(a)) {
 					t.Errorf("%s not forwarded", a)

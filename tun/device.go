@@ -93,6 +93,10 @@ type Device struct {
 	out       chan *stack.PacketBuffer
 	closed    chan struct{}
 	closeOnce sync.Once
+	// sendMu orders queueing against Close: enqueue holds it shared from
+	// its closed check to its send, Close takes it exclusively after
+	// closing closed, so nothing is queued after Close has drained.
+	sendMu sync.RWMutex
 
 	mu sync.RWMutex // guards the fields after it
 	// dispatcher is the stack's NIC, or nil before Attach and after detach.
@@ -174,6 +178,11 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		return 0, nil
 	}
 	limit := min(len(bufs), d.batchSize)
+	select {
+	case <-d.closed:
+		return 0, os.ErrClosed
+	default:
+	}
 	var pkt *stack.PacketBuffer
 	select {
 	case pkt = <-d.out:
@@ -279,6 +288,8 @@ func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
 		close(d.closed)
 		close(d.events)
+		d.sendMu.Lock() // wait out enqueues that passed their closed check
+		d.sendMu.Unlock()
 		for {
 			select {
 			case pkt := <-d.out:
@@ -308,6 +319,8 @@ func (d *Device) Stats() Stats {
 // enqueue queues pkt (taking a reference) for Read, waiting while the queue
 // is full. It fails only once the device is closed.
 func (d *Device) enqueue(pkt *stack.PacketBuffer) tcpip.Error {
+	d.sendMu.RLock()
+	defer d.sendMu.RUnlock()
 	select {
 	case <-d.closed:
 		return &tcpip.ErrClosedForSend{}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -156,19 +157,15 @@ func runUp(ctx context.Context, f upFlags, stdout io.Writer, log *slog.Logger) e
 				return err
 			}
 		}
-		endpoint := ""
+		var endpointHost netip.Addr
 		if listenAddr.IsValid() && !listenAddr.IsUnspecified() {
-			port := listenPort
-			if port == 0 {
-				port = connector.DefaultListenPort
-			}
-			endpoint = netip.AddrPortFrom(listenAddr, port).String()
+			endpointHost = listenAddr
 		}
 		st, err := connector.LoadOrCreateState(connector.StateOptions{
-			Dir:        dir,
-			ListenPort: listenPort,
-			Endpoint:   endpoint,
-			Routes:     policy.Routes(),
+			Dir:          dir,
+			ListenPort:   listenPort,
+			EndpointHost: endpointHost,
+			Routes:       policy.Routes(),
 		})
 		if err != nil {
 			return err
@@ -184,7 +181,7 @@ func runUp(ctx context.Context, f upFlags, stdout io.Writer, log *slog.Logger) e
 	}
 	switch {
 	case listenPort == 0:
-	case cfg.Interface.ListenPort == 0 || f.config == "":
+	case cfg.Interface.ListenPort == 0:
 		cfg.Interface.ListenPort = listenPort
 	case cfg.Interface.ListenPort != listenPort:
 		return fmt.Errorf("--listen port %d differs from ListenPort = %d in %s", listenPort, cfg.Interface.ListenPort, f.config)
@@ -194,6 +191,7 @@ func runUp(ctx context.Context, f upFlags, stdout io.Writer, log *slog.Logger) e
 		WireGuard:  cfg,
 		ListenAddr: listenAddr,
 		Policy:     policy,
+		HostAddrs:  hostAddrs(log),
 		Logger:     log,
 	})
 	if err != nil {
@@ -229,4 +227,20 @@ func defaultStateDir() (string, error) {
 		return "", errors.New("no home directory for the default state; pass --state DIR")
 	}
 	return filepath.Join(home, ".local", "state", "appconnector"), nil
+}
+
+// hostAddrs lists this host's interface addresses.
+func hostAddrs(log *slog.Logger) []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		log.Warn("cannot list the host's addresses; they are not excluded from forwarding", "err", err)
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
 }
