@@ -62,12 +62,12 @@ type Connector struct {
 	log       *slog.Logger
 	hostAddrs []netip.Addr
 	tun       *tun.Device
-	stack  *netstack.Stack
-	wg     *device.Device
-	peers  peerTable
-	routes atomic.Pointer[netipx.IPSet]
-	port   uint16
-	closed atomic.Bool
+	stack     *netstack.Stack
+	wg        *device.Device
+	peers     peerTable
+	routes    atomic.Pointer[netipx.IPSet]
+	port      uint16
+	closed    atomic.Bool
 }
 
 // New starts a Connector: the WireGuard device is up and listening when New
