@@ -6,12 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,25 +34,10 @@ var (
 
 const testPolicy = `[{"name": "loopback", "connectors": ["*"], "domains": [], "routes": ["127.0.0.1/32", "::1/128"]}]`
 
-type countingDialer struct {
-	n atomic.Int64
-	d net.Dialer
-}
-
-func (c *countingDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	c.n.Add(1)
-	// Tests must never reach beyond loopback, whatever the code under
-	// test decides.
-	if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().Unmap().IsLoopback() {
-		return nil, fmt.Errorf("test dialer: refusing non-loopback destination %q", addr)
-	}
-	return c.d.DialContext(ctx, network, addr)
-}
-
 type env struct {
 	conn   *connector.Connector
 	client *netstacktest.Peer
-	dialer *countingDialer
+	dialer *netstacktest.Dialer
 }
 
 func checkLeaks(t *testing.T) {
@@ -77,7 +59,7 @@ func newEnv(t *testing.T, nc netstack.Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dialer: &countingDialer{}}
+	e := &env{dialer: &netstacktest.Dialer{}}
 	nc.Dialer = e.dialer
 	e.conn, err = connector.New(connector.Config{
 		WireGuard: &wgconf.Config{
@@ -132,27 +114,7 @@ func TestEndToEndTCP(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			want := make([]byte, 1<<20)
-			rand.Read(want)
-			werr := make(chan error, 1)
-			go func() {
-				_, err := c.Write(want)
-				if err == nil {
-					err = c.(interface{ CloseWrite() error }).CloseWrite()
-				}
-				werr <- err
-			}()
-			c.SetReadDeadline(time.Now().Add(60 * time.Second))
-			got, err := io.ReadAll(c) // ends only if the upstream's FIN came back
-			if err != nil {
-				t.Fatalf("read: %v", err)
-			}
-			if err := <-werr; err != nil {
-				t.Fatalf("write: %v", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(want))
-			}
+			netstacktest.EchoTCP(t, c, 1<<20)
 		})
 	}
 	if st := e.conn.Stats(); st.Netstack.TCPForwarded < 1 {
@@ -173,7 +135,7 @@ func TestEndToEndOutsideRoutesIsReset(t *testing.T) {
 	if errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("no RST within 1s (%v): %v", time.Since(start), err)
 	}
-	if n := e.dialer.n.Load(); n != 0 {
+	if n := e.dialer.Dials.Load(); n != 0 {
 		t.Errorf("host dials = %d, want 0", n)
 	}
 }
@@ -207,7 +169,7 @@ func TestEndToEndUDPAndIdleCleanup(t *testing.T) {
 				}
 			}
 			// The flow ends after the idle timeout and its resources go.
-			waitFor(t, func() bool { return e.conn.Stats().Netstack.OpenFlows == 0 })
+			netstacktest.WaitFor(t, func() bool { return e.conn.Stats().Netstack.OpenFlows == 0 })
 		})
 	}
 	if st := e.conn.Stats().Netstack; st.UDPIdleClosed != 2 || st.UDPForwarded != 2 {
@@ -237,7 +199,7 @@ func TestEndToEndSpoofedSourceDropped(t *testing.T) {
 	if _, err := c.Read(make([]byte, 16)); err != nil {
 		t.Fatal(err)
 	}
-	dials := e.dialer.n.Load()
+	dials := e.dialer.Dials.Load()
 
 	if err := e.client.WriteRawPacket(udp4Packet(spoofed, 4444, dst, "spoofed")); err != nil {
 		t.Fatal(err)
@@ -245,11 +207,11 @@ func TestEndToEndSpoofedSourceDropped(t *testing.T) {
 	if err := e.client.WriteRawPacket(udp4Packet(clientV4.Addr(), 4445, dst, "genuine")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return srv.Seen("genuine") == 1 })
+	netstacktest.WaitFor(t, func() bool { return srv.Seen("genuine") == 1 })
 	if n := srv.Seen("spoofed"); n != 0 {
 		t.Fatalf("the spoofed packet reached the upstream %d times", n)
 	}
-	if n := e.dialer.n.Load() - dials; n != 1 {
+	if n := e.dialer.Dials.Load() - dials; n != 1 {
 		t.Errorf("host dials for the raw packets = %d, want 1 (the genuine one)", n)
 	}
 }
@@ -324,16 +286,5 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Errorf("New on a busy port: %v", err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

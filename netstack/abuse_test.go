@@ -43,7 +43,7 @@ func TestPeerResetReachesIdleHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return p.gw.Stats().TCPForwarded == 1 })
+	netstacktest.WaitFor(t, func() bool { return p.gw.Stats().TCPForwarded == 1 })
 	time.Sleep(50 * time.Millisecond) // let "hello" arrive, unread
 	c.Close()
 	select {
@@ -54,7 +54,7 @@ func TestPeerResetReachesIdleHost(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("upstream connection still open 10s after the peer reset; stats %+v", p.gw.Stats())
 	}
-	waitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
+	netstacktest.WaitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
 }
 
 // synPacket is a bare IPv4 SYN from src to dst.
@@ -83,7 +83,7 @@ func TestUnansweredHandshakeIsBounded(t *testing.T) {
 	}
 	defer dev.Close()
 	s, err := netstack.New(dev, netstack.Config{
-		Addresses: []netip.Prefix{gwV4}, Allow: allowLoopback, Dialer: &countingDialer{},
+		Addresses: []netip.Prefix{gwV4}, Allow: allowLoopback, Dialer: &netstacktest.Dialer{},
 		DialTimeout: 300 * time.Millisecond, MaxInFlightDialsPerPeer: 2,
 	})
 	if err != nil {
@@ -119,19 +119,19 @@ func TestUnansweredHandshakeIsBounded(t *testing.T) {
 	}
 	// Two handshakes hold the peer's two slots; the other two SYNs are
 	// refused.
-	waitFor(t, func() bool { st := s.Stats(); return st.TCPLimited == 2 })
+	netstacktest.WaitFor(t, func() bool { st := s.Stats(); return st.TCPLimited == 2 })
 	if n := accepted.Load(); n > 2 {
 		t.Errorf("host accepted %d connections for 2 admitted SYNs", n)
 	}
 	// After the dial timeout the half-open handshakes are given up.
-	waitFor(t, func() bool { st := s.Stats(); return st.OpenFlows == 0 && st.InFlightDials == 0 })
+	netstacktest.WaitFor(t, func() bool { st := s.Stats(); return st.OpenFlows == 0 && st.InFlightDials == 0 })
 	if st := s.Stats(); st.HandlerFailures != 2 {
 		t.Errorf("HandlerFailures = %d, want 2 abandoned handshakes", st.HandlerFailures)
 	}
 
 	// A fresh handshake in progress does not hold up Close.
 	dev.Write([][]byte{synPacket(netip.AddrPortFrom(clientV4.Addr(), 41000), dst)}, 0)
-	waitFor(t, func() bool { return s.Stats().InFlightDials == 1 })
+	netstacktest.WaitFor(t, func() bool { return s.Stats().InFlightDials == 1 })
 	done := make(chan struct{})
 	go func() { s.Close(); close(done) }()
 	select {

@@ -5,14 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,34 +31,10 @@ var (
 	gwV6     = netip.MustParsePrefix("fd77::1/128")
 )
 
-// countingDialer counts host dials and can hold them.
-type countingDialer struct {
-	n    atomic.Int64
-	hold chan struct{} // if non-nil, dials wait for it or their ctx
-	d    net.Dialer
-}
-
-func (c *countingDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	c.n.Add(1)
-	// Tests must never reach beyond loopback, whatever the code under
-	// test decides.
-	if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().Unmap().IsLoopback() {
-		return nil, fmt.Errorf("test dialer: refusing non-loopback destination %q", addr)
-	}
-	if c.hold != nil {
-		select {
-		case <-c.hold:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	return c.d.DialContext(ctx, network, addr)
-}
-
 type pair struct {
 	gw, client       *netstack.Stack
 	gwTun, clientTun *tun.Device
-	dialer           *countingDialer
+	dialer           *netstacktest.Dialer
 	wg               sync.WaitGroup
 }
 
@@ -71,8 +44,8 @@ func allowLoopback(f netstack.Flow) bool { return f.Dst.Addr().IsLoopback() }
 // client, joined by a packet pipe. Everything is closed at test cleanup.
 func newPair(t *testing.T, cfg netstack.Config) *pair {
 	t.Helper()
-	p := &pair{dialer: &countingDialer{}}
-	if d, ok := cfg.Dialer.(*countingDialer); ok {
+	p := &pair{dialer: &netstacktest.Dialer{}}
+	if d, ok := cfg.Dialer.(*netstacktest.Dialer); ok {
 		p.dialer = d
 	}
 	cfg.Dialer = p.dialer
@@ -146,30 +119,8 @@ func TestTCPEchoAndHalfClose(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			want := make([]byte, 1<<20)
-			rand.Read(want)
-			errc := make(chan error, 1)
-			go func() {
-				_, err := c.Write(want)
-				if err == nil {
-					// Half-close: the echo server sees EOF and closes its
-					// side, which must come back to us as EOF.
-					err = c.(interface{ CloseWrite() error }).CloseWrite()
-				}
-				errc <- err
-			}()
-			c.SetReadDeadline(time.Now().Add(30 * time.Second))
-			got, err := io.ReadAll(c)
-			if err != nil {
-				t.Fatalf("read: %v", err)
-			}
-			if err := <-errc; err != nil {
-				t.Fatalf("write: %v", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("echo mismatch: got %d bytes, want %d", len(got), len(want))
-			}
-			if n := p.dialer.n.Load(); n != 1 {
+			netstacktest.EchoTCP(t, c, 1<<20)
+			if n := p.dialer.Dials.Load(); n != 1 {
 				t.Errorf("host dials = %d, want 1", n)
 			}
 		})
@@ -189,7 +140,7 @@ func TestTCPRefusedByPolicy(t *testing.T) {
 	if errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("dial timed out instead of being reset: %v", err)
 	}
-	if n := p.dialer.n.Load(); n != 0 {
+	if n := p.dialer.Dials.Load(); n != 0 {
 		t.Errorf("host dials = %d, want 0", n)
 	}
 	if st := p.gw.Stats(); st.TCPRefused != 1 {
@@ -212,7 +163,7 @@ func TestTCPHostRefusedIsReset(t *testing.T) {
 
 func TestTCPInFlightDialLimit(t *testing.T) {
 	checkLeaks(t)
-	d := &countingDialer{hold: make(chan struct{})}
+	d := &netstacktest.Dialer{Hold: make(chan struct{})}
 	p := newPair(t, netstack.Config{Allow: allowLoopback, Dialer: d, MaxInFlightDials: 4, MaxInFlightDialsPerPeer: 2})
 	up := netstacktest.TCPEcho(t, "127.0.0.1:0")
 
@@ -228,19 +179,19 @@ func TestTCPInFlightDialLimit(t *testing.T) {
 			held <- result{c, err}
 		}()
 	}
-	waitFor(t, func() bool { return p.gw.Stats().InFlightDials == 2 })
+	netstacktest.WaitFor(t, func() bool { return p.gw.Stats().InFlightDials == 2 })
 	// The third is over the per-peer cap: RST, no dial.
 	_, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", up.String())
 	if err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("dial over the limit: err = %v, want a reset", err)
 	}
-	if n := d.n.Load(); n != 2 {
+	if n := d.Dials.Load(); n != 2 {
 		t.Errorf("host dials = %d, want 2", n)
 	}
 	if st := p.gw.Stats(); st.TCPLimited != 1 {
 		t.Errorf("TCPLimited = %d, want 1", st.TCPLimited)
 	}
-	close(d.hold)
+	close(d.Hold)
 	for range 2 {
 		r := <-held
 		if r.err != nil {
@@ -248,12 +199,12 @@ func TestTCPInFlightDialLimit(t *testing.T) {
 		}
 		r.c.Close()
 	}
-	waitFor(t, func() bool { st := p.gw.Stats(); return st.OpenFlows == 0 && st.PeersWithFlows == 0 })
+	netstacktest.WaitFor(t, func() bool { st := p.gw.Stats(); return st.OpenFlows == 0 && st.PeersWithFlows == 0 })
 }
 
 func TestTCPDialTimeoutReleasesSlot(t *testing.T) {
 	checkLeaks(t)
-	d := &countingDialer{hold: make(chan struct{})} // never released: a blackhole
+	d := &netstacktest.Dialer{Hold: make(chan struct{})} // never released: a blackhole
 	p := newPair(t, netstack.Config{Allow: allowLoopback, Dialer: d, DialTimeout: 200 * time.Millisecond, MaxInFlightDialsPerPeer: 1})
 	for i := range 3 {
 		_, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", "127.0.0.1:9")
@@ -296,8 +247,8 @@ func TestUDPEcho(t *testing.T) {
 					t.Fatalf("datagram %d: echo mismatch", i)
 				}
 			}
-			if st := p.gw.Stats(); st.UDPForwarded != 1 || p.dialer.n.Load() != 1 {
-				t.Errorf("flows = %d, dials = %d; want one flow and one socket for the whole exchange", st.UDPForwarded, p.dialer.n.Load())
+			if st := p.gw.Stats(); st.UDPForwarded != 1 || p.dialer.Dials.Load() != 1 {
+				t.Errorf("flows = %d, dials = %d; want one flow and one socket for the whole exchange", st.UDPForwarded, p.dialer.Dials.Load())
 			}
 		})
 	}
@@ -308,7 +259,7 @@ func TestUDPRefusedByPolicyGetsICMP(t *testing.T) {
 	p := newPair(t, netstack.Config{Allow: func(netstack.Flow) bool { return false }})
 	up := netstacktest.UDPEcho(t, "127.0.0.1:0").Addr
 	expectRefused(t, p, up)
-	if n := p.dialer.n.Load(); n != 0 {
+	if n := p.dialer.Dials.Load(); n != 0 {
 		t.Errorf("host dials = %d, want 0", n)
 	}
 	if st := p.gw.Stats(); st.UDPRefused == 0 {
@@ -323,7 +274,7 @@ func TestUDPHostRefusedGetsICMP(t *testing.T) {
 	if st := p.gw.Stats(); st.UDPHostRefused == 0 {
 		t.Errorf("UDPHostRefused = 0")
 	}
-	waitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
+	netstacktest.WaitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
 }
 
 // expectRefused sends datagrams to dst until the client's socket reports
@@ -373,7 +324,7 @@ func TestUDPIdleTimeout(t *testing.T) {
 	if st := p.gw.Stats(); st.OpenFlows != 1 {
 		t.Fatalf("OpenFlows = %d, want 1", st.OpenFlows)
 	}
-	waitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
+	netstacktest.WaitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
 	if st := p.gw.Stats(); st.UDPIdleClosed != 1 {
 		t.Errorf("UDPIdleClosed = %d, want 1", st.UDPIdleClosed)
 	}
@@ -431,15 +382,4 @@ func TestListenOnlyOwnAddresses(t *testing.T) {
 func checkLeaks(t *testing.T) {
 	opt := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -151,7 +150,7 @@ func TestEmbeddedDefault(t *testing.T) {
 			done <- runUp(ctx, upFlags{state: state, policy: pol, listen: listen}, &out, testLogger(t))
 		}()
 		clientPath := filepath.Join(state, "client.conf")
-		waitFor(t, func() bool { return strings.Contains(out.String(), "client config: "+clientPath) })
+		netstacktest.WaitFor(t, func() bool { return strings.Contains(out.String(), "client config: "+clientPath) })
 
 		connConf, _, err := wgconf.Load(filepath.Join(state, "connector.conf"))
 		if err != nil {
@@ -222,17 +221,7 @@ func echo(t *testing.T, client *netstacktest.Peer, upstream netip.AddrPort, n in
 		t.Fatalf("dial %v through the tunnel: %v", upstream, err)
 	}
 	defer c.Close()
-	want := make([]byte, n)
-	rand.Read(want)
-	go func() {
-		c.Write(want)
-		c.(interface{ CloseWrite() error }).CloseWrite()
-	}()
-	c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	got, err := io.ReadAll(c)
-	if err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("echo through the tunnel: %d of %d bytes, err %v", len(got), n, err)
-	}
+	netstacktest.EchoTCP(t, c, n)
 }
 
 // TestUnprivilegedProcess runs the connector as a separate process with no
@@ -469,15 +458,4 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 20s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

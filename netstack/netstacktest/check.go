@@ -1,0 +1,84 @@
+package netstacktest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Dialer is a host dialer for tests. It counts dials, can hold them until
+// Hold is closed (a blackholed destination), and refuses any destination
+// that is not loopback, whatever the code under test asks for: test
+// traffic must never leave the machine.
+type Dialer struct {
+	// Dials counts DialContext calls, refused ones included.
+	Dials atomic.Int64
+	// Hold, if not nil, makes dials wait until it is closed or their
+	// context ends.
+	Hold chan struct{}
+	d    net.Dialer
+}
+
+// DialContext implements netstack.Dialer.
+func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.Dials.Add(1)
+	if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().Unmap().IsLoopback() {
+		return nil, fmt.Errorf("test dialer: refusing non-loopback destination %q", addr)
+	}
+	if d.Hold != nil {
+		select {
+		case <-d.Hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return d.d.DialContext(ctx, network, addr)
+}
+
+// EchoTCP sends n random bytes on c, which leads to a TCP echo server
+// (such as TCPEcho), half-closes, and checks that exactly those bytes come
+// back followed by the server's FIN: the data path and half-close both
+// work.
+func EchoTCP(tb testing.TB, c net.Conn, n int) {
+	tb.Helper()
+	want := make([]byte, n)
+	rand.Read(want)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(want)
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		werr <- err
+	}()
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	got, err := io.ReadAll(c) // ends only when the server's FIN comes back
+	if err != nil {
+		tb.Fatalf("echo: read after %d of %d bytes: %v", len(got), n, err)
+	}
+	if err := <-werr; err != nil {
+		tb.Fatalf("echo: write: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		tb.Fatalf("echo: got %d bytes back, want the %d sent", len(got), n)
+	}
+}
+
+// WaitFor polls cond until it holds, failing the test after 20 seconds.
+func WaitFor(tb testing.TB, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatal("condition not reached within 20s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
