@@ -15,6 +15,7 @@ require (
 
 require (
 	github.com/google/btree v1.1.2 // indirect
+	github.com/miekg/dns v1.1.73 // indirect
 	golang.org/x/text v0.40.0 // indirect
 	golang.zx2c4.com/wintun v0.0.0-20230126152724-0fa3db229ce2 // indirect
 )

@@ -6,14 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"go4.org/netipx"
+	"github.com/miekg/dns"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 
@@ -23,7 +26,11 @@ import (
 	"github.com/appconnector/appconnector/tun"
 )
 
-// Config configures a Connector.
+// DefaultTag is the tag a connector has when Config.Tags is empty.
+const DefaultTag = "tag:connector"
+
+// Config configures a Connector. Zero values of optional fields are the
+// documented defaults.
 type Config struct {
 	// WireGuard is the interface and its peers, as read from a wg-quick
 	// file. Required; it must have at least one Address.
@@ -34,9 +41,40 @@ type Config struct {
 	// on every address, IPv4 and IPv6.
 	ListenAddr netip.Addr
 
-	// Policy lists the apps. Flows are forwarded only to destinations
-	// inside the routes of the apps. Nil forwards nothing.
+	// Policy lists the apps. The connector serves those whose connectors
+	// name one of Tags (or "*"). Nil serves nothing.
 	Policy *Policy
+	// Tags are this connector's tags. Empty means DefaultTag.
+	Tags []string
+
+	// DNSUpstreams are the "ip:port" addresses of the DNS servers app
+	// names are resolved with, tried in order. Empty means DNS questions
+	// for app names are answered SERVFAIL.
+	DNSUpstreams []string
+	// ForwardUnknownNames makes the connector resolve names that belong
+	// to no app too (without learning routes from them). By default they
+	// are REFUSED: the connector is not an open resolver.
+	ForwardUnknownNames bool
+	// DNSTimeout bounds the upstream resolution of one question. Zero
+	// means 5 seconds.
+	DNSTimeout time.Duration
+
+	// RouteTTL is how long a learned route lives after the last DNS
+	// answer that named it (routes with an open flow never expire). Zero
+	// means DefaultRouteTTL.
+	RouteTTL time.Duration
+	// MaxLearned and MaxLearnedPerApp cap the learned routes; at a cap the
+	// least recently seen route with no open flow is evicted. Zero means
+	// the Defaults.
+	MaxLearned, MaxLearnedPerApp int
+
+	// StateDir, if set, keeps the learned routes across restarts (in
+	// routes.json, written atomically at most every FlushInterval and on
+	// Close). Empty keeps them in memory only.
+	StateDir string
+	// FlushInterval is the most often learned routes are written. Zero
+	// means 2 seconds.
+	FlushInterval time.Duration
 
 	// Netstack holds the forwarding limits and timeouts. Its Addresses,
 	// Allow, PeerOf and Logf fields are set by the Connector.
@@ -45,7 +83,8 @@ type Config struct {
 	// HostAddrs are the connector host's own addresses. Like loopback, they
 	// are forwarded to only if a route names exactly them (a /32 or /128),
 	// so a route such as 10.0.0.0/8 does not open the host's own services
-	// to every peer. cmd/appconnector fills it from the host's interfaces.
+	// to every peer; and they are never learned from DNS.
+	// cmd/appconnector fills it from the host's interfaces.
 	HostAddrs []netip.Addr
 
 	// Logger receives the connector's logs. Nil discards them.
@@ -54,24 +93,36 @@ type Config struct {
 	// ResolveTimeout bounds the lookup of peers' Endpoint host names at
 	// start. Zero means 10 seconds.
 	ResolveTimeout time.Duration
+
+	// Now returns the current time; nil means time.Now. Tests set it.
+	Now func() time.Time
 }
 
-// Connector is a userspace WireGuard endpoint whose peers' flows are
-// forwarded to the routes of the policy's apps through host sockets.
+// Connector is a userspace WireGuard endpoint that answers its peers' DNS
+// questions for app names, learns the answers as routes, and forwards the
+// peers' flows to app routes through host sockets.
 type Connector struct {
-	log       *slog.Logger
-	hostAddrs []netip.Addr
-	tun       *tun.Device
-	stack     *netstack.Stack
-	wg        *device.Device
-	peers     peerTable
-	routes    atomic.Pointer[netipx.IPSet]
-	port      uint16
-	closed    atomic.Bool
+	log   *slog.Logger
+	tags  []string
+	tun   *tun.Device
+	stack *netstack.Stack
+	wg    *device.Device
+	peers peerTable
+	table *routeTable
+	dns   *dnsService
+	port  uint16
+
+	routesPath string // empty: no persistence
+	flushEvery time.Duration
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	bg     sync.WaitGroup // background goroutines (expiry, flushing)
+	closed atomic.Bool
 }
 
-// New starts a Connector: the WireGuard device is up and listening when New
-// returns.
+// New starts a Connector: WireGuard is listening and DNS is served when
+// New returns.
 func New(cfg Config) (*Connector, error) {
 	if cfg.WireGuard == nil {
 		return nil, errors.New("connector: no wireguard config")
@@ -79,12 +130,55 @@ func New(cfg Config) (*Connector, error) {
 	if len(cfg.WireGuard.Interface.Addresses) == 0 {
 		return nil, errors.New("connector: the interface has no Address")
 	}
+	for _, u := range cfg.DNSUpstreams {
+		if _, err := netip.ParseAddrPort(u); err != nil {
+			return nil, fmt.Errorf("connector: dns upstream %q: want ip:port", u)
+		}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Connector{log: log, hostAddrs: cfg.HostAddrs, peers: newPeerTable(cfg.WireGuard.Peers)}
+	c := &Connector{log: log, tags: cfg.Tags, peers: newPeerTable(cfg.WireGuard.Peers)}
+	if len(c.tags) == 0 {
+		c.tags = []string{DefaultTag}
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+
+	own := map[netip.Addr]bool{}
+	for _, a := range cfg.HostAddrs {
+		own[a.Unmap().WithZone("")] = true
+	}
+	for _, p := range cfg.WireGuard.Interface.Addresses {
+		own[p.Addr().Unmap()] = true
+	}
+	c.table = newRouteTable(tableConfig{
+		ttl:        orDefault(cfg.RouteTTL, DefaultRouteTTL),
+		maxLearned: orDefault(cfg.MaxLearned, DefaultMaxLearned),
+		maxPerApp:  orDefault(cfg.MaxLearnedPerApp, DefaultMaxLearnedPerApp),
+		hostAddrs:  cfg.HostAddrs,
+		own:        own,
+		now:        cfg.Now,
+		inUse:      func(a netip.Addr) bool { return c.stack != nil && c.stack.FlowsTo(a) > 0 },
+	})
 	c.SetPolicy(cfg.Policy)
+	// Learned routes come back before the stack accepts any traffic.
+	c.flushEvery = orDefault(cfg.FlushInterval, 2*time.Second)
+	if cfg.StateDir != "" {
+		c.routesPath = filepath.Join(cfg.StateDir, routesFileName)
+		now := time.Now
+		if cfg.Now != nil {
+			now = cfg.Now
+		}
+		rs, err := loadRoutes(c.routesPath, now())
+		if err != nil {
+			log.Error(err.Error())
+		}
+		if len(rs) > 0 {
+			kept := c.table.restore(rs)
+			log.Info("restored learned routes", "kept", kept, "stored", len(rs), "file", c.routesPath)
+		}
+	}
 
 	var err error
 	c.tun, err = tun.New(tun.Config{MTU: cfg.WireGuard.Interface.MTU})
@@ -93,8 +187,8 @@ func New(cfg Config) (*Connector, error) {
 	}
 	nc := cfg.Netstack
 	nc.Addresses = cfg.WireGuard.Interface.Addresses
-	nc.Allow = c.allow
-	nc.PeerOf = c.peers.lookup
+	nc.Allow = func(f netstack.Flow) bool { return c.table.allow(c.peers.lookup(f.Src.Addr()), f.Dst.Addr()) }
+	nc.PeerOf = func(a netip.Addr) string { return c.peers.lookup(a).key }
 	flowLog := log.With("component", "netstack")
 	nc.Logf = func(format string, args ...any) { flowLog.Info(fmt.Sprintf(format, args...)) }
 	c.stack, err = netstack.New(c.tun, nc)
@@ -102,11 +196,16 @@ func New(cfg Config) (*Connector, error) {
 		c.tun.Close()
 		return nil, fmt.Errorf("connector: %w", err)
 	}
+	if err := c.startDNS(cfg); err != nil {
+		c.stack.Close()
+		c.tun.Close()
+		return nil, fmt.Errorf("connector: %w", err)
+	}
 
 	var bind conn.Bind
 	if cfg.ListenAddr.IsValid() {
-		bind, err = wgbind.New(cfg.ListenAddr)
-		if err != nil {
+		if bind, err = wgbind.New(cfg.ListenAddr); err != nil {
+			c.dns.close()
 			c.stack.Close()
 			c.tun.Close()
 			return nil, fmt.Errorf("connector: %w", err)
@@ -123,15 +222,61 @@ func New(cfg Config) (*Connector, error) {
 		c.Close()
 		return nil, err
 	}
+	c.bg.Add(1)
+	go c.maintain()
 	return c, nil
 }
 
-func (c *Connector) start(cfg Config) error {
-	timeout := cfg.ResolveTimeout
-	if timeout == 0 {
-		timeout = 10 * time.Second
+func orDefault[T comparable](v, d T) T {
+	var zero T
+	if v == zero {
+		return d
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	return v
+}
+
+// startDNS listens on port 53 (UDP and TCP) of every tunnel address.
+func (c *Connector) startDNS(cfg Config) error {
+	dlog := c.log.With("component", "dns")
+	c.dns = &dnsService{
+		c:         c,
+		upstreams: cfg.DNSUpstreams,
+		forward:   cfg.ForwardUnknownNames,
+		timeout:   orDefault(cfg.DNSTimeout, defaultDNSTimeout),
+		udp:       &dns.Client{Net: "udp", UDPSize: ednsSize, Timeout: upstreamTryTimeout},
+		tcp:       &dns.Client{Net: "tcp", Timeout: upstreamTryTimeout},
+		logf:      netstack.RateLimit(func(f string, a ...any) { dlog.Info(fmt.Sprintf(f, a...)) }, 5, 10),
+	}
+	var pcs []net.PacketConn
+	var lns []net.Listener
+	fail := func(err error) error {
+		for _, pc := range pcs {
+			pc.Close()
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+		return err
+	}
+	for _, p := range cfg.WireGuard.Interface.Addresses {
+		ap := netip.AddrPortFrom(p.Addr().Unmap(), 53)
+		pc, err := c.stack.ListenUDP(ap)
+		if err != nil {
+			return fail(fmt.Errorf("dns: %w", err))
+		}
+		pcs = append(pcs, pc)
+		ln, err := c.stack.ListenTCP(ap)
+		if err != nil {
+			return fail(fmt.Errorf("dns: %w", err))
+		}
+		lns = append(lns, ln)
+	}
+	c.dns.start(pcs, lns)
+	return nil
+}
+
+func (c *Connector) start(cfg Config) error {
+	ctx, cancel := context.WithTimeout(c.ctx, orDefault(cfg.ResolveTimeout, 10*time.Second))
 	defer cancel()
 	uapi, err := cfg.WireGuard.UAPI(ctx, nil)
 	if err != nil {
@@ -172,82 +317,143 @@ func (c *Connector) listenPort() (uint16, error) {
 	return 0, errors.New("wireguard reported no listen port")
 }
 
+// maintain drops expired learned routes once a minute and writes the
+// learned routes when they changed, at most every flushEvery.
+func (c *Connector) maintain() {
+	defer c.bg.Done()
+	expire := time.NewTicker(time.Minute)
+	defer expire.Stop()
+	flush := time.NewTicker(c.flushEvery)
+	defer flush.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-expire.C:
+			c.table.expire()
+		case <-flush.C:
+			c.flush()
+		}
+	}
+}
+
+// flush writes the learned routes if they changed since the last write.
+func (c *Connector) flush() {
+	if c.routesPath == "" {
+		return
+	}
+	rs, changed := c.table.snapshot(false)
+	if !changed {
+		return
+	}
+	if err := saveRoutes(c.routesPath, rs); err != nil {
+		c.table.markDirty() // try again next time
+		c.log.Error(err.Error())
+	}
+}
+
 // Port returns the UDP port WireGuard listens on.
 func (c *Connector) Port() uint16 { return c.port }
 
-// SetPolicy replaces the policy; nil forwards nothing. New flows see the new
-// routes at once; established flows are not touched.
+// SetPolicy replaces the policy; nil serves nothing. New flows and DNS
+// questions see the new apps at once; established flows are not touched.
+// Learned routes of apps or names that left the policy are withdrawn.
 func (c *Connector) SetPolicy(p *Policy) {
-	var routes []netip.Prefix
-	if p != nil {
-		// Each app's own prefixes, not the merged union: a route that
-		// names a guarded range must be seen even when a wider route of
-		// another app covers it.
-		for _, a := range p.Apps {
-			routes = append(routes, a.Routes...)
-		}
-	}
-	c.routes.Store(forwardSet(routes, c.hostAddrs))
+	c.table.setApps(p.AppsFor(c.tags))
 }
 
-// Routes returns the prefixes flows may be forwarded to: the apps' routes
-// without the ranges that are never forwarded (see forwardSet).
-func (c *Connector) Routes() []netip.Prefix { return c.routes.Load().Prefixes() }
-
-// allow is the forwarding policy: the destination must be inside a route.
-func (c *Connector) allow(f netstack.Flow) bool {
-	return c.routes.Load().Contains(f.Dst.Addr())
+// Routes lists every route: configured, learned, pending and coalesced.
+func (c *Connector) Routes() []Route {
+	_, rs := c.table.routes()
+	return rs
 }
+
+// Advertised returns the version of the route table and the prefixes
+// announced to the peer with public key peerKey (base64): the routes of
+// the apps it may use.
+func (c *Connector) Advertised(peerKey string) (uint64, []netip.Prefix) {
+	return c.table.advertised(c.peers.byKey(peerKey))
+}
+
+// Approve approves the pending learned routes inside prefix, or all of
+// them if prefix is the zero Prefix, and returns how many.
+func (c *Connector) Approve(prefix netip.Prefix) int { return c.table.approve(prefix) }
 
 // Stats are the connector's counters.
 type Stats struct {
 	Tun      tun.Stats
 	Netstack netstack.Stats
+	Routes   tableStats
+	DNS      struct{ Answered, Refused, ServFail, Forwarded, FormErr uint64 }
 }
 
 // Stats returns a snapshot of the counters.
 func (c *Connector) Stats() Stats {
-	return Stats{Tun: c.tun.Stats(), Netstack: c.stack.Stats()}
+	st := Stats{Tun: c.tun.Stats(), Netstack: c.stack.Stats(), Routes: c.table.statsSnapshot()}
+	d := &c.dns.stats
+	st.DNS.Answered, st.DNS.Refused, st.DNS.ServFail = d.Answered.Load(), d.Refused.Load(), d.ServFail.Load()
+	st.DNS.Forwarded, st.DNS.FormErr = d.Forwarded.Load(), d.FormErr.Load()
+	return st
 }
 
-// Close stops forwarding, aborts open flows, closes the WireGuard device
-// and its socket, and waits for every goroutine to end. It is idempotent.
+// Close stops DNS and forwarding, aborts open flows, closes the WireGuard
+// device and its socket, and waits for every goroutine to end. It is
+// idempotent.
 func (c *Connector) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	c.cancel()
+	c.dns.close()
 	c.stack.Close()
 	c.wg.Close() // closes the tun device and the bind
+	c.bg.Wait()
+	c.flush()
 	return nil
 }
 
 // peerTable maps an inner source address to the peer whose AllowedIPs
-// hold it (longest prefix wins), for per-peer limits.
+// hold it (longest prefix wins).
 type peerTable struct {
 	entries []peerEntry // longest prefix first
+	keys    map[string]peerID
 }
 
 type peerEntry struct {
 	prefix netip.Prefix
-	key    string
+	peer   peerID
 }
 
 func newPeerTable(peers []wgconf.Peer) peerTable {
-	var t peerTable
+	t := peerTable{keys: map[string]peerID{}}
 	for _, p := range peers {
+		id := peerID{key: p.PublicKey.String(), tags: p.Tags}
+		t.keys[id.key] = id
 		for _, pfx := range p.AllowedIPs {
-			t.entries = append(t.entries, peerEntry{pfx.Masked(), p.PublicKey.String()})
+			t.entries = append(t.entries, peerEntry{pfx.Masked(), id})
 		}
 	}
 	slices.SortStableFunc(t.entries, func(a, b peerEntry) int { return b.prefix.Bits() - a.prefix.Bits() })
 	return t
 }
 
-func (t peerTable) lookup(a netip.Addr) string {
+// lookup returns the peer that owns source address a. WireGuard has
+// already dropped packets whose source is outside the sender's AllowedIPs,
+// so a miss means a local source; it gets an identity no app restricted
+// to named peers accepts.
+func (t peerTable) lookup(a netip.Addr) peerID {
 	for _, e := range t.entries {
 		if e.prefix.Contains(a) {
-			return e.key
+			return e.peer
 		}
 	}
-	return a.String()
+	return peerID{key: a.String()}
+}
+
+// byKey returns the peer with public key k (base64).
+func (t peerTable) byKey(k string) peerID {
+	if p, ok := t.keys[k]; ok {
+		return p
+	}
+	return peerID{key: k}
 }

@@ -47,6 +47,13 @@ func checkLeaks(t *testing.T) {
 
 func newEnv(t *testing.T, nc netstack.Config) *env {
 	t.Helper()
+	return newEnvWith(t, connector.Config{Netstack: nc}, testPolicy)
+}
+
+// newEnvWith starts a connector with cfg (WireGuard, listen address,
+// dialer and policy filled in from policyJSON) and a client peer.
+func newEnvWith(t *testing.T, cfg connector.Config, policyJSON string) *env {
+	t.Helper()
 	serverKey, err := wgconf.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -55,24 +62,23 @@ func newEnv(t *testing.T, nc netstack.Config) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, err := connector.ParsePolicy("test-policy.json", []byte(testPolicy))
+	policy, err := connector.ParsePolicy("test-policy.json", []byte(policyJSON))
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &env{dialer: &netstacktest.Dialer{}}
-	nc.Dialer = e.dialer
-	e.conn, err = connector.New(connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4, connV6}},
-			Peers: []wgconf.Peer{{
-				PublicKey:  wgconf.Key(clientKey.Public()),
-				AllowedIPs: []netip.Prefix{clientV4, clientV6},
-			}},
-		},
-		ListenAddr: netip.MustParseAddr("127.0.0.1"),
-		Policy:     policy,
-		Netstack:   nc,
-	})
+	cfg.Netstack.Dialer = e.dialer
+	cfg.WireGuard = &wgconf.Config{
+		Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4, connV6}},
+		Peers: []wgconf.Peer{{
+			PublicKey:  wgconf.Key(clientKey.Public()),
+			AllowedIPs: []netip.Prefix{clientV4, clientV6},
+			Tags:       []string{"tag:test"},
+		}},
+	}
+	cfg.ListenAddr = netip.MustParseAddr("127.0.0.1")
+	cfg.Policy = policy
+	e.conn, err = connector.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,12 +8,14 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/appconnector/appconnector/connector/wgconf"
 	"go4.org/netipx"
 )
 
@@ -41,6 +43,69 @@ type App struct {
 	// (no host bits set) and without duplicates. It may overlap with other
 	// apps' routes; nil if the app is reached by domains only.
 	Routes []netip.Prefix `json:"routes"`
+
+	// Approval says whether routes discovered for the app need an
+	// operator's approval: ApprovalAuto (the default) or ApprovalManual.
+	// The routes a manual app's domains resolve to wait for approval
+	// before they are advertised to peers or forwarded; the prefixes
+	// listed in Routes need none. ParsePolicy always sets one of the two
+	// values; MarshalJSON leaves out ApprovalAuto.
+	Approval string `json:"approval,omitempty"`
+
+	// AllowPrivate lists ranges in which DNS answers for the app's domains
+	// may be learned as routes even though they are private, loopback,
+	// link-local or otherwise non-public addresses, which are never
+	// learned otherwise. It serves internal apps behind split-horizon DNS.
+	// Entries follow the rules of Routes and are at least /8 (IPv4) or
+	// /16 (IPv6) long; nil if the app learns only public addresses.
+	AllowPrivate []netip.Prefix `json:"allowPrivate,omitempty"`
+
+	// Peers restricts the app to the WireGuard peers it selects: only they
+	// may resolve the app's domains through the connector and reach its
+	// routes. Each entry is a peer's public key in canonical base64 or
+	// "tag:<name>", selecting the peers that carry the tag (see
+	// wgconf.Peer.Tags). Nil means every peer; after ParsePolicy it is
+	// never empty but non-nil, and holds no duplicates. See PeerAllowed.
+	Peers []string `json:"peers,omitempty"`
+}
+
+// Values of App.Approval.
+const (
+	ApprovalAuto   = "auto"   // discovered routes are used at once
+	ApprovalManual = "manual" // discovered routes wait for an operator
+)
+
+// PeerAllowed reports whether the peer with public key pubKey (canonical
+// base64, as wgconf.Key.String returns) carrying tags may use the app: true
+// if a.Peers is empty, lists pubKey, or lists one of tags. A nil a allows
+// no one.
+func (a *App) PeerAllowed(pubKey string, tags []string) bool {
+	if a == nil {
+		return false
+	}
+	if len(a.Peers) == 0 {
+		return true
+	}
+	for _, sel := range a.Peers {
+		if strings.HasPrefix(sel, "tag:") {
+			if slices.Contains(tags, sel) {
+				return true
+			}
+		} else if sel == pubKey {
+			return true
+		}
+	}
+	return false
+}
+
+// MarshalJSON encodes a as an app object of the policy file format,
+// leaving out the keys that hold their default value.
+func (a App) MarshalJSON() ([]byte, error) {
+	type plain App // without methods, so Marshal does not recurse
+	if a.Approval == ApprovalAuto {
+		a.Approval = ""
+	}
+	return json.Marshal(plain(a))
 }
 
 // Policy is the set of apps an app connector deployment serves.
@@ -109,10 +174,13 @@ const maxAppNameLen = 64
 // are rejected as unknown; requirements spanning keys are checked in
 // parseApp after all keys are read.
 var appKeys = map[string]func(ps *policyParser, st *appState, m jsonMember) error{
-	"name":       parseAppName,
-	"connectors": parseAppConnectors,
-	"domains":    parseAppDomains,
-	"routes":     parseAppRoutes,
+	"name":         parseAppName,
+	"connectors":   parseAppConnectors,
+	"domains":      parseAppDomains,
+	"routes":       parseAppRoutes,
+	"approval":     parseAppApproval,
+	"allowPrivate": parseAppAllowPrivate,
+	"peers":        parseAppPeers,
 }
 
 // LoadPolicy reads the policy file at path and parses it with ParsePolicy.
@@ -126,7 +194,9 @@ func LoadPolicy(path string) (*Policy, error) {
 
 // ParsePolicy parses a policy file. filename is used only in error messages.
 //
-// The file is a JSON array of app objects, for example
+// The file is JSON, with comments ("//" to the end of the line, "/* */")
+// and trailing commas allowed anywhere, as in Tailscale's HuJSON. It lists
+// app objects, for example
 //
 //	[
 //	  {
@@ -137,9 +207,24 @@ func LoadPolicy(path string) (*Policy, error) {
 //	  }
 //	]
 //
-// JSON null and an empty array are valid, empty policies. Decoding is
-// strict: unknown and duplicate keys, values of the wrong type and data
-// after the array are errors. Within an app:
+// in one of three forms, told apart by the top-level value:
+//
+//   - a JSON array of app objects, as above;
+//   - an object whose only key is "apps", holding such an array;
+//   - a whole Tailscale policy file: an object without "apps". Only its
+//     "nodeAttrs" key is read, a list of objects; the apps are collected,
+//     in file order, from the "tailscale.com/app-connectors" list in the
+//     "app" object of each entry that has one. All other keys, at the top
+//     level and in the entries (such as "acls", "groups", "target" and
+//     "attr"), are ignored, so a file without "nodeAttrs" holds no apps.
+//     An app repeated with an identical definition, as for another
+//     "target", is kept once.
+//
+// An object with "apps" and any other key is an error, as is a key that
+// differs from "apps" or "nodeAttrs" only in case. JSON null, an empty
+// array and {} are valid, empty policies. Decoding is strict: unknown and
+// duplicate keys in apps, values of the wrong type and data after the
+// top-level value are errors. Within an app:
 //
 //   - "name" is required, unique across apps, non-empty, printable, without
 //     leading or trailing spaces and at most 64 characters. Names are
@@ -155,48 +240,103 @@ func LoadPolicy(path string) (*Policy, error) {
 //     traffic through the connector is a legitimate, explicit choice.
 //     Duplicates are dropped.
 //   - An app needs at least one domain or route.
+//   - "approval" is "auto" (the default) or "manual"; see App.Approval.
+//   - "allowPrivate" lists prefixes as "routes" does, except that IPv4
+//     prefixes shorter than /8 and IPv6 ones shorter than /16 are errors.
+//   - "peers" lists WireGuard public keys (44 base64 characters, stored in
+//     canonical form) and "tag:<name>" entries; "*" is not accepted, since
+//     leaving the key out already allows every peer, and neither is an
+//     empty list, which would allow no one. Duplicates are dropped.
 //
 // A null value counts as an absent key. Errors are *PolicyError values
-// naming the file, line and column, app, key and offending value.
+// naming the file, line and column, app, key and offending value; the
+// value of a "peers" entry that is neither a key nor a tag is left out, as
+// it may be a misplaced private key.
 func ParsePolicy(filename string, data []byte) (*Policy, error) {
 	ps := &policyParser{file: filename, data: data}
+	clean, err := stripHuJSON(data)
+	if err != nil {
+		off := 0
+		var he *hujsonError
+		if errors.As(err, &he) {
+			off = he.off
+		}
+		return nil, ps.errAt(off, nil, "", "", err)
+	}
+	// Offsets, lines and columns in clean are those of data.
+	ps.data = clean
 	// Unmarshal checks the syntax of the whole input, trailing data
 	// included, and reports offsets from the start of data.
-	if err := json.Unmarshal(data, new(json.RawMessage)); err != nil {
+	if err := json.Unmarshal(clean, new(json.RawMessage)); err != nil {
 		return nil, ps.syntaxError(err)
 	}
-	start := skipJSONSpace(data, 0)
-	switch data[start] { // valid JSON has a value after any space
+	start := skipJSONSpace(clean, 0)
+	top := jsonMember{valOff: start, val: clean[start:]}
+	l := &appList{first: make(map[string]appRef)}
+	switch clean[start] { // valid JSON has a value after any space
 	case 'n':
-		return &Policy{}, nil
 	case '[':
+		err = ps.parseAppList(l, top)
+	case '{':
+		err = ps.parseTopObject(l, top)
 	default:
-		return nil, ps.errAt(start, nil, "", "",
-			fmt.Errorf("policy must be a JSON array of apps, got %s", jsonKind(data[start:])))
+		err = ps.errAt(start, nil, "", "", fmt.Errorf(
+			`policy must be a JSON array of apps, an object with "apps" or a Tailscale policy file, got %s`, jsonKind(top.val)))
 	}
-
-	var pol Policy
-	firstName := make(map[string]int) // app name -> offset of its first definition
-	index := 0
-	err := ps.eachValue(nil, data[start:], start, func(m jsonMember) error {
-		index++
-		st, err := ps.parseApp(index, m.valOff, m.val)
-		if err != nil {
-			return err
-		}
-		if prev, dup := firstName[st.app.Name]; dup {
-			line, _ := lineCol(data, prev)
-			return ps.errAt(st.nameOff, st, "name", st.app.Name,
-				fmt.Errorf("duplicate app name (first defined on line %d)", line))
-		}
-		firstName[st.app.Name] = st.nameOff
-		pol.Apps = append(pol.Apps, st.app)
-		return nil
-	})
 	if err != nil {
 		return nil, err
 	}
-	return &pol, nil
+	return &Policy{Apps: l.apps}, nil
+}
+
+// appList collects the apps of a policy file as they are parsed.
+type appList struct {
+	apps  []App
+	first map[string]appRef // by app name
+	count int               // apps seen, including merged repeats
+
+	// mergeEqual makes an app that repeats an earlier definition exactly
+	// count once instead of being a duplicate name.
+	mergeEqual bool
+}
+
+// appRef locates an app kept in an appList.
+type appRef struct {
+	index   int // in appList.apps
+	nameOff int // file offset of its name
+}
+
+// parseAppList parses m's value, a list of apps (or null), into l.
+func (ps *policyParser) parseAppList(l *appList, m jsonMember) error {
+	switch m.val[0] {
+	case 'n':
+		return nil
+	case '[':
+	default:
+		return ps.errAt(m.valOff, nil, m.key, "", fmt.Errorf("want a list of apps, got %s", jsonKind(m.val)))
+	}
+	return ps.eachValue(nil, m.val, m.valOff, func(e jsonMember) error {
+		l.count++
+		st, err := ps.parseApp(l.count, e.valOff, e.val)
+		if err != nil {
+			return err
+		}
+		prev, dup := l.first[st.app.Name]
+		if !dup {
+			l.first[st.app.Name] = appRef{index: len(l.apps), nameOff: st.nameOff}
+			l.apps = append(l.apps, st.app)
+			return nil
+		}
+		if l.mergeEqual && reflect.DeepEqual(l.apps[prev.index], st.app) {
+			return nil
+		}
+		what := "duplicate app name"
+		if l.mergeEqual {
+			what = "duplicate app name with a different definition"
+		}
+		line, _ := lineCol(ps.data, prev.nameOff)
+		return ps.errAt(st.nameOff, st, "name", st.app.Name, fmt.Errorf("%s (first defined on line %d)", what, line))
+	})
 }
 
 // MarshalJSON encodes p in the policy file format that ParsePolicy reads.
@@ -302,14 +442,6 @@ func (st *appState) firstSeen(key, value string) bool {
 	return true
 }
 
-// jsonMember is one key and value of a JSON object, with their offsets.
-type jsonMember struct {
-	key    string
-	keyOff int
-	valOff int
-	val    json.RawMessage
-}
-
 // parseApp parses and validates the app object raw found at offset off.
 func (ps *policyParser) parseApp(index, off int, raw json.RawMessage) (*appState, error) {
 	st := &appState{index: index, off: off}
@@ -365,19 +497,16 @@ func (ps *policyParser) parseApp(index, off int, raw json.RawMessage) (*appState
 	if len(a.Domains) == 0 && len(a.Routes) == 0 {
 		return nil, ps.errAt(off, st, "", "", errors.New(`needs at least one entry in "domains" or "routes"`))
 	}
+	if a.Approval == "" {
+		a.Approval = ApprovalAuto
+	}
 	return st, nil
 }
 
 func parseAppName(ps *policyParser, st *appState, m jsonMember) error {
-	if m.val[0] == 'n' {
-		return nil // null: reported as missing
-	}
-	if m.val[0] != '"' {
-		return ps.errAt(m.valOff, st, m.key, "", wantString(m.val))
-	}
-	var name string
-	if err := json.Unmarshal(m.val, &name); err != nil {
-		return ps.errAt(m.valOff, st, m.key, "", err)
+	name, ok, err := ps.stringValue(st, m)
+	if err != nil || !ok {
+		return err // null is reported as missing
 	}
 	if err := checkAppName(name); err != nil {
 		return ps.errAt(m.valOff, st, m.key, name, err)
@@ -483,58 +612,84 @@ func parseRoute(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// eachString calls fn with the offset and value of each element of the list
-// of strings in m. A null value is an empty list.
-func (ps *policyParser) eachString(st *appState, m jsonMember, fn func(off int, s string) error) error {
-	switch m.val[0] {
-	case 'n':
-		return nil
-	case '[':
-	default:
-		return ps.errAt(m.valOff, st, m.key, "",
-			fmt.Errorf("want a list of strings, got %s %s", jsonKind(m.val), excerpt(string(m.val))))
+func parseAppApproval(ps *policyParser, st *appState, m jsonMember) error {
+	s, ok, err := ps.stringValue(st, m)
+	if err != nil || !ok {
+		return err
 	}
-	index := 0
-	return ps.eachValue(st, m.val, m.valOff, func(e jsonMember) error {
-		index++
-		if e.val[0] != '"' {
-			return ps.errAt(e.valOff, st, m.key, "", fmt.Errorf("entry #%d: %w", index, wantString(e.val)))
+	if s != ApprovalAuto && s != ApprovalManual {
+		return ps.errAt(m.valOff, st, m.key, s, fmt.Errorf("want %q or %q", ApprovalAuto, ApprovalManual))
+	}
+	st.app.Approval = s
+	return nil
+}
+
+// Shortest allowPrivate prefixes: anything wider names more than the
+// internal ranges of one app.
+const (
+	minAllowPrivateBits4 = 8
+	minAllowPrivateBits6 = 16
+)
+
+func parseAppAllowPrivate(ps *policyParser, st *appState, m jsonMember) error {
+	return ps.eachString(st, m, func(off int, s string) error {
+		p, err := parseRoute(s)
+		if err == nil && (p.Addr().Is4() && p.Bits() < minAllowPrivateBits4 || p.Addr().Is6() && p.Bits() < minAllowPrivateBits6) {
+			err = fmt.Errorf("allowPrivate prefix %s is too broad; name the internal ranges", p)
 		}
-		var s string
-		if err := json.Unmarshal(e.val, &s); err != nil {
-			return ps.errAt(e.valOff, st, m.key, "", err)
+		if err != nil {
+			return ps.errAt(off, st, m.key, s, err)
 		}
-		return fn(e.valOff, s)
+		if st.firstSeen(m.key, p.String()) {
+			st.app.AllowPrivate = append(st.app.AllowPrivate, p)
+		}
+		return nil
 	})
 }
 
-// eachValue calls fn with each element of the JSON array, or each member of
-// the JSON object, raw, which starts at file offset base and must be valid
-// JSON. Array elements have an empty key and keyOff equal to valOff.
-func (ps *policyParser) eachValue(st *appState, raw []byte, base int, fn func(jsonMember) error) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if _, err := dec.Token(); err != nil { // '[' or '{'
-		return ps.errAt(base, st, "", "", err)
-	}
-	for dec.More() {
-		var m jsonMember
-		m.keyOff = base + skipJSONSpace(raw, int(dec.InputOffset()))
-		if raw[0] == '{' {
-			tok, err := dec.Token()
-			if err != nil {
-				return ps.errAt(m.keyOff, st, "", "", err)
+func parseAppPeers(ps *policyParser, st *appState, m jsonMember) error {
+	err := ps.eachString(st, m, func(off int, s string) error {
+		sel, err := parsePeerSelector(s)
+		if err != nil {
+			// A malformed entry may be a misplaced private key: show
+			// only what cannot be part of one.
+			if !strings.ContainsAny(s, ":*") {
+				s, err = "", fmt.Errorf("%w (value not shown: it may be a private key)", err)
 			}
-			m.key, _ = tok.(string) // object keys are always strings
+			return ps.errAt(off, st, m.key, s, err)
 		}
-		m.valOff = base + skipJSONSpace(raw, int(dec.InputOffset()))
-		if err := dec.Decode(&m.val); err != nil {
-			return ps.errAt(m.valOff, st, m.key, "", err)
+		if st.firstSeen(m.key, sel) {
+			st.app.Peers = append(st.app.Peers, sel)
 		}
-		if err := fn(m); err != nil {
-			return err
-		}
+		return nil
+	})
+	if err == nil && m.val[0] == '[' && len(st.app.Peers) == 0 {
+		err = ps.errAt(m.valOff, st, m.key, "",
+			errors.New("empty list would lock every peer out; remove the key to allow all"))
 	}
-	return nil
+	return err
+}
+
+// parsePeerSelector checks a "peers" entry, a tag or a WireGuard public
+// key, and returns its canonical form.
+func parsePeerSelector(s string) (string, error) {
+	switch {
+	case s == "*":
+		return "", errors.New(`"*" is not allowed here; remove the "peers" key to allow every peer`)
+	case strings.HasPrefix(strings.ToLower(s), "tag:"):
+		if !tagRE.MatchString(s) {
+			return "", errors.New(`want "tag:<name>" where name is a letter followed by letters, digits or '-'`)
+		}
+		return s, nil
+	}
+	k, err := wgconf.ParseKey(s)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf(`want a WireGuard public key or "tag:<name>": %w`, err)
+	case k.IsZero():
+		return "", errors.New("the all-zero key is not a peer's public key")
+	}
+	return k.String(), nil
 }
 
 // errAt returns a *PolicyError for the token at file offset off about the
@@ -562,58 +717,4 @@ func (ps *policyParser) syntaxError(err error) *PolicyError {
 		e.Line, e.Col = lineCol(ps.data, off)
 	}
 	return e
-}
-
-// lineCol converts a byte offset in data to a 1-based line and byte column.
-// Offsets past the end refer to the position just after the last byte.
-func lineCol(data []byte, off int) (line, col int) {
-	off = min(max(off, 0), len(data))
-	before := data[:off]
-	line = 1 + bytes.Count(before, []byte{'\n'})
-	col = off - (bytes.LastIndexByte(before, '\n') + 1) + 1
-	return line, col
-}
-
-// skipJSONSpace returns the offset of the first byte at or after i in data
-// that is not JSON white space or a ',' or ':' separator.
-func skipJSONSpace(data []byte, i int) int {
-	for i < len(data) {
-		switch data[i] {
-		case ' ', '\t', '\r', '\n', ',', ':':
-			i++
-		default:
-			return i
-		}
-	}
-	return i
-}
-
-// jsonKinds maps the first byte of a JSON value to the kind of value;
-// anything else starts a number.
-var jsonKinds = map[byte]string{'"': "string", '{': "object", '[': "array", 't': "boolean", 'f': "boolean", 'n': "null"}
-
-// jsonKind names the kind of the JSON value raw.
-func jsonKind(raw []byte) string {
-	if k, ok := jsonKinds[raw[0]]; ok {
-		return k
-	}
-	return "number"
-}
-
-// wantString returns the error for a non-string JSON value raw.
-func wantString(raw []byte) error {
-	return fmt.Errorf("want a string, got %s %s", jsonKind(raw), excerpt(string(raw)))
-}
-
-// excerpt shortens s for display in an error message.
-func excerpt(s string) string {
-	const maxLen = 80
-	if len(s) <= maxLen {
-		return s
-	}
-	i := maxLen
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i] + "..."
 }

@@ -25,6 +25,13 @@ func policyPrefixes(s ...string) []netip.Prefix {
 	return out
 }
 
+// WireGuard public keys for "peers" entries: the base64 of bytes 1..32 and
+// of 101..132.
+const (
+	testPeerKey1 = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
+	testPeerKey2 = "ZWZnaGlqa2xtbm9wcXJzdHV2d3h5ent8fX5/gIGCg4Q="
+)
+
 func TestParsePolicyValid(t *testing.T) {
 	tests := []struct {
 		name string
@@ -43,6 +50,7 @@ func TestParsePolicyValid(t *testing.T) {
 				Connectors: []string{"tag:connector"},
 				Domains:    []string{"example.com", "*.example.com"},
 				Routes:     policyPrefixes("192.0.2.0/24", "2001:db8::/48"),
+				Approval:   "auto",
 			}},
 		},
 		{
@@ -56,6 +64,7 @@ func TestParsePolicyValid(t *testing.T) {
 				Connectors: []string{"tag:a", "*"},
 				Domains:    []string{"example.com", "*.example.com", "xn--bcher-kva.example"},
 				Routes:     policyPrefixes("192.0.2.7/32", "2001:db8::1/128"),
+				Approval:   "auto",
 			}},
 		},
 		{
@@ -65,15 +74,73 @@ func TestParsePolicyValid(t *testing.T) {
 				{"name": "d", "connectors": ["tag:Edge-1"], "domains": ["_dmarc.example.org", "r3---sn-x.example.net"], "routes": []}
 			]`,
 			want: []App{
-				{Name: "r", Connectors: []string{"*"}, Routes: policyPrefixes("0.0.0.0/0", "::/0")},
-				{Name: "d", Connectors: []string{"tag:Edge-1"}, Domains: []string{"_dmarc.example.org", "r3---sn-x.example.net"}},
+				{Name: "r", Connectors: []string{"*"}, Routes: policyPrefixes("0.0.0.0/0", "::/0"), Approval: "auto"},
+				{Name: "d", Connectors: []string{"tag:Edge-1"}, Domains: []string{"_dmarc.example.org", "r3---sn-x.example.net"}, Approval: "auto"},
 			},
 		},
 		{
 			name: "unicode name",
 			in:   `[{"name": "Büro app 1", "connectors": ["*"], "domains": ["straße.example"]}]`,
-			want: []App{{Name: "Büro app 1", Connectors: []string{"*"}, Domains: []string{"xn--strae-oqa.example"}}},
+			want: []App{{Name: "Büro app 1", Connectors: []string{"*"}, Domains: []string{"xn--strae-oqa.example"}, Approval: "auto"}},
 		},
+		{
+			name: "extension keys",
+			in: `[{"name": "x", "connectors": ["*"], "domains": ["corp.example"],
+				"approval": "manual",
+				"allowPrivate": ["10.0.0.0/8", "10.1.2.3", "fd00::/16", "10.0.0.0/8", "192.168.1.0/24", "0.0.0.0/8"],
+				"peers": ["tag:eng", " ` + testPeerKey1 + `\n", "tag:eng", "` + testPeerKey2 + `", "` + testPeerKey1 + `", "tag:Ops-2"]}]`,
+			want: []App{{
+				Name:         "x",
+				Connectors:   []string{"*"},
+				Domains:      []string{"corp.example"},
+				Approval:     "manual",
+				AllowPrivate: policyPrefixes("10.0.0.0/8", "10.1.2.3/32", "fd00::/16", "192.168.1.0/24", "0.0.0.0/8"),
+				Peers:        []string{"tag:eng", testPeerKey1, testPeerKey2, "tag:Ops-2"},
+			}},
+		},
+		{
+			name: "extension keys null or empty",
+			in: `[{"name": "x", "connectors": ["*"], "routes": ["192.0.2.0/24"],
+				"approval": null, "allowPrivate": [], "peers": null},
+				{"name": "y", "connectors": ["*"], "routes": ["192.0.2.0/24"], "approval": "auto", "allowPrivate": null}]`,
+			want: []App{
+				{Name: "x", Connectors: []string{"*"}, Routes: policyPrefixes("192.0.2.0/24"), Approval: "auto"},
+				{Name: "y", Connectors: []string{"*"}, Routes: policyPrefixes("192.0.2.0/24"), Approval: "auto"},
+			},
+		},
+		{name: "apps object empty", in: `{"apps": []}`},
+		{name: "apps object null", in: ` {"apps": null} `},
+		{name: "empty object", in: `{}`},
+		{
+			name: "apps object",
+			in:   `{"apps": [{"name": "a", "connectors": ["*"], "routes": ["192.0.2.0/24"]}]}`,
+			want: []App{{Name: "a", Connectors: []string{"*"}, Routes: policyPrefixes("192.0.2.0/24"), Approval: "auto"}},
+		},
+		{
+			name: "comments and trailing commas",
+			in: `// policy
+				[ /* first app */ {"name": "a/*b*/", // "quoted"
+				"connectors": ["*",], "routes": ["192.0.2.0/24" /* , */ , ] , },
+				/* end */ ]  // done`,
+			want: []App{{Name: "a/*b*/", Connectors: []string{"*"}, Routes: policyPrefixes("192.0.2.0/24"), Approval: "auto"}},
+		},
+		{name: "tailscale without nodeAttrs", in: `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}], "apps2": 1}`},
+		{
+			name: "tailscale minimal",
+			in: `{"nodeAttrs": [
+				{"target": ["*"], "app": null},
+				{"app": {"tailscale.com/app-connectors": null, "example.com/cap/x": [{"apps": 1}]}},
+				{"app": {"tailscale.com/app-connectors": [{"name": "a", "connectors": ["*"], "routes": ["192.0.2.0/24"]}]}},
+				{"target": ["group:b"], "app": {"tailscale.com/app-connectors": [
+					{"name": "b", "connectors": ["*"], "routes": ["192.0.2.0/24"]},
+					{"routes": ["192.0.2.0/24"], "connectors": ["*", "*"], "name": "a", "approval": "auto"}]}}
+			], "acls": {"ignored": true}, "Groups": null}`,
+			want: []App{
+				{Name: "a", Connectors: []string{"*"}, Routes: policyPrefixes("192.0.2.0/24"), Approval: "auto"},
+				{Name: "b", Connectors: []string{"*"}, Routes: policyPrefixes("192.0.2.0/24"), Approval: "auto"},
+			},
+		},
+		{name: "tailscale nodeAttrs null", in: `{"nodeAttrs": null, "ssh": []}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,17 +165,20 @@ func TestLoadPolicy(t *testing.T) {
 			Name:       "wiki",
 			Connectors: []string{"tag:connector", "tag:eu-connector"},
 			Domains:    []string{"wiki.example.com", "*.wiki.example.com"},
+			Approval:   "auto",
 		},
 		{
 			Name:       "büro",
 			Connectors: []string{"*"},
 			Domains:    []string{"xn--bcher-kva.example", "*.xn--cole-9oa.example", "xn--zca.example", "_dmarc.example.org"},
 			Routes:     policyPrefixes("198.51.100.7/32", "203.0.113.0/25", "203.0.113.128/25", "2001:db8:0:1::/64"),
+			Approval:   "auto",
 		},
 		{
 			Name:       "everything",
 			Connectors: []string{"tag:exit"},
 			Routes:     policyPrefixes("0.0.0.0/0", "::/0"),
+			Approval:   "auto",
 		},
 	}
 	if !reflect.DeepEqual(p.Apps, want) {
@@ -128,6 +198,184 @@ func TestLoadPolicy(t *testing.T) {
 	}
 }
 
+func TestLoadPolicyForms(t *testing.T) {
+	p, err := LoadPolicy(filepath.Join("testdata", "policy", "tailscale.hujson"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []App{
+		{
+			Name:       "wiki",
+			Connectors: []string{"tag:connector"},
+			Domains:    []string{"wiki.example.com", "*.wiki.example.com"},
+			Approval:   "auto",
+		},
+		{
+			Name:         "build farm",
+			Connectors:   []string{"tag:connector", "tag:eu-connector"},
+			Domains:      []string{"build.corp.example"},
+			Routes:       policyPrefixes("10.20.0.0/16", "192.168.7.0/24"),
+			Approval:     "manual",
+			AllowPrivate: policyPrefixes("10.20.0.0/16", "fd00:20::/48"),
+			Peers:        []string{"tag:eng", testPeerKey1},
+		},
+	}
+	if !reflect.DeepEqual(p.Apps, want) {
+		t.Errorf("tailscale.hujson apps:\n got %+v\nwant %+v", p.Apps, want)
+	}
+
+	// The same apps in each of the three forms parse the same.
+	arrayForm, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, text := range map[string]string{
+		"array":      string(arrayForm),
+		"apps":       `{"apps": ` + string(arrayForm) + `}`,
+		"node attrs": `{"nodeAttrs": [{"app": {"tailscale.com/app-connectors": ` + string(arrayForm) + `}}]}`,
+	} {
+		q, err := ParsePolicy(name, []byte(text))
+		if err != nil || !reflect.DeepEqual(q, p) {
+			t.Errorf("%s form: %+v, %v; want %+v", name, q, err, p)
+		}
+	}
+
+	p, err = LoadPolicy(filepath.Join("testdata", "policy", "apps-object.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Apps) != 1 || p.Apps[0].Name != "myapp" || len(p.Apps[0].Routes) != 2 {
+		t.Errorf("apps-object.json apps = %+v", p.Apps)
+	}
+}
+
+// TestTailscalePolicyErrors breaks the realistic Tailscale policy file in
+// different places and checks that errors point at the break.
+func TestTailscalePolicyErrors(t *testing.T) {
+	path := filepath.Join("testdata", "policy", "tailscale.hujson")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := string(data)
+	tests := []struct {
+		name     string
+		old, new string // replace the only old in the file with new
+		at       string // the error is at this part of new
+		want     string // the rest of the message
+	}{
+		{"route in second app", `"192.168.7.0/24"`, `"192.168.7.1/24"`, `"192.168.7.1/24"`,
+			`app "build farm": routes: "192.168.7.1/24": host bits set (did you mean 192.168.7.0/24?)`},
+		{"unknown key in first app", `"domains":    ["Wiki`, `"domain":     ["Wiki`, `"domain"`,
+			`app "wiki": domain: unknown key`},
+		{"approval", `"manual"`, `"later"`, `"later"`, `app "build farm": approval: "later": want "auto" or "manual"`},
+		{"allowPrivate", `"fd00:20::/48"`, `"fd00::/8"`, `"fd00::/8"`,
+			`app "build farm": allowPrivate: "fd00::/8": allowPrivate prefix fd00::/8 is too broad; name the internal ranges`},
+		{"peers", `["tag:eng", `, `["tag:eng", "*", `, `"*"`,
+			`app "build farm": peers: "*": "*" is not allowed here`},
+		{"same name", `"name":         "build farm"`, `"name":         "wiki"`, `"wiki"`,
+			`app "wiki": name: "wiki": duplicate app name with a different definition (first defined on line 53)`},
+		{"missing connectors", `"connectors": ["tag:connector"],`, `"connector": ["tag:connector"],`, `"connector"`,
+			`app "wiki": connector: unknown key`},
+		{"unterminated comment", `/* the old farm: */`, `/* the old farm:  `, `/* the old farm`,
+			`block comment "/*" is never closed with "*/"`},
+		{"syntax error after comments", `"attr":   ["funnel"],`, `"attr":   ["funnel"] "x",`, `"x"`,
+			`invalid character '"' after object key:value pair`},
+		{"both forms", `"tests": [`, `"apps": [], "tests": [`, `"apps"`, `both "apps" and "nodeAttrs"`},
+		{"second entry app", `"attr":   ["funnel"],`, `"attr":   ["funnel"], "app": {"tailscale.com/app-connectors": 1},`, `1}`,
+			`tailscale.com/app-connectors: want a list of apps, got number`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if strings.Count(good, tt.old) != 1 {
+				t.Fatalf("%q is not in the file exactly once", tt.old)
+			}
+			text := strings.Replace(good, tt.old, tt.new, 1)
+			at := strings.Index(tt.new, tt.at)
+			if at < 0 {
+				t.Fatalf("%q is not in %q", tt.at, tt.new)
+			}
+			off := strings.Index(good, tt.old) + at
+			line := 1 + strings.Count(text[:off], "\n")
+			col := off - strings.LastIndex(text[:off], "\n")
+			_, err := ParsePolicy(path, []byte(text))
+			want := fmt.Sprintf("%s:%d:%d: %s", path, line, col, tt.want)
+			if err == nil || !strings.HasPrefix(err.Error(), want) {
+				t.Errorf("error %v\nwant %s", err, want)
+			}
+		})
+	}
+}
+
+func TestStripHuJSON(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{``, ``},
+		{`[1, 2]`, `[1, 2]`},
+		{`[1, 2,]`, `[1, 2 ]`},
+		{`{"a": 1,}`, `{"a": 1 }`},
+		{"[1, // one\n 2, /* two */\n]", "[1,       \n 2           \n]"},
+		{"/* a\nb */ null", "    \n     null"},
+		{`["//", "/*", "\"//", "\\", "*/"] // x`, `["//", "/*", "\"//", "\\", "*/"]     `},
+		{`["\\"//x`, `["\\"   `},
+		{`[{},{},]`, `[{},{} ]`},
+		{`[[],[],]`, `[[],[] ]`},
+		{`[true, false, null, "",]`, `[true, false, null, "" ]`},
+		{`[1 , /**/ , ]`, `[1 ,      , ]`}, // two commas: neither is a trailing one
+		{`[,]`, `[,]`},
+		{`{,}`, `{,}`},
+		{`{"a":,}`, `{"a":,}`},
+		{`[1,/**/]`, `[1     ]`},
+		{"[1,//x\r\n]", "[1     \n]"},
+		{`[1 / 2]`, `[1 / 2]`},
+		{`["unterminated`, `["unterminated`},
+		{`["é", /* ü */ ]`, `["é"           ]`},
+		{`/**/`, `    `},
+		{`/***/`, `     `},
+		{`/`, `/`},
+	}
+	for _, tt := range tests {
+		got, err := stripHuJSON([]byte(tt.in))
+		if err != nil || string(got) != tt.want {
+			t.Errorf("stripHuJSON(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+	for _, in := range []string{`/*`, `/*/`, "[1] /* x\n", `["*/"] /* x`} {
+		if got, err := stripHuJSON([]byte(in)); err == nil {
+			t.Errorf("stripHuJSON(%q) = %q, want error", in, got)
+		}
+	}
+	in := []byte("[1,]")
+	if _, err := stripHuJSON(in); err != nil || string(in) != "[1,]" {
+		t.Errorf("stripHuJSON modified its input to %q (%v)", in, err)
+	}
+}
+
+func TestAppPeerAllowed(t *testing.T) {
+	open := &App{Name: "open"}
+	limited := &App{Name: "limited", Peers: []string{"tag:eng", testPeerKey1}}
+	tests := []struct {
+		app  *App
+		key  string
+		tags []string
+		want bool
+	}{
+		{open, testPeerKey2, nil, true},
+		{open, "", nil, true},
+		{limited, testPeerKey1, nil, true},
+		{limited, testPeerKey2, nil, false},
+		{limited, testPeerKey2, []string{"tag:ops", "tag:eng"}, true},
+		{limited, testPeerKey2, []string{"tag:ops", "tag:Eng"}, false},
+		{limited, "tag:eng", nil, false}, // a key never matches a tag entry
+		{limited, "", []string{testPeerKey1}, false},
+		{nil, testPeerKey1, nil, false},
+	}
+	for _, tt := range tests {
+		if got := tt.app.PeerAllowed(tt.key, tt.tags); got != tt.want {
+			t.Errorf("%+v.PeerAllowed(%q, %q) = %v, want %v", tt.app, tt.key, tt.tags, got, tt.want)
+		}
+	}
+}
+
 // policyListCase builds a file whose app "a" has key holding a list whose second
 // entry, on line 7 column 7, is entry.
 func policyListCase(key, entry string) string {
@@ -137,6 +385,10 @@ func policyListCase(key, entry string) string {
 		first, other = `"example.com"`, `"routes": ["192.0.2.0/24"]`
 	case "connectors":
 		conn, first = `"domains": ["example.com"],`, `"*"`
+	case "allowPrivate":
+		first = `"10.0.0.0/8"`
+	case "peers":
+		first = `"tag:eng"`
 	}
 	return fmt.Sprintf(`[
   {
@@ -166,14 +418,14 @@ func TestParsePolicyErrors(t *testing.T) {
 		{"truncated", "[\n  {\"name\": \"a\",\n", 3, 1, []string{"unexpected end of JSON input"}},
 		{"trailing data", "[]\n[]\n", 2, 1, []string{"after top-level value"}},
 		{"empty file", "", 1, 1, []string{"unexpected end of JSON input"}},
-		{"top-level object", `{"apps": []}`, 1, 1, []string{"must be a JSON array of apps, got object"}},
-		{"top-level string", ` "x"`, 1, 2, []string{"got string"}},
+		{"top-level string", ` "x"`, 1, 2, []string{`must be a JSON array of apps, an object with "apps" or a Tailscale policy file, got string`}},
+		{"top-level number", "// n\n7", 2, 1, []string{"got number"}},
 		{"app not object", "[\n  \"myapp\"\n]", 2, 3, []string{"app #1: must be a JSON object, got string"}},
 		{"app null", "[\n  null\n]", 2, 3, []string{"app #1", "got null"}},
 
 		// Keys.
-		{"unknown key", "[\n  {\n    \"name\": \"myapp\",\n    \"connectors\": [\"*\"],\n    \"domains\": [\"example.com\"],\n    \"approval\": \"auto\"\n  }\n]",
-			6, 5, []string{`app "myapp"`, "approval: unknown key", "connectors, domains, name, routes"}},
+		{"unknown key", "[\n  {\n    \"name\": \"myapp\",\n    \"connectors\": [\"*\"],\n    \"domains\": [\"example.com\"],\n    \"owner\": \"it\"\n  }\n]",
+			6, 5, []string{`app "myapp"`, "owner: unknown key", "(want allowPrivate, approval, connectors, domains, name, peers, routes)"}},
 		{"key case matters", "[\n  {\n    \"Name\": \"myapp\",\n    \"name\": \"myapp\"\n  }\n]",
 			3, 5, []string{`app "myapp"`, "Name: unknown key"}},
 		{"duplicate key", "[\n  {\n    \"name\": \"myapp\",\n    \"connectors\": [\"*\"],\n    \"routes\": [\"192.0.2.0/24\"],\n    \"routes\": [\"198.51.100.0/24\"]\n  }\n]",
@@ -254,9 +506,84 @@ func TestParsePolicyErrors(t *testing.T) {
 		{"route space", policyListCase("routes", `" 192.0.2.0/24"`), 7, 7, []string{`routes: " 192.0.2.0/24": invalid CIDR prefix`}},
 		{"route empty", policyListCase("routes", `""`), 7, 7, []string{`app "a": routes: invalid IP address or CIDR prefix`}},
 
+		// approval.
+		{"approval unknown", "[\n  {\n    \"name\": \"a\",\n    \"approval\": \"Manual\"\n  }\n]",
+			4, 17, []string{`app "a": approval: "Manual": want "auto" or "manual"`}},
+		{"approval empty", "[\n  {\n    \"name\": \"a\",\n    \"approval\": \"\"\n  }\n]",
+			4, 17, []string{`app "a": approval: want "auto" or "manual"`}},
+		{"approval bool", "[\n  {\n    \"name\": \"a\",\n    \"approval\": true\n  }\n]",
+			4, 17, []string{`app "a": approval: want a string, got boolean true`}},
+
+		// allowPrivate.
+		{"allowPrivate not list", "[\n  {\n    \"name\": \"a\",\n    \"allowPrivate\": \"10.0.0.0/8\"\n  }\n]",
+			4, 21, []string{`app "a": allowPrivate: want a list of strings, got string`}},
+		{"allowPrivate not string", policyListCase("allowPrivate", `8`), 7, 7, []string{`app "a": allowPrivate: entry #2: want a string, got number 8`}},
+		{"allowPrivate v4 too broad", policyListCase("allowPrivate", `"0.0.0.0/7"`), 7, 7,
+			[]string{`app "a": allowPrivate: "0.0.0.0/7": allowPrivate prefix 0.0.0.0/7 is too broad; name the internal ranges`}},
+		{"allowPrivate default route", policyListCase("allowPrivate", `"0.0.0.0/0"`), 7, 7, []string{`allowPrivate prefix 0.0.0.0/0 is too broad`}},
+		{"allowPrivate v6 too broad", policyListCase("allowPrivate", `"fc00::/7"`), 7, 7, []string{`allowPrivate: "fc00::/7": allowPrivate prefix fc00::/7 is too broad`}},
+		{"allowPrivate v6 default", policyListCase("allowPrivate", `"::/0"`), 7, 7, []string{`allowPrivate prefix ::/0 is too broad`}},
+		{"allowPrivate host bits", policyListCase("allowPrivate", `"10.1.0.1/16"`), 7, 7, []string{`allowPrivate: "10.1.0.1/16": host bits set (did you mean 10.1.0.0/16?)`}},
+		{"allowPrivate mapped", policyListCase("allowPrivate", `"::ffff:10.0.0.0/104"`), 7, 7, []string{`allowPrivate: "::ffff:10.0.0.0/104": prefix is IPv4-mapped IPv6`}},
+		{"allowPrivate zone", policyListCase("allowPrivate", `"fe80::1%eth0"`), 7, 7, []string{`IPv6 zone`}},
+		{"allowPrivate hostname", policyListCase("allowPrivate", `"corp.example"`), 7, 7, []string{`allowPrivate: "corp.example": invalid IP address or CIDR prefix`}},
+
+		// peers.
+		{"peers not list", "[\n  {\n    \"name\": \"a\",\n    \"peers\": \"tag:eng\"\n  }\n]",
+			4, 14, []string{`app "a": peers: want a list of strings, got string "tag:eng"`}},
+		{"peers empty", "[\n  {\n    \"name\": \"a\",\n    \"connectors\": [\"*\"],\n    \"routes\": [\"192.0.2.0/24\"],\n    \"peers\": [ ]\n  }\n]",
+			6, 14, []string{`app "a": peers: empty list would lock every peer out; remove the key to allow all`}},
+		{"peers star", policyListCase("peers", `"*"`), 7, 7, []string{`app "a": peers: "*": "*" is not allowed here; remove the "peers" key to allow every peer`}},
+		{"peers bad tag", policyListCase("peers", `"tag:1x"`), 7, 7, []string{`peers: "tag:1x": want "tag:<name>"`}},
+		{"peers upper tag prefix", policyListCase("peers", `"TAG:eng"`), 7, 7, []string{`peers: "TAG:eng": want "tag:<name>"`}},
+		{"peers empty tag", policyListCase("peers", `"tag:"`), 7, 7, []string{`peers: "tag:": want "tag:<name>"`}},
+		{"peers other colon", policyListCase("peers", `"group:eng"`), 7, 7, []string{`peers: "group:eng": want a WireGuard public key or "tag:<name>": invalid key: want 44 base64 characters, got 9`}},
+		{"peers short key", policyListCase("peers", `"eng"`), 7, 7, []string{`app "a": peers: want a WireGuard public key or "tag:<name>": invalid key: want 44 base64 characters, got 3 (value not shown: it may be a private key)`}},
+		{"peers bad base64", policyListCase("peers", `"`+strings.Repeat("!", 43)+`="`), 7, 7, []string{`app "a": peers: want a WireGuard public key`, "not the base64 encoding"}},
+		{"peers zero key", policyListCase("peers", `"`+strings.Repeat("A", 43)+`="`), 7, 7, []string{`app "a": peers: the all-zero key is not a peer's public key`}},
+		{"peers not string", policyListCase("peers", `null`), 7, 7, []string{`app "a": peers: entry #2: want a string, got null`}},
+
 		// Cross-key requirements.
 		{"no domains or routes", "[\n  {\"name\": \"a\", \"connectors\": [\"*\"], \"domains\": [], \"routes\": null}\n]",
 			2, 3, []string{`app "a": needs at least one entry in "domains" or "routes"`}},
+
+		// Comments and trailing commas.
+		{"unterminated block comment", "[\n  /* one\n  {\"name\": \"a\"} /* two\n]", 2, 3, []string{`block comment "/*" is never closed with "*/"`}},
+		{"unterminated comment after string", "[\"/*\"] /*/", 1, 8, []string{"never closed"}},
+		{"comment only", "// nothing\n/* here */\n", 3, 1, []string{"unexpected end of JSON input"}},
+		{"comma without value", "[\n  ,\n]", 2, 3, []string{"invalid character ','"}},
+		{"double trailing comma", "[\n  {\"name\": \"a\"},,\n]", 2, 17, []string{"invalid character ','"}},
+		{"trailing comma after colon", "[{\"name\":,}]", 1, 10, []string{"invalid character ','"}},
+		{"error after comments", "/* a\n b */ [ // c\n  {\"name\": \"a\", \"connectors\": [\"*\"], /* d */ \"routes\": [\"192.0.2.1/24\",],},\n]",
+			3, 57, []string{`app "a": routes: "192.0.2.1/24": host bits set`}},
+		{"lone slash", "[ / ]", 1, 3, []string{"invalid character '/'"}},
+
+		// {"apps": ...} form.
+		{"apps not list", "{\n  \"apps\": {}\n}", 2, 11, []string{`apps: want a list of apps, got object`}},
+		{"apps unknown key", "{\n  \"apps\": [],\n  \"version\": 2\n}", 3, 3, []string{`version: unknown key (an object with "apps" has no other key)`}},
+		{"apps duplicate", "{\n  \"apps\": [],\n  \"apps\": []\n}", 3, 3, []string{`apps: duplicate key (first on line 2)`}},
+		{"apps and nodeAttrs", "{\n  \"nodeAttrs\": [],\n  \"acls\": [],\n  \"apps\": []\n}", 4, 3,
+			[]string{`both "apps" and "nodeAttrs": use either {"apps": [...]} or a Tailscale policy file, not both`}},
+		{"apps misspelt", "{\n  \"Apps\": []\n}", 2, 3, []string{`Apps: unknown key (did you mean "apps"?)`}},
+		{"apps app error", "{\"apps\": [\n  {\"name\": \"a\", \"connectors\": [\"*\"]}\n]}", 2, 3, []string{`app "a": needs at least one entry`}},
+		{"apps duplicate app", "{\"apps\": [\n  {\"name\": \"a\", \"connectors\": [\"*\"], \"routes\": [\"192.0.2.0/24\"]},\n  {\"name\": \"a\", \"connectors\": [\"*\"], \"routes\": [\"192.0.2.0/24\"]}\n]}",
+			3, 12, []string{`app "a": name: "a": duplicate app name (first defined on line 2)`}},
+
+		// Tailscale form.
+		{"nodeAttrs misspelt", "{\n  \"acls\": [],\n  \"nodeattrs\": []\n}", 3, 3, []string{`nodeattrs: unknown key (did you mean "nodeAttrs"?)`}},
+		{"nodeAttrs not list", "{\n  \"nodeAttrs\": {}\n}", 2, 16, []string{`nodeAttrs: want a list of objects, got object`}},
+		{"nodeAttrs duplicate", "{\n  \"nodeAttrs\": [],\n  \"nodeAttrs\": []\n}", 3, 3, []string{`nodeAttrs: duplicate key (first on line 2)`}},
+		{"nodeAttrs entry not object", "{\"nodeAttrs\": [\n  {},\n  [\"app\"]\n]}", 3, 3, []string{`nodeAttrs: entry #2: want an object, got array`}},
+		{"nodeAttrs app not object", "{\"nodeAttrs\": [\n  {\"app\": []}\n]}", 2, 11, []string{`app: want an object, got array`}},
+		{"nodeAttrs duplicate app", "{\"nodeAttrs\": [\n  {\"app\": {},\n   \"app\": {}}\n]}", 3, 4, []string{`app: duplicate key (first on line 2)`}},
+		{"app-connectors not list", "{\"nodeAttrs\": [\n  {\"app\": {\"tailscale.com/app-connectors\": {}}}\n]}", 2, 44,
+			[]string{`tailscale.com/app-connectors: want a list of apps, got object`}},
+		{"app-connectors duplicate", "{\"nodeAttrs\": [{\"app\": {\n  \"tailscale.com/app-connectors\": [],\n  \"tailscale.com/app-connectors\": []\n}}]}", 3, 3,
+			[]string{`tailscale.com/app-connectors: duplicate key (first on line 2)`}},
+		{"tailscale app differs", "{\"nodeAttrs\": [\n  {\"app\": {\"tailscale.com/app-connectors\": [{\"name\": \"a\", \"connectors\": [\"*\"], \"routes\": [\"192.0.2.0/24\"]}]}},\n  {\"app\": {\"tailscale.com/app-connectors\": [{\"name\": \"a\", \"connectors\": [\"*\"], \"routes\": [\"192.0.2.0/25\"]}]}}\n]}",
+			3, 54, []string{`app "a": name: "a": duplicate app name with a different definition (first defined on line 2)`}},
+		{"tailscale app index", "{\"nodeAttrs\": [\n  {\"app\": {\"tailscale.com/app-connectors\": [{\"name\": \"a\", \"connectors\": [\"*\"], \"routes\": [\"192.0.2.0/24\"]}]}},\n  {\"app\": {\"tailscale.com/app-connectors\": [{\"connectors\": [\"*\"]}]}}\n]}",
+			3, 45, []string{`app #2: name: missing required key`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -529,6 +856,26 @@ func TestPolicyJSON(t *testing.T) {
 		t.Errorf("Marshal(Policy{}) = %s, want []", out)
 	}
 
+	ext, err := ParsePolicy("ext.json", []byte(`[
+		{"name": "m", "connectors": ["*"], "domains": ["corp.example"], "approval": "manual",
+		 "allowPrivate": ["10.0.0.0/8"], "peers": ["tag:eng", "`+testPeerKey2+`"]},
+		{"name": "a", "connectors": ["*"], "domains": ["example.com"], "approval": "auto", "allowPrivate": [], "peers": null}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = json.Marshal(ext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const wantExt = `[{"name":"m","connectors":["*"],"domains":["corp.example"],"routes":null,"approval":"manual","allowPrivate":["10.0.0.0/8"],"peers":["tag:eng","` + testPeerKey2 + `"]},` +
+		`{"name":"a","connectors":["*"],"domains":["example.com"],"routes":null}]`
+	if string(out) != wantExt {
+		t.Errorf("Marshal = %s\nwant %s", out, wantExt)
+	}
+	if back, err := ParsePolicy("out.json", out); err != nil || !reflect.DeepEqual(back, ext) {
+		t.Errorf("reparse = %+v, %v; want %+v", back, err, ext)
+	}
+
 	var cfg struct{ Policy Policy }
 	if err := json.Unmarshal([]byte(`{"Policy": `+string(data)+`}`), &cfg); err != nil {
 		t.Fatal(err)
@@ -548,8 +895,10 @@ func TestPolicyJSON(t *testing.T) {
 
 func addPolicySeeds(f *testing.F) {
 	files, err := filepath.Glob(filepath.Join("testdata", "policy", "*.json"))
-	if err != nil || len(files) == 0 {
-		f.Fatalf("no seed files: %v", err)
+	hujson, err2 := filepath.Glob(filepath.Join("testdata", "policy", "*.hujson"))
+	files = append(files, hujson...)
+	if err != nil || err2 != nil || len(hujson) == 0 {
+		f.Fatalf("no seed files: %v, %v", err, err2)
 	}
 	for _, name := range files {
 		data, err := os.ReadFile(name)
@@ -562,6 +911,15 @@ func addPolicySeeds(f *testing.F) {
 		"", "null", "[]", "[null]", "[{}]", "[1] [", `[{"name":"a","name":"a"}]`,
 		`[{"name":"a","connectors":["*"],"domains":["*.ÉCOLE.example.","ß.de","xn--zca.de"]}]`,
 		`[{"name":"a","connectors":["tag:x"],"routes":["::ffff:1.2.3.4","fe80::1%x","10.0.0.1/8","::/0"]}]`,
+		`[{"name":"a","connectors":["*"],"domains":["a.example"],"approval":"manual","allowPrivate":["10.1.2.3","fd00::/16","0.0.0.0/0"],` +
+			`"peers":["tag:a","tag:a"," ` + testPeerKey1 + `","*",""]}]`,
+		`[{"name":"a","connectors":["*"],"routes":["10.0.0.0/8"],"peers":[],"approval":"Auto"}]`,
+		"// c\n[/* c */{\"name\":\"a\",\"connectors\":[\"*\",],\"routes\":[\"10.0.0.0/8\",],},]",
+		"[\"/*\", \"//\", \"\\\"//\"] /* x", "[1,,]", "[,]", `{"a":,}`,
+		`{"apps":[]}`, `{"apps":null,"x":1}`, `{"apps":[],"nodeAttrs":[]}`, `{"Apps":[]}`, `{}`,
+		`{"acls":[],"nodeAttrs":[{"target":["*"],"app":{"tailscale.com/app-connectors":[{"name":"a","connectors":["*"],"routes":["10.0.0.0/8"]}]}},` +
+			`{"attr":["funnel"]},{"app":{"tailscale.com/app-connectors":[{"name":"a","connectors":["*"],"routes":["10.0.0.0/8"]}]}}]}`,
+		`{"nodeAttrs":[{"app":{"tailscale.com/app-connectors":{}}},null]}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -600,6 +958,49 @@ func FuzzParsePolicy(f *testing.F) {
 					t.Fatalf("RouteSet() lacks %v", r)
 				}
 			}
+			if app.Approval != ApprovalAuto && app.Approval != ApprovalManual {
+				t.Fatalf("app %q: approval %q", app.Name, app.Approval)
+			}
+			for _, r := range app.AllowPrivate {
+				if r != r.Masked() || r.Bits() < 8 || r.Addr().Is6() && r.Bits() < 16 {
+					t.Fatalf("app %q: allowPrivate %v", app.Name, r)
+				}
+			}
+			if app.Peers != nil && len(app.Peers) == 0 {
+				t.Fatalf("app %q: empty non-nil peers", app.Name)
+			}
+			for _, sel := range app.Peers {
+				if !app.PeerAllowed(sel, nil) && !app.PeerAllowed("", []string{sel}) {
+					t.Fatalf("app %q: peer %q not allowed", app.Name, sel)
+				}
+			}
+		}
+	})
+}
+
+// FuzzStripHuJSON checks that stripHuJSON only blanks bytes, keeps every
+// newline, and leaves valid JSON untouched.
+func FuzzStripHuJSON(f *testing.F) {
+	addPolicySeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out, err := stripHuJSON(data)
+		if err != nil {
+			var he *hujsonError
+			if !errors.As(err, &he) || he.off < 0 || he.off >= len(data) || !strings.HasPrefix(string(data[he.off:]), "/*") {
+				t.Fatalf("error %v does not point at a block comment", err)
+			}
+			return
+		}
+		if len(out) != len(data) {
+			t.Fatalf("length %d, want %d", len(out), len(data))
+		}
+		for i := range data {
+			if out[i] != data[i] && (out[i] != ' ' || data[i] == '\n') {
+				t.Fatalf("byte %d: %q became %q", i, data[i], out[i])
+			}
+		}
+		if json.Valid(data) && string(out) != string(data) {
+			t.Fatalf("valid JSON changed:\n%q\n%q", data, out)
 		}
 	})
 }

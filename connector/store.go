@@ -1,9 +1,15 @@
 package connector
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // writeFileAtomic replaces path with data so that a crash at any moment
@@ -49,4 +55,70 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 		return fmt.Errorf("write %s: fsync directory: %w", path, err)
 	}
 	return nil
+}
+
+// routesFileName is the learned-route file in the state directory.
+const routesFileName = "routes.json"
+
+// storedRoute is one app's claim on a learned address, as persisted.
+type storedRoute struct {
+	Addr      netip.Addr `json:"addr"`
+	App       string     `json:"app"`
+	Domain    string     `json:"domain"`
+	FirstSeen time.Time  `json:"firstSeen"`
+	LastSeen  time.Time  `json:"lastSeen"`
+	Approved  bool       `json:"approved"`
+}
+
+// routesFile is the file format; Version changes if the format does.
+type routesFile struct {
+	Version int           `json:"version"`
+	Routes  []storedRoute `json:"routes"`
+}
+
+const routesFileVersion = 1
+
+func saveRoutes(path string, rs []storedRoute) error {
+	data, err := json.MarshalIndent(routesFile{Version: routesFileVersion, Routes: rs}, "", "\t")
+	if err != nil {
+		return fmt.Errorf("save routes: %w", err)
+	}
+	return writeFileAtomic(path, append(data, '\n'), 0o600)
+}
+
+// loadRoutes reads the learned routes. A missing file is no routes. A
+// file that does not parse is moved aside (to path.corrupt-<unix time>)
+// so that it is kept for inspection and not overwritten; the error says
+// where it went.
+func loadRoutes(path string, now time.Time) ([]storedRoute, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load routes: %w", err)
+	}
+	var f routesFile
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err = dec.Decode(&f)
+	if err == nil && f.Version != routesFileVersion {
+		err = fmt.Errorf("unknown version %d", f.Version)
+	}
+	if err == nil {
+		for i, r := range f.Routes {
+			if !r.Addr.IsValid() || r.App == "" {
+				err = fmt.Errorf("route %d: missing addr or app", i+1)
+				break
+			}
+		}
+	}
+	if err != nil {
+		aside := fmt.Sprintf("%s.corrupt-%d", path, now.Unix())
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return nil, fmt.Errorf("load routes: %s is corrupt (%v) and could not be moved aside: %w", path, err, rerr)
+		}
+		return nil, fmt.Errorf("load routes: %s is corrupt (%v); moved it to %s and started with no learned routes", path, err, aside)
+	}
+	return f.Routes, nil
 }

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"net/netip"
 	"sync"
 	"sync/atomic"
 )
@@ -16,6 +17,7 @@ type limiter struct {
 	mu           sync.Mutex // guards the fields after it
 	dials, flows int
 	peers        map[string]*peerUsage
+	dests        map[netip.Addr]int // open flows per destination address
 }
 
 type peerUsage struct {
@@ -26,11 +28,13 @@ func (l *limiter) init(cfg *Config) {
 	l.maxDials, l.maxPeerDials = cfg.MaxInFlightDials, cfg.MaxInFlightDialsPerPeer
 	l.maxFlows, l.maxPeerFlows = cfg.MaxFlows, cfg.MaxFlowsPerPeer
 	l.peers = make(map[string]*peerUsage)
+	l.dests = make(map[netip.Addr]int)
 }
 
-// admit takes a flow slot for peer and, if dial is set, a dial slot too. It
-// reports false, taking nothing, if any cap would be exceeded.
-func (l *limiter) admit(peer string, dial bool) bool {
+// admit takes a flow slot for peer's flow to dst and, if dial is set, a
+// dial slot too. It reports false, taking nothing, if any cap would be
+// exceeded.
+func (l *limiter) admit(peer string, dst netip.Addr, dial bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	p := l.peers[peer]
@@ -46,6 +50,7 @@ func (l *limiter) admit(peer string, dial bool) bool {
 	l.peers[peer] = p
 	l.flows++
 	p.flows++
+	l.dests[dst]++
 	if dial {
 		l.dials++
 		p.dials++
@@ -62,15 +67,24 @@ func (l *limiter) dialDone(peer string) {
 }
 
 // flowDone releases the flow slot taken by admit.
-func (l *limiter) flowDone(peer string) {
+func (l *limiter) flowDone(peer string, dst netip.Addr) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.flows--
+	if l.dests[dst]--; l.dests[dst] == 0 {
+		delete(l.dests, dst)
+	}
 	p := l.peers[peer]
 	p.flows--
 	if p.flows == 0 && p.dials == 0 {
 		delete(l.peers, peer)
 	}
+}
+
+func (l *limiter) flowsTo(dst netip.Addr) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dests[dst]
 }
 
 func (l *limiter) usage() (flows, dials, peers int) {

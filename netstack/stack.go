@@ -149,7 +149,7 @@ type Stats struct {
 type Stack struct {
 	cfg     Config
 	logf    func(string, ...any)
-	flowLog *rateLog // per-flow events
+	flowLog func(format string, args ...any) // per-flow events, rate-limited
 	dialer  Dialer
 	stack   *stack.Stack
 	dev     *tun.Device
@@ -181,7 +181,7 @@ func New(dev *tun.Device, cfg Config) (*Stack, error) {
 	s := &Stack{
 		cfg:     cfg,
 		logf:    cfg.Logf,
-		flowLog: newRateLog(cfg.Logf),
+		flowLog: RateLimit(cfg.Logf, 10, 20),
 		dialer:  cfg.Dialer,
 		dev:     dev,
 		local:   make(map[netip.Addr]bool),
@@ -355,6 +355,9 @@ func (s *Stack) Stats() Stats {
 	return st
 }
 
+// FlowsTo returns how many forwarded flows to dst are open (or dialing).
+func (s *Stack) FlowsTo(dst netip.Addr) int { return s.limits.flowsTo(dst) }
+
 // WriteRawPacket sends one complete IPv4 or IPv6 packet out of the stack
 // towards WireGuard, as if the stack had built it. Tests use it to send
 // packets a well-behaved stack would not.
@@ -423,6 +426,6 @@ func (s *Stack) allow(f Flow) bool {
 	case s.cfg.Allow != nil && s.cfg.Allow(f):
 		return true
 	}
-	s.flowLog.printf("%v: refused by policy", f)
+	s.flowLog("%v: refused by policy", f)
 	return false
 }

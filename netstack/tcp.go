@@ -54,9 +54,9 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 
 	f := flowOf(TCP, r.ID())
 	peer := s.peerOf(f.Src.Addr())
-	if !s.limits.admit(peer, true) {
+	if !s.limits.admit(peer, f.Dst.Addr(), true) {
 		s.stats.tcpLimited.Add(1)
-		s.flowLog.printf("%v: refused: dial or flow limit reached for peer %s", f, peer)
+		s.flowLog("%v: refused: dial or flow limit reached for peer %s", f, peer)
 		r.Complete(true)
 		return
 	}
@@ -65,9 +65,9 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	cancel()
 	if err != nil {
 		s.limits.dialDone(peer)
-		s.limits.flowDone(peer)
+		s.limits.flowDone(peer, f.Dst.Addr())
 		s.stats.tcpDialFailed.Add(1)
-		s.flowLog.printf("%v: reset: %v", f, err)
+		s.flowLog("%v: reset: %v", f, err)
 		r.Complete(true)
 		return
 	}
@@ -92,9 +92,9 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	s.limits.dialDone(peer)
 	if terr != nil {
 		hc.Close()
-		s.limits.flowDone(peer)
+		s.limits.flowDone(peer, f.Dst.Addr())
 		s.stats.handlerFailures.Add(1)
-		s.flowLog.printf("%v: reset: complete handshake: %v", f, terr)
+		s.flowLog("%v: reset: complete handshake: %v", f, terr)
 		r.Complete(true)
 		return
 	}
@@ -112,7 +112,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		hc.Close()
 		ep.Abort()
 	}}
-	defer s.limits.flowDone(peer)
+	defer s.limits.flowDone(peer, f.Dst.Addr())
 	if !s.track(fc) {
 		fc.abort()
 		return

@@ -31,9 +31,9 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 		return false
 	}
 	peer := s.peerOf(f.Src.Addr())
-	if !s.limits.admit(peer, false) {
+	if !s.limits.admit(peer, f.Dst.Addr(), false) {
 		s.stats.udpLimited.Add(1)
-		s.flowLog.printf("%v: refused: flow limit reached for peer %s", f, peer)
+		s.flowLog("%v: refused: flow limit reached for peer %s", f, peer)
 		return false
 	}
 	// Dialing UDP sends nothing and does not block: it only creates and
@@ -42,9 +42,9 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	hc, err := s.dialer.DialContext(ctx, "udp", f.Dst.String())
 	cancel()
 	if err != nil {
-		s.limits.flowDone(peer)
+		s.limits.flowDone(peer, f.Dst.Addr())
 		s.stats.udpHostRefused.Add(1)
-		s.flowLog.printf("%v: refused: %v", f, err)
+		s.flowLog("%v: refused: %v", f, err)
 		return false
 	}
 	var (
@@ -56,9 +56,9 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	fwd.HandlePacket(id, pkt)
 	if terr != nil {
 		hc.Close()
-		s.limits.flowDone(peer)
+		s.limits.flowDone(peer, f.Dst.Addr())
 		s.stats.handlerFailures.Add(1)
-		s.flowLog.printf("%v: dropped: create endpoint: %v", f, terr)
+		s.flowLog("%v: dropped: create endpoint: %v", f, terr)
 		return true
 	}
 	pc := gonet.NewUDPConn(&wq, ep)
@@ -79,7 +79,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	defer s.mu.Unlock()
 	if s.closed {
 		fl.fc.abort()
-		s.limits.flowDone(peer)
+		s.limits.flowDone(peer, f.Dst.Addr())
 		return true
 	}
 	s.flows[&fl.fc] = struct{}{}
@@ -180,7 +180,7 @@ func (fl *udpFlow) hostError(err error) {
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		fl.s.stats.udpHostRefused.Add(1)
 		if perr := fl.s.sendPortUnreachable(fl.f); perr != nil {
-			fl.s.flowLog.printf("%v: icmp unreachable: %v", fl.f, perr)
+			fl.s.flowLog("%v: icmp unreachable: %v", fl.f, perr)
 		}
 	}
 	fl.fc.abort()
@@ -195,7 +195,7 @@ func (fl *udpFlow) done() {
 	}
 	fl.fc.abort()
 	fl.s.untrack(&fl.fc)
-	fl.s.limits.flowDone(fl.peer)
+	fl.s.limits.flowDone(fl.peer, fl.f.Dst.Addr())
 }
 
 // sendPortUnreachable sends the peer an ICMP (v4) or ICMPv6 port

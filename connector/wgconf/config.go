@@ -6,6 +6,10 @@
 // accepted and reported as [Warning]s; any other unknown key is an error
 // naming the file, line and key. [Config.UAPI] renders a config as the text
 // that wireguard-go's Device.IpcSet accepts.
+//
+// One key is an appconnector extension: Tags in [Peer] (see [Peer.Tags]).
+// Files that use it are specific to appconnector, since wg(8) and
+// wg-quick(8) reject unknown keys.
 package wgconf
 
 import (
@@ -14,6 +18,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -40,6 +45,9 @@ type Interface struct {
 }
 
 // Peer is a [Peer] section of a wg-quick file.
+//
+// Tags is an appconnector extension: a file that sets it is no longer a
+// stock wg-quick file, as wg(8) and wg-quick(8) reject the unknown key.
 type Peer struct {
 	// PublicKey is the peer's Curve25519 public key. Required, unique
 	// among peers, and not the interface's own public key.
@@ -54,6 +62,12 @@ type Peer struct {
 	Endpoint string
 	// PersistentKeepalive is the keepalive interval in seconds; 0 is off.
 	PersistentKeepalive uint16
+	// Tags are the peer's tags ("Tags = tag:eng, tag:ops"), which app
+	// policies use to select peers. Each is "tag:" followed by an ASCII
+	// letter and then ASCII letters, digits or '-'; there are no
+	// duplicates. The key may repeat; Parse keeps the first occurrence of
+	// each tag in file order. Tags are never sent to WireGuard (UAPI).
+	Tags []string
 }
 
 // Warning reports a key that is valid in a wg-quick file but has no meaning
@@ -133,8 +147,9 @@ func Load(path string) (*Config, []Warning, error) {
 
 // Validate reports whether c is usable: a private key, valid addresses and
 // allowed IPs, an MTU in range, and peers with distinct public keys other
-// than our own and syntactically valid endpoints. Every Config returned by
-// Parse is valid; WriteTo and UAPI call Validate first.
+// than our own, syntactically valid endpoints and valid, distinct tags.
+// Every Config returned by Parse is valid; WriteTo and UAPI call Validate
+// first.
 func (c *Config) Validate() error {
 	peer, key, err := c.check()
 	switch {
@@ -191,9 +206,32 @@ func (c *Config) check() (peer int, key string, err error) {
 				return i, "Endpoint", err
 			}
 		}
+		for j, tag := range p.Tags {
+			if err := checkTag(tag); err != nil {
+				return i, "Tags", err
+			}
+			if slices.Contains(p.Tags[:j], tag) {
+				return i, "Tags", fmt.Errorf("duplicate tag %q", tag)
+			}
+		}
 	}
 	return 0, "", nil
 }
+
+// checkTag reports whether tag is "tag:" followed by an ASCII letter and
+// then ASCII letters, digits or '-'.
+func checkTag(tag string) error {
+	name, ok := strings.CutPrefix(tag, "tag:")
+	if !ok || name == "" || !isASCIILetter(name[0]) || strings.Trim(name, tagNameChars) != "" {
+		return fmt.Errorf(`invalid tag %q: want "tag:" followed by a letter and then letters, digits or '-'`, tag)
+	}
+	return nil
+}
+
+// tagNameChars are the characters allowed in the name part of a tag.
+const tagNameChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
+
+func isASCIILetter(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
 
 // hostChars are the characters allowed in endpoint host name labels.
 const hostChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"

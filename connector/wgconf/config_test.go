@@ -32,7 +32,7 @@ func mustParseKey(s string) Key {
 }
 
 // realisticConf is a wg-quick file as people write them: comments, wg-quick
-// hooks, mixed case, v4 and v6, repeated list keys.
+// hooks, mixed case, v4 and v6, repeated list keys, and appconnector's Tags.
 var realisticConf = fmt.Sprintf(`# wg0.conf: app connector
 [Interface]
 PrivateKey = %s
@@ -51,6 +51,8 @@ publickey=%s
 PresharedKey = %s
 AllowedIPs = 10.8.0.2/32, fd00:8::2/128
 AllowedIPs = 192.168.50.7/24
+Tags = tag:eng, tag:ops # appconnector only
+tags=tag:eng,tag:Build-2
 Endpoint = vpn.example.com:51820
 PersistentKeepalive = 25
 
@@ -83,6 +85,7 @@ var realisticWant = &Config{
 			},
 			Endpoint:            "vpn.example.com:51820",
 			PersistentKeepalive: 25,
+			Tags:                []string{"tag:eng", "tag:ops", "tag:Build-2"},
 		},
 		{
 			PublicKey:  carolPub,
@@ -190,6 +193,20 @@ func TestParseValid(t *testing.T) {
 		{"IPv4-only MTU 576", minimal("Address = 10.0.0.1/24\nMTU = 576\n"), nil},
 		{"IPv6 MTU 1280", minimal("Address = fd00::1/64\nMTU = 1280\n"), nil},
 		{"peers before interface", fmt.Sprintf("[Peer]\nPublicKey = %s\n[Interface]\nPrivateKey = %s\n", bobPub, alicePriv), nil},
+		{"tags", minimal(fmt.Sprintf("[Peer]\nPublicKey = %s\nTAGS=tag:a\nTags =\ntags = tag:b , tag:a,tag:A-1  # c\n", bobPub)),
+			func(c *Config) error {
+				if got := c.Peers[0].Tags; !reflect.DeepEqual(got, []string{"tag:a", "tag:b", "tag:A-1"}) {
+					return fmt.Errorf("tags %q", got)
+				}
+				return nil
+			}},
+		{"empty tags", minimal(fmt.Sprintf("[Peer]\nPublicKey = %s\nTags =\n", bobPub)),
+			func(c *Config) error {
+				if c.Peers[0].Tags != nil {
+					return fmt.Errorf("tags %q", c.Peers[0].Tags)
+				}
+				return nil
+			}},
 		{"zero preshared key means none", minimal(fmt.Sprintf("[Peer]\nPublicKey = %s\nPresharedKey = %s\n", bobPub, Key{})),
 			func(c *Config) error {
 				if !c.Peers[0].PresharedKey.IsZero() {
@@ -310,6 +327,16 @@ func TestParseErrors(t *testing.T) {
 		{"Endpoint empty", peer("Endpoint =\n"), 5, "Endpoint", "want host:port"},
 		{"keepalive too big", peer("PersistentKeepalive = 65536\n"), 5, "PersistentKeepalive", `invalid interval ("off" or seconds)`},
 		{"keepalive on", peer("PersistentKeepalive = on\n"), 5, "PersistentKeepalive", "invalid interval"},
+		{"bad tag", peer("Tags = tag:eng\nTags = tag:ops, eng\n"), 6, "Tags",
+			`wg0.conf:6: Tags = "tag:ops, eng": invalid tag "eng": want "tag:" followed by a letter and then letters, digits or '-'`},
+		{"empty tag name", peer("Tags = tag:\n"), 5, "Tags", `invalid tag "tag:"`},
+		{"tag digit first", peer("Tags = tag:1a\n"), 5, "Tags", `invalid tag "tag:1a"`},
+		{"tag underscore", peer("Tags = tag:a_b\n"), 5, "Tags", `invalid tag "tag:a_b"`},
+		{"tag upper prefix", peer("Tags = TAG:a\n"), 5, "Tags", `invalid tag "TAG:a"`},
+		{"tag star", peer("Tags = *\n"), 5, "Tags", `invalid tag "*"`},
+		{"tag inner space", peer("Tags = tag:a b\n"), 5, "Tags", `invalid tag "tag:a b"`},
+		{"tags trailing comma", peer("Tags = tag:a,\n"), 5, "Tags", `invalid tag ""`},
+		{"tags in interface", minimal("Tags = tag:a\n"), 3, "Tags", "unknown key in [Interface] section"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -382,6 +409,7 @@ PresharedKey = AQIDAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAP8=
 AllowedIPs = 10.8.0.2/32, fd00:8::2/128, 192.168.50.0/24
 Endpoint = vpn.example.com:51820
 PersistentKeepalive = 25
+Tags = tag:eng, tag:ops, tag:Build-2
 
 [Peer]
 PublicKey = %s
@@ -408,6 +436,9 @@ func TestRoundTrip(t *testing.T) {
 		"realistic": realisticWant,
 		"minimal":   {Interface: Interface{PrivateKey: alicePriv}},
 		"no lists":  {Interface: Interface{PrivateKey: alicePriv}, Peers: []Peer{{PublicKey: bobPub}, {PublicKey: carolPub}}},
+		"tags": {Interface: Interface{PrivateKey: alicePriv}, Peers: []Peer{
+			{PublicKey: bobPub, Tags: []string{"tag:x"}},
+			{PublicKey: carolPub, Tags: []string{"tag:b", "tag:a", "tag:Z-9"}}}},
 		"4in6 and v6 host": {Interface: Interface{PrivateKey: alicePriv, MTU: 1280, Addresses: []netip.Prefix{
 			netip.MustParsePrefix("::ffff:10.0.0.1/120"), netip.MustParsePrefix("2001:db8::1/128")}}},
 	}
@@ -468,6 +499,11 @@ func TestValidate(t *testing.T) {
 		{"endpoint injection", valid(func(c *Config) { c.Peers[0].Endpoint = "a:1\n[Peer]\nPublicKey = x" }), "Endpoint: invalid endpoint"},
 		{"endpoint comment", valid(func(c *Config) { c.Peers[0].Endpoint = "a:1#x" }), "Endpoint: invalid endpoint port"},
 		{"endpoint space", valid(func(c *Config) { c.Peers[0].Endpoint = " a:1" }), "Endpoint: invalid endpoint host"},
+		{"tags", valid(func(c *Config) { c.Peers[1].Tags = []string{"tag:a", "tag:b"} }), ""},
+		{"tag injection", valid(func(c *Config) { c.Peers[1].Tags = []string{"tag:a\n[Peer]\nPublicKey = x"} }), "peer 2 ("},
+		{"tag with comma", valid(func(c *Config) { c.Peers[0].Tags = []string{"tag:a,tag:b"} }), `Tags: invalid tag "tag:a,tag:b"`},
+		{"empty tag", valid(func(c *Config) { c.Peers[0].Tags = []string{""} }), `Tags: invalid tag ""`},
+		{"duplicate tag", valid(func(c *Config) { c.Peers[0].Tags = []string{"tag:a", "tag:b", "tag:a"} }), `Tags: duplicate tag "tag:a"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -520,5 +556,25 @@ func TestLoad(t *testing.T) {
 	_, _, err = Load(missing)
 	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
 		t.Errorf("Load(missing) = %v, want ErrNotExist naming the path", err)
+	}
+}
+
+// TestUAPIOmitsTags checks that tags, which wireguard-go does not know,
+// stay out of the configuration protocol.
+func TestUAPIOmitsTags(t *testing.T) {
+	tagged := &Config{Interface: Interface{PrivateKey: alicePriv},
+		Peers: []Peer{{PublicKey: bobPub, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32")}, Tags: []string{"tag:eng"}}}}
+	plain := &Config{Interface: tagged.Interface, Peers: []Peer{tagged.Peers[0]}}
+	plain.Peers[0].Tags = nil
+	got, err := tagged.UAPI(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := plain.UAPI(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want || strings.Contains(got, "tag") {
+		t.Errorf("UAPI with tags =\n%s\nwant\n%s", got, want)
 	}
 }

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 )
 
 // FuzzParse checks that Parse never panics, that every error is a
 // *ParseError, and that every config it accepts is valid and survives
-// WriteTo → Parse unchanged, with WriteTo's output a fixed point.
+// WriteTo → Parse unchanged (Tags included), with WriteTo's output a fixed
+// point, and that its UAPI text never carries tags.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(realisticConf))
 	f.Add([]byte("\ufeff" + realisticConf))
@@ -21,6 +23,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(minimal("Address = fd00::1/64\nMTU = 1280\n[Peer]\nPublicKey = " + bobPub.String() + "\nEndpoint = [fe80::1%eth0]:1\nAllowedIPs = ::/0, 0.0.0.0/0\n")))
 	f.Add([]byte("[Interface]\r\nPrivateKey=" + alicePriv.String() + "#c\r\n[peer]\r\npublickey=" + bobPub.String() + "\r\nPersistentKeepalive=off\r\n"))
 	f.Add([]byte("[Interface]\nPrivateKey = AAAA\n"))
+	f.Add([]byte(minimal("[Peer]\nPublicKey = " + bobPub.String() + "\nTags = tag:a, tag:B-2,tag:a\ntags=\nTAGS = tag:c # x\n")))
+	f.Add([]byte(minimal("[Peer]\nPublicKey = " + bobPub.String() + "\nTags = tag:1, ,tag:a_b,*\n")))
 	f.Add([]byte(""))
 
 	lookup := func(ctx context.Context, host string) ([]netip.Addr, error) {
@@ -57,8 +61,12 @@ func FuzzParse(f *testing.F) {
 		if _, err := back.WriteTo(&again); err != nil || !bytes.Equal(again.Bytes(), out.Bytes()) {
 			t.Fatalf("WriteTo not a fixed point (%v):\n%s\n%s", err, out.Bytes(), again.Bytes())
 		}
-		if _, err := cfg.UAPI(context.Background(), lookup); err != nil {
+		uapi, err := cfg.UAPI(context.Background(), lookup)
+		if err != nil {
 			t.Fatalf("UAPI: %v", err)
+		}
+		if strings.Contains(uapi, "tag") {
+			t.Fatalf("UAPI text carries tags:\n%s", uapi)
 		}
 	})
 }

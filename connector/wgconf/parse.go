@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -34,7 +35,12 @@ var keys = map[string]keyInfo{
 	"allowedips":          {"AllowedIPs", "Peer", ""},
 	"endpoint":            {"Endpoint", "Peer", ""},
 	"persistentkeepalive": {"PersistentKeepalive", "Peer", ""},
+	"tags":                {"Tags", "Peer", ""}, // appconnector extension
 }
+
+// repeatable lists the keys that may appear more than once in a section,
+// each occurrence adding to a list.
+var repeatable = map[string]bool{"Address": true, "AllowedIPs": true, "Tags": true}
 
 // nameLike reports whether s could be a key or section name, so that an
 // error may show it: up to 32 ASCII letters, digits, '_', '-' and spaces.
@@ -64,8 +70,9 @@ type parser struct {
 // errors and warnings. There must be exactly one [Interface] section and may
 // be any number of [Peer] sections. Section and key names are
 // case-insensitive, '#' starts a comment anywhere on a line, and CRLF line
-// ends and a leading UTF-8 byte order mark are accepted. Address and
-// AllowedIPs take comma-separated lists and may repeat; other keys may not.
+// ends and a leading UTF-8 byte order mark are accepted. Address,
+// AllowedIPs and Tags take comma-separated lists and may repeat; other keys
+// may not. Tags, an appconnector extension, is described on Peer.
 //
 // Keys that only wg-quick acts on give one Warning per occurrence. Any other
 // unknown key, a key outside a section, or an invalid value is an error.
@@ -125,7 +132,7 @@ func (p *parser) line(n int, s string) error {
 		p.warnings = append(p.warnings, Warning{File: p.file, Line: n, Key: info.name, Msg: info.ignore})
 		return nil
 	}
-	if first, dup := p.seen[info.name]; dup && info.name != "Address" && info.name != "AllowedIPs" {
+	if first, dup := p.seen[info.name]; dup && !repeatable[info.name] {
 		return p.errorf(n, info.name, "", "duplicate key (first set on line %d)", first)
 	}
 	p.seen[info.name] = n
@@ -194,8 +201,29 @@ func (p *parser) set(key, value string) error {
 		if !strings.EqualFold(value, "off") {
 			peer.PersistentKeepalive, err = parseNum(value, 0, `interval ("off" or seconds)`)
 		}
+	case "Tags":
+		return parseTags(value, &peer.Tags)
 	}
 	return err
+}
+
+// parseTags appends the comma-separated tags in value to *dst, skipping
+// those already there. An empty value adds nothing; an empty item is an
+// error, as in parseList.
+func parseTags(value string, dst *[]string) error {
+	if value == "" {
+		return nil
+	}
+	for item := range strings.SplitSeq(value, ",") {
+		item = strings.TrimSpace(item)
+		if err := checkTag(item); err != nil {
+			return err
+		}
+		if !slices.Contains(*dst, item) {
+			*dst = append(*dst, item)
+		}
+	}
+	return nil
 }
 
 // parseNum parses a decimal number in lo..65535.

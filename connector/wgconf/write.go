@@ -13,10 +13,12 @@ import (
 
 // WriteTo writes c as canonical wg-quick text: [Interface] then one [Peer]
 // section per peer, keys in a fixed order with canonical names, lists
-// comma-separated and unset values omitted. AllowedIPs are written masked;
-// Address keeps its host bits. Parsing the output gives a Config equal to c
-// (for every Config from Parse, whose AllowedIPs are masked). c must pass
-// Validate, else nothing is written. The text contains the private key.
+// comma-separated and unset values omitted. A peer's Tags are written as
+// one Tags key, an appconnector extension (see Peer). AllowedIPs are
+// written masked; Address keeps its host bits. Parsing the output gives a
+// Config equal to c (for every Config from Parse, whose AllowedIPs are
+// masked). c must pass Validate, else nothing is written. The text
+// contains the private key.
 func (c *Config) WriteTo(w io.Writer) (int64, error) {
 	if err := c.Validate(); err != nil {
 		return 0, fmt.Errorf("write config: %w", err)
@@ -40,6 +42,7 @@ func (c *Config) WriteTo(w io.Writer) (int64, error) {
 		kv("AllowedIPs", len(p.AllowedIPs) > 0, joinPrefixes(p.AllowedIPs, true))
 		kv("Endpoint", p.Endpoint != "", p.Endpoint)
 		kv("PersistentKeepalive", p.PersistentKeepalive != 0, p.PersistentKeepalive)
+		kv("Tags", len(p.Tags) > 0, strings.Join(p.Tags, ", "))
 	}
 	n, err := io.WriteString(w, b.String())
 	if err != nil {
@@ -67,7 +70,8 @@ const resolveTimeout = 10 * time.Second
 // accepted by wireguard-go's (*device.Device).IpcSet. It replaces all peers
 // and each peer's allowed IPs, so applying it makes the device match c
 // (an unset ListenPort is not sent: the device keeps its current port).
-// The text contains the private key.
+// Peers' Tags are not part of the protocol and are left out. The text
+// contains the private key.
 //
 // Endpoint host names are resolved with lookup, each lookup bounded by ctx
 // and by 10 seconds; a nil lookup uses net.DefaultResolver. The first IPv4

@@ -1,0 +1,247 @@
+package connector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// DNS interception: the connector answers DNS on port 53 of each of its
+// tunnel addresses, inside the userspace stack. A question for a name of an
+// app the asking peer may use is resolved upstream through host sockets;
+// the A and AAAA answers on the question's CNAME chain are learned as
+// routes before the answer goes back. Other names get REFUSED (or are
+// forwarded unlearned, if so configured). miekg/dns is used only in this
+// file and learn.go.
+
+const (
+	// defaultDNSTimeout bounds the whole upstream resolution of one query.
+	defaultDNSTimeout = 5 * time.Second
+	// upstreamTryTimeout bounds one exchange with one upstream.
+	upstreamTryTimeout = 2 * time.Second
+	// ednsSize is the UDP payload size we advertise and accept (the DNS
+	// flag day 2020 value, which avoids fragmentation).
+	ednsSize = 1232
+	// dnsTCPIdle closes idle DNS-over-TCP connections from peers.
+	dnsTCPIdle = 10 * time.Second
+)
+
+// dnsStats are the DNS counters.
+type dnsStats struct {
+	Answered, Refused, ServFail, Forwarded, FormErr atomic.Uint64
+}
+
+// dnsService serves DNS for one Connector.
+type dnsService struct {
+	c         *Connector
+	upstreams []string
+	forward   bool // forward names of no app instead of refusing them
+	timeout   time.Duration
+	udp, tcp  *dns.Client
+	logf      func(format string, args ...any) // rate-limited
+	stats     dnsStats
+
+	mu      sync.Mutex // guards the fields after it
+	servers []*dns.Server
+	wg      sync.WaitGroup
+}
+
+// start serves on conns and listeners (one of each per tunnel address).
+func (d *dnsService) start(pcs []net.PacketConn, lns []net.Listener) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	serve := func(srv *dns.Server) {
+		d.servers = append(d.servers, srv)
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if err := srv.ActivateAndServe(); err != nil {
+				d.logf("dns: serve: %v", err)
+			}
+		}()
+	}
+	for _, pc := range pcs {
+		serve(&dns.Server{PacketConn: pc, Handler: d, UDPSize: ednsSize})
+	}
+	for _, ln := range lns {
+		serve(&dns.Server{
+			Listener: ln, Handler: d,
+			IdleTimeout:   func() time.Duration { return dnsTCPIdle },
+			ReadTimeout:   dnsTCPIdle,
+			WriteTimeout:  dnsTCPIdle,
+			MaxTCPQueries: 1000,
+		})
+	}
+}
+
+// close stops the servers and waits for them.
+func (d *dnsService) close() {
+	d.mu.Lock()
+	servers := d.servers
+	d.servers = nil
+	d.mu.Unlock()
+	for _, srv := range servers {
+		srv.Shutdown()
+	}
+	d.wg.Wait()
+}
+
+// ServeDNS implements dns.Handler.
+func (d *dnsService) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	src := addrOf(w.RemoteAddr())
+	ctx, cancel := context.WithTimeout(d.c.ctx, d.timeout)
+	defer cancel()
+	resp := d.answer(ctx, d.c.peers.lookup(src), req)
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		size := dns.MinMsgSize
+		if opt := req.IsEdns0(); opt != nil {
+			size = int(min(max(opt.UDPSize(), dns.MinMsgSize), ednsSize))
+		}
+		resp.Truncate(size)
+	}
+	if err := w.WriteMsg(resp); err != nil {
+		d.logf("dns: reply to %v: %v", src, err)
+	}
+}
+
+// answer builds the reply to req from peer p. Routes are learned before it
+// returns.
+func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Msg {
+	if req.Response || req.Opcode != dns.OpcodeQuery || len(req.Question) != 1 {
+		d.stats.FormErr.Add(1)
+		return reply(req, dns.RcodeFormatError)
+	}
+	q := req.Question[0]
+	if q.Qclass != dns.ClassINET {
+		d.stats.Refused.Add(1)
+		return reply(req, dns.RcodeRefused)
+	}
+	apps, known := d.c.table.appsFor(q.Name, p)
+	switch {
+	case known && len(apps) == 0:
+		// An app's name, but not for this peer.
+		d.stats.Refused.Add(1)
+		return reply(req, dns.RcodeRefused)
+	case !known && !d.forward:
+		d.stats.Refused.Add(1)
+		return reply(req, dns.RcodeRefused)
+	}
+	up, err := d.exchange(ctx, q, req)
+	if err != nil {
+		d.stats.ServFail.Add(1)
+		d.logf("dns: %s %s: %v", q.Name, dns.TypeToString[q.Qtype], err)
+		return reply(req, dns.RcodeServerFailure)
+	}
+	if !known {
+		d.stats.Forwarded.Add(1)
+		return relay(req, up)
+	}
+	if up.Rcode == dns.RcodeSuccess && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA) {
+		addrs, err := chainAddrs(q.Name, up.Answer)
+		if err != nil {
+			d.c.table.countChainRefused()
+			d.logf("dns: %s: no routes learned: %v", q.Name, err)
+		} else if refused := d.c.table.learn(apps, q.Name, addrs); len(refused) > 0 {
+			d.logf("dns: %s: not learned, unsafe answers: %v", q.Name, refused)
+		}
+	}
+	d.stats.Answered.Add(1)
+	return relay(req, up)
+}
+
+// exchange asks the upstreams, in order, for q. A truncated UDP answer is
+// asked again over TCP.
+func (d *dnsService) exchange(ctx context.Context, q dns.Question, req *dns.Msg) (*dns.Msg, error) {
+	if len(d.upstreams) == 0 {
+		return nil, errors.New("no upstream DNS servers")
+	}
+	m := new(dns.Msg)
+	m.SetQuestion(q.Name, q.Qtype)
+	m.Question[0].Qclass = q.Qclass
+	m.RecursionDesired = true
+	m.CheckingDisabled = req.CheckingDisabled
+	do := false
+	if opt := req.IsEdns0(); opt != nil {
+		do = opt.Do()
+	}
+	m.SetEdns0(ednsSize, do)
+	var errs []error
+	for _, up := range d.upstreams {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		tctx, cancel := context.WithTimeout(ctx, upstreamTryTimeout)
+		r, _, err := d.udp.ExchangeContext(tctx, m, up)
+		if err == nil && r.Truncated {
+			r, _, err = d.tcp.ExchangeContext(tctx, m, up)
+		}
+		cancel()
+		if err == nil && r.Rcode != dns.RcodeServerFailure && r.Rcode != dns.RcodeRefused {
+			return r, nil
+		}
+		if err == nil {
+			err = fmt.Errorf("rcode %s", dns.RcodeToString[r.Rcode])
+		}
+		errs = append(errs, fmt.Errorf("upstream %s: %w", up, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// reply is an empty answer to req with rcode.
+func reply(req *dns.Msg, rcode int) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetRcode(req, rcode)
+	m.RecursionAvailable = true
+	if len(req.Question) > 1 {
+		m.Question = m.Question[:1]
+	}
+	if opt := req.IsEdns0(); opt != nil {
+		m.SetEdns0(ednsSize, opt.Do())
+	}
+	return m
+}
+
+// relay turns an upstream answer into the answer to req: req's ID and
+// question (with its letter case), the upstream's sections without its
+// EDNS record, and our own EDNS record if req had one.
+func relay(req, up *dns.Msg) *dns.Msg {
+	m := up.Copy()
+	m.Id = req.Id
+	m.Response = true
+	m.Opcode = req.Opcode
+	m.RecursionDesired = req.RecursionDesired
+	m.RecursionAvailable = true
+	m.Question = req.Question
+	m.Compress = true
+	extra := m.Extra[:0]
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	m.Extra = extra
+	if opt := req.IsEdns0(); opt != nil {
+		m.SetEdns0(ednsSize, opt.Do())
+	}
+	return m
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
+}

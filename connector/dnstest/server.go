@@ -1,0 +1,143 @@
+// Package dnstest is an authoritative DNS server on loopback for tests: a
+// real miekg/dns server on UDP and TCP with a zone given as records in
+// presentation format.
+package dnstest
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// Server answers from its records. Names not in the zone get NXDOMAIN; a
+// name in it with no records of the asked type gets an empty NOERROR.
+// CNAMEs are followed within the zone, as an authoritative server does.
+type Server struct {
+	// Addr is the "127.0.0.1:port" the server listens on (UDP and TCP).
+	Addr string
+	// Queries counts the questions received.
+	Queries atomic.Int64
+
+	mu      sync.Mutex
+	records map[string][]dns.RR // owner name (lower case, fqdn) → records
+	rcode   map[string]int      // owner name → forced rcode
+	udp     *dns.Server
+	tcp     *dns.Server
+}
+
+// New starts a server with the given records (e.g. "app.example.com. 60 IN
+// A 192.0.2.1") and stops it when the test ends.
+func New(tb testing.TB, records ...string) *Server {
+	tb.Helper()
+	s := &Server{records: map[string][]dns.RR{}, rcode: map[string]int{}}
+	for _, r := range records {
+		if err := s.Add(r); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		tb.Fatal(err)
+	}
+	s.Addr = pc.LocalAddr().String()
+	s.udp = &dns.Server{PacketConn: pc, Handler: s}
+	s.tcp = &dns.Server{Listener: ln, Handler: s}
+	var wg sync.WaitGroup
+	for _, srv := range []*dns.Server{s.udp, s.tcp} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			srv.ActivateAndServe()
+		}()
+		<-started
+	}
+	tb.Cleanup(func() {
+		s.udp.Shutdown()
+		s.tcp.Shutdown()
+		wg.Wait()
+	})
+	return s
+}
+
+// Add adds one record in presentation format.
+func (s *Server) Add(record string) error {
+	rr, err := dns.NewRR(record)
+	if err != nil {
+		return fmt.Errorf("dnstest: record %q: %w", record, err)
+	}
+	if rr == nil {
+		return fmt.Errorf("dnstest: record %q: empty", record)
+	}
+	name := strings.ToLower(rr.Header().Name)
+	s.mu.Lock()
+	s.records[name] = append(s.records[name], rr)
+	s.mu.Unlock()
+	return nil
+}
+
+// SetRcode makes questions for name (fqdn) fail with rcode, such as
+// dns.RcodeServerFailure.
+func (s *Server) SetRcode(name string, rcode int) {
+	s.mu.Lock()
+	s.rcode[strings.ToLower(dns.Fqdn(name))] = rcode
+	s.mu.Unlock()
+}
+
+// ServeDNS implements dns.Handler.
+func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	s.Queries.Add(1)
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	if len(req.Question) != 1 {
+		m.Rcode = dns.RcodeFormatError
+		w.WriteMsg(m)
+		return
+	}
+	q := req.Question[0]
+	name := strings.ToLower(q.Name)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rc, ok := s.rcode[name]; ok {
+		m.Rcode = rc
+		w.WriteMsg(m)
+		return
+	}
+	if _, ok := s.records[name]; !ok {
+		m.Rcode = dns.RcodeNameError
+		w.WriteMsg(m)
+		return
+	}
+	// Follow CNAMEs inside the zone, at most 16 steps (zones with loops
+	// are test input too).
+	for range 16 {
+		rrs := s.records[name]
+		var next string
+		for _, rr := range rrs {
+			switch {
+			case rr.Header().Rrtype == q.Qtype:
+				m.Answer = append(m.Answer, dns.Copy(rr))
+			case rr.Header().Rrtype == dns.TypeCNAME:
+				m.Answer = append(m.Answer, dns.Copy(rr))
+				next = strings.ToLower(rr.(*dns.CNAME).Target)
+			}
+		}
+		if next == "" || q.Qtype == dns.TypeCNAME {
+			break
+		}
+		name = next
+	}
+	w.WriteMsg(m)
+}

@@ -1,0 +1,89 @@
+package connector
+
+import "strings"
+
+// matcher finds the apps a DNS name belongs to. It is built once per
+// policy and read concurrently.
+//
+// "example.com" in an app's domains matches that name only;
+// "*.example.com" matches every name below example.com, at any depth, and
+// not example.com itself. Names are compared in their ASCII (punycode)
+// form, case-insensitively, with or without a trailing dot.
+type matcher struct {
+	exact map[string][]int // name → indexes of the apps listing it
+	below map[string][]int // base → indexes of the apps listing "*.base"
+}
+
+func newMatcher(apps []App) *matcher {
+	m := &matcher{exact: make(map[string][]int), below: make(map[string][]int)}
+	for i, a := range apps {
+		for _, d := range a.Domains {
+			if base, ok := strings.CutPrefix(d, "*."); ok {
+				m.below[base] = appendUnique(m.below[base], i)
+			} else {
+				m.exact[d] = appendUnique(m.exact[d], i)
+			}
+		}
+	}
+	return m
+}
+
+// match returns the indexes of the apps name belongs to, in ascending
+// order, or nil.
+func (m *matcher) match(name string) []int {
+	name = canonicalName(name)
+	if name == "" {
+		return nil
+	}
+	var out []int
+	for _, i := range m.exact[name] {
+		out = insertSorted(out, i)
+	}
+	// Every proper suffix that starts at a label boundary.
+	for rest := name; ; {
+		dot := strings.IndexByte(rest, '.')
+		if dot < 0 {
+			break
+		}
+		rest = rest[dot+1:]
+		for _, i := range m.below[rest] {
+			out = insertSorted(out, i)
+		}
+	}
+	return out
+}
+
+// canonicalName lower-cases ASCII letters and drops one trailing dot. DNS
+// names on the wire are ASCII (internationalized labels travel as
+// punycode), so this is the whole normalization a query name needs.
+func canonicalName(name string) string {
+	name = strings.TrimSuffix(name, ".")
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; 'A' <= c && c <= 'Z' {
+			return strings.ToLower(name)
+		}
+	}
+	return name
+}
+
+func appendUnique(s []int, v int) []int {
+	if len(s) > 0 && s[len(s)-1] == v {
+		return s
+	}
+	return append(s, v)
+}
+
+func insertSorted(s []int, v int) []int {
+	for i, x := range s {
+		if x == v {
+			return s
+		}
+		if x > v {
+			s = append(s, 0)
+			copy(s[i+1:], s[i:])
+			s[i] = v
+			return s
+		}
+	}
+	return append(s, v)
+}

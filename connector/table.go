@@ -1,0 +1,494 @@
+package connector
+
+import (
+	"container/list"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"go4.org/netipx"
+)
+
+// Defaults for the route table.
+const (
+	DefaultRouteTTL          = 7 * 24 * time.Hour
+	DefaultMaxLearned        = 100_000
+	DefaultMaxLearnedPerApp  = 10_000
+	defaultMaxLearnedCeiling = 10_000_000
+)
+
+// RouteState is where a route stands.
+type RouteState string
+
+// Route states.
+const (
+	// Advertised routes are forwarded and announced to peers.
+	StateAdvertised RouteState = "advertised"
+	// Pending routes were learned for an app with manual approval and
+	// wait for an operator; they are neither forwarded nor announced.
+	StatePending RouteState = "pending"
+	// Coalesced routes were learned inside one of the app's configured
+	// routes: the configured prefix covers them, so they are not announced
+	// on their own.
+	StateCoalesced RouteState = "coalesced"
+)
+
+// Route is one entry of the route table as the admin API shows it.
+type Route struct {
+	Prefix    netip.Prefix `json:"prefix"`
+	App       string       `json:"app"`
+	Domain    string       `json:"domain,omitempty"` // the name it was learned from; empty if configured
+	Source    string       `json:"source"`           // "configured" or "learned"
+	State     RouteState   `json:"state"`
+	FirstSeen time.Time    `json:"firstSeen,omitzero"`
+	LastSeen  time.Time    `json:"lastSeen,omitzero"`
+}
+
+// peerID identifies the peer a flow or query comes from: its public key
+// (base64) and the tags its [Peer] section carries.
+type peerID struct {
+	key  string
+	tags []string
+}
+
+// servedApp is an app this connector serves, with what the table derives
+// from it.
+type servedApp struct {
+	App
+	idx int // position in the table's apps, as the matcher reports it
+	// forward is where its configured routes may be forwarded to (the
+	// routes less the guarded and never ranges).
+	forward *netipx.IPSet
+	// covers is the plain union of its configured routes, for coalescing.
+	covers *netipx.IPSet
+	// claims are its learned routes, least recently seen first.
+	claims list.List // of *claim
+}
+
+func (a *servedApp) usableBy(p peerID) bool { return a.PeerAllowed(p.key, p.tags) }
+
+// claim is one app's hold on a learned address.
+type claim struct {
+	app          *servedApp
+	route        *learnedRoute
+	domain       string
+	first, last  time.Time
+	approved     bool
+	inApp, inAll *list.Element
+}
+
+// learnedRoute is a learned address and the apps holding it. It lives as
+// long as one claim does.
+type learnedRoute struct {
+	addr   netip.Addr
+	claims []*claim
+}
+
+// tableConfig is the part of Config the table uses.
+type tableConfig struct {
+	ttl                   time.Duration
+	maxLearned, maxPerApp int
+	hostAddrs             []netip.Addr
+	own                   map[netip.Addr]bool // tunnel and host addresses: never learned
+	now                   func() time.Time
+	inUse                 func(netip.Addr) bool // an open flow goes to this address
+}
+
+// tableStats are the table's counters.
+type tableStats struct {
+	UnsafeRefused uint64 // answers not learned because they were unsafe
+	Evicted       uint64 // learned routes evicted at a cap
+	CapRefused    uint64 // answers not learned: at the cap, every route in use
+	Expired       uint64 // learned routes expired
+	ChainRefused  uint64 // answers whose CNAME chain was a loop, too long or ambiguous
+}
+
+// routeTable holds the configured and learned routes, decides what may be
+// forwarded, and versions what is advertised. All methods are safe for
+// concurrent use; none does I/O.
+type routeTable struct {
+	cfg tableConfig
+
+	mu      sync.RWMutex // guards the fields after it
+	apps    []*servedApp
+	byName  map[string]*servedApp
+	match   *matcher
+	learned map[netip.Addr]*learnedRoute
+	all     list.List // every claim, least recently seen first
+	version uint64
+	changed chan struct{} // closed and replaced when version changes
+	dirty   bool          // learned routes changed since the last snapshot
+	stats   tableStats
+}
+
+func newRouteTable(cfg tableConfig) *routeTable {
+	if cfg.now == nil {
+		cfg.now = time.Now
+	}
+	if cfg.inUse == nil {
+		cfg.inUse = func(netip.Addr) bool { return false }
+	}
+	t := &routeTable{
+		cfg:     cfg,
+		byName:  map[string]*servedApp{},
+		match:   newMatcher(nil),
+		learned: map[netip.Addr]*learnedRoute{},
+		changed: make(chan struct{}),
+	}
+	return t
+}
+
+// setApps replaces the served apps. Learned routes of apps that are gone,
+// or learned from names the app no longer matches, are withdrawn (an
+// address another app still holds stays). An app switched to automatic
+// approval has its pending routes approved.
+func (t *routeTable) setApps(apps []App) {
+	served := make([]*servedApp, len(apps))
+	byName := make(map[string]*servedApp, len(apps))
+	for i, a := range apps {
+		var covers netipx.IPSetBuilder
+		for _, r := range a.Routes {
+			covers.AddPrefix(r)
+		}
+		cs, _ := covers.IPSet()
+		served[i] = &servedApp{App: a, idx: i, forward: forwardSet(a.Routes, t.cfg.hostAddrs), covers: cs}
+		byName[a.Name] = served[i]
+	}
+	m := newMatcher(apps)
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	// Move each surviving claim to its app's new servedApp.
+	for e := t.all.Front(); e != nil; {
+		next := e.Next()
+		c := e.Value.(*claim)
+		na := byName[c.app.Name]
+		if na == nil || !slices.Contains(m.match(c.domain), na.idx) {
+			t.dropClaimLocked(c)
+		} else {
+			c.app.claims.Remove(c.inApp)
+			c.app = na
+			c.inApp = na.claims.PushBack(c)
+			if na.Approval != "manual" {
+				c.approved = true
+			}
+		}
+		e = next
+	}
+	t.apps, t.byName, t.match = served, byName, m
+	t.bumpLocked()
+}
+
+// appsFor returns the apps a name belongs to that peer may use, and
+// whether the name belongs to any app at all.
+func (t *routeTable) appsFor(name string, p peerID) (usable []*servedApp, known bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, i := range t.match.match(name) {
+		known = true
+		if a := t.apps[i]; a.usableBy(p) {
+			usable = append(usable, a)
+		}
+	}
+	return usable, known
+}
+
+// learn records addrs, the answer for name, as routes of apps. It returns
+// once the routes are in the table: a flow that starts after learn returns
+// is forwarded. Unsafe addresses are refused and counted.
+func (t *routeTable) learn(apps []*servedApp, name string, addrs []netip.Addr) (refused []netip.Addr) {
+	name = canonicalName(name)
+	now := t.cfg.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := false
+	for _, a := range apps {
+		if t.byName[a.Name] != a {
+			continue // the policy changed while the answer was in flight
+		}
+		for _, addr := range addrs {
+			if refusal(addr, a.AllowPrivate, t.cfg.own) != "" {
+				t.stats.UnsafeRefused++
+				refused = append(refused, addr)
+				continue
+			}
+			if t.claimLocked(a, addr, name, now) {
+				changed = true
+			}
+		}
+	}
+	t.dirty = true // last-seen times moved even when nothing else did
+	if changed {
+		t.bumpLocked()
+	}
+	return refused
+}
+
+// claimLocked adds or refreshes app a's claim on addr and reports whether
+// a new claim was made.
+func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now time.Time) bool {
+	r := t.learned[addr]
+	if r != nil {
+		for _, c := range r.claims {
+			if c.app == a {
+				c.last, c.domain = now, name
+				a.claims.MoveToBack(c.inApp)
+				t.all.MoveToBack(c.inAll)
+				return false
+			}
+		}
+	}
+	if a.claims.Len() >= t.cfg.maxPerApp && !t.evictLocked(&a.claims) {
+		t.stats.CapRefused++
+		return false
+	}
+	if t.all.Len() >= t.cfg.maxLearned && !t.evictLocked(&t.all) {
+		t.stats.CapRefused++
+		return false
+	}
+	// Eviction may have dropped the route found above.
+	r = t.learned[addr]
+	if r == nil {
+		r = &learnedRoute{addr: addr}
+		t.learned[addr] = r
+	}
+	c := &claim{app: a, route: r, domain: name, first: now, last: now, approved: a.Approval != "manual"}
+	c.inApp = a.claims.PushBack(c)
+	c.inAll = t.all.PushBack(c)
+	r.claims = append(r.claims, c)
+	return true
+}
+
+// evictLocked drops the least recently seen claim in l whose address has
+// no open flow, and reports whether it found one.
+func (t *routeTable) evictLocked(l *list.List) bool {
+	for e := l.Front(); e != nil; e = e.Next() {
+		c := e.Value.(*claim)
+		if t.cfg.inUse(c.route.addr) {
+			continue
+		}
+		t.dropClaimLocked(c)
+		t.stats.Evicted++
+		return true
+	}
+	return false
+}
+
+func (t *routeTable) dropClaimLocked(c *claim) {
+	c.app.claims.Remove(c.inApp)
+	t.all.Remove(c.inAll)
+	r := c.route
+	r.claims = slices.DeleteFunc(r.claims, func(x *claim) bool { return x == c })
+	if len(r.claims) == 0 {
+		delete(t.learned, r.addr)
+	}
+	t.dirty = true
+}
+
+// expire drops learned routes not seen in DNS for the TTL, except those
+// with an open flow.
+func (t *routeTable) expire() {
+	cutoff := t.cfg.now().Add(-t.cfg.ttl)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for e := t.all.Front(); e != nil; {
+		next := e.Next()
+		c := e.Value.(*claim)
+		if !c.last.Before(cutoff) {
+			break // the rest were seen later
+		}
+		if !t.cfg.inUse(c.route.addr) {
+			t.dropClaimLocked(c)
+			t.stats.Expired++
+			n++
+		}
+		e = next
+	}
+	if n > 0 {
+		t.bumpLocked()
+	}
+}
+
+// allow reports whether peer p may open a flow to dst: dst is inside a
+// configured route of an app p may use, or is a learned, approved route
+// of one.
+func (t *routeTable) allow(p peerID, dst netip.Addr) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if r := t.learned[dst]; r != nil {
+		for _, c := range r.claims {
+			if c.approved && c.app.usableBy(p) {
+				return true
+			}
+		}
+	}
+	for _, a := range t.apps {
+		if a.forward.Contains(dst) && a.usableBy(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// approve approves the pending routes inside prefix (all of them if
+// prefix is not valid) and returns how many it approved.
+func (t *routeTable) approve(prefix netip.Prefix) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for e := t.all.Front(); e != nil; e = e.Next() {
+		c := e.Value.(*claim)
+		if !c.approved && (!prefix.IsValid() || prefix.Contains(c.route.addr)) {
+			c.approved = true
+			n++
+		}
+	}
+	if n > 0 {
+		t.dirty = true
+		t.bumpLocked()
+	}
+	return n
+}
+
+// advertised returns the table version and the prefixes peer p is told
+// to route through the connector: the configured routes of the apps it
+// may use and their approved learned routes, as the smallest set of
+// prefixes covering them (a learned route inside a configured one adds
+// nothing).
+func (t *routeTable) advertised(p peerID) (uint64, []netip.Prefix) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var b netipx.IPSetBuilder
+	for _, a := range t.apps {
+		if !a.usableBy(p) {
+			continue
+		}
+		for _, r := range a.Routes {
+			b.AddPrefix(r)
+		}
+		for e := a.claims.Front(); e != nil; e = e.Next() {
+			if c := e.Value.(*claim); c.approved {
+				b.Add(c.route.addr)
+			}
+		}
+	}
+	s, _ := b.IPSet()
+	return t.version, s.Prefixes()
+}
+
+// routes lists every route, configured and learned, for the admin API.
+func (t *routeTable) routes() (uint64, []Route) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var out []Route
+	for _, a := range t.apps {
+		for _, r := range a.Routes {
+			out = append(out, Route{Prefix: r, App: a.Name, Source: "configured", State: StateAdvertised})
+		}
+		for e := a.claims.Front(); e != nil; e = e.Next() {
+			c := e.Value.(*claim)
+			st := StateAdvertised
+			switch {
+			case !c.approved:
+				st = StatePending
+			case a.covers.Contains(c.route.addr):
+				st = StateCoalesced
+			}
+			out = append(out, Route{
+				Prefix: netip.PrefixFrom(c.route.addr, c.route.addr.BitLen()),
+				App:    a.Name, Domain: c.domain, Source: "learned", State: st,
+				FirstSeen: c.first, LastSeen: c.last,
+			})
+		}
+	}
+	slices.SortStableFunc(out, func(x, y Route) int {
+		if c := x.Prefix.Addr().Compare(y.Prefix.Addr()); c != 0 {
+			return c
+		}
+		return x.Prefix.Bits() - y.Prefix.Bits()
+	})
+	return t.version, out
+}
+
+// watch returns the current version and a channel closed when it changes.
+func (t *routeTable) watch() (uint64, <-chan struct{}) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.version, t.changed
+}
+
+func (t *routeTable) bumpLocked() {
+	t.version++
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+func (t *routeTable) statsSnapshot() tableStats {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.stats
+}
+
+// countChainRefused counts an answer whose chain yielded no routes.
+func (t *routeTable) countChainRefused() {
+	t.mu.Lock()
+	t.stats.ChainRefused++
+	t.mu.Unlock()
+}
+
+// snapshot returns every claim for persistence if anything changed since
+// the last snapshot (or if force is set), and marks the table clean.
+func (t *routeTable) snapshot(force bool) ([]storedRoute, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.dirty && !force {
+		return nil, false
+	}
+	out := make([]storedRoute, 0, t.all.Len())
+	for e := t.all.Front(); e != nil; e = e.Next() {
+		c := e.Value.(*claim)
+		out = append(out, storedRoute{
+			Addr: c.route.addr, App: c.app.Name, Domain: c.domain,
+			FirstSeen: c.first, LastSeen: c.last, Approved: c.approved,
+		})
+	}
+	t.dirty = false
+	return out, true
+}
+
+// restore adds persisted claims, oldest first, for apps and names the
+// current policy still has; it returns how many it kept. Unsafe addresses
+// (the policy may have changed) and claims over the caps are dropped.
+func (t *routeTable) restore(rs []storedRoute) int {
+	rs = slices.Clone(rs)
+	slices.SortStableFunc(rs, func(a, b storedRoute) int { return a.LastSeen.Compare(b.LastSeen) })
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	kept := 0
+	for _, r := range rs {
+		a := t.byName[r.App]
+		if a == nil || !slices.Contains(t.match.match(r.Domain), a.idx) || refusal(r.Addr, a.AllowPrivate, t.cfg.own) != "" {
+			continue
+		}
+		if !t.claimLocked(a, r.Addr, canonicalName(r.Domain), r.LastSeen) {
+			continue
+		}
+		c := t.learned[r.Addr].claims[len(t.learned[r.Addr].claims)-1]
+		c.first = r.FirstSeen
+		c.approved = r.Approved || a.Approval != "manual"
+		kept++
+	}
+	if kept > 0 {
+		t.bumpLocked()
+	}
+	return kept
+}
+
+// markDirty asks for the next snapshot to be taken (after a failed write).
+func (t *routeTable) markDirty() {
+	t.mu.Lock()
+	t.dirty = true
+	t.mu.Unlock()
+}

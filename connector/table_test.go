@@ -1,0 +1,250 @@
+package connector
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+)
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func newTestTable(t *testing.T, maxLearned, maxPerApp int, inUse map[netip.Addr]bool) (*routeTable, *fakeClock) {
+	t.Helper()
+	clk := &fakeClock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	tbl := newRouteTable(tableConfig{
+		ttl: time.Hour, maxLearned: maxLearned, maxPerApp: maxPerApp,
+		own: map[netip.Addr]bool{}, now: clk.now,
+		inUse: func(a netip.Addr) bool { return inUse[a] },
+	})
+	return tbl, clk
+}
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+var anyPeer = peerID{key: "peer"}
+
+func learnName(t *testing.T, tbl *routeTable, name string, as ...string) {
+	t.Helper()
+	apps, known := tbl.appsFor(name, anyPeer)
+	if !known || len(apps) == 0 {
+		t.Fatalf("%s belongs to no app", name)
+	}
+	tbl.learn(apps, name, addrs(as...))
+}
+
+func TestTableLearnAllowAdvertise(t *testing.T) {
+	tbl, _ := newTestTable(t, 100, 100, nil)
+	tbl.setApps([]App{
+		{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"},
+		{Name: "b", Domains: []string{"b.com"}, Routes: prefixes("198.51.100.0/24"), Approval: "auto"},
+	})
+	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) {
+		t.Fatal("unlearned address allowed")
+	}
+	v0, _ := tbl.watch()
+	learnName(t, tbl, "x.a.com", "192.0.2.1", "2001:db8::1")
+	if v, _ := tbl.watch(); v == v0 {
+		t.Error("version did not change")
+	}
+	for _, a := range []string{"192.0.2.1", "2001:db8::1", "198.51.100.9"} {
+		if !tbl.allow(anyPeer, netip.MustParseAddr(a)) {
+			t.Errorf("%s not allowed", a)
+		}
+	}
+	_, adv := tbl.advertised(anyPeer)
+	if want := prefixes("192.0.2.1/32", "198.51.100.0/24", "2001:db8::1/128"); !slices.Equal(adv, want) {
+		t.Errorf("advertised %v, want %v", adv, want)
+	}
+	// Relearning changes nothing visible.
+	v1, _ := tbl.watch()
+	learnName(t, tbl, "x.a.com", "192.0.2.1")
+	if v, _ := tbl.watch(); v != v1 {
+		t.Error("version changed on a repeated answer")
+	}
+}
+
+// TestTableCoalesce: routes learned inside a configured prefix are not
+// advertised on their own; when the configured routes grow to cover all
+// earlier discoveries, every one of them is coalesced, not only the first.
+func TestTableCoalesce(t *testing.T) {
+	tbl, _ := newTestTable(t, 100, 100, nil)
+	app := App{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}
+	tbl.setApps([]App{app})
+	learnName(t, tbl, "x.a.com", "192.0.2.1", "192.0.2.7", "192.0.2.200")
+	learnName(t, tbl, "y.a.com", "203.0.113.5")
+	_, adv := tbl.advertised(anyPeer)
+	if len(adv) != 4 {
+		t.Fatalf("advertised %v, want 4 host routes", adv)
+	}
+	app.Routes = prefixes("192.0.2.0/24")
+	tbl.setApps([]App{app})
+	_, adv = tbl.advertised(anyPeer)
+	if want := prefixes("192.0.2.0/24", "203.0.113.5/32"); !slices.Equal(adv, want) {
+		t.Errorf("advertised %v, want %v", adv, want)
+	}
+	_, routes := tbl.routes()
+	coalesced := 0
+	for _, r := range routes {
+		if r.State == StateCoalesced {
+			coalesced++
+		}
+	}
+	if coalesced != 3 {
+		t.Errorf("%d coalesced routes, want 3: %v", coalesced, routes)
+	}
+}
+
+func TestTableApproval(t *testing.T) {
+	tbl, _ := newTestTable(t, 100, 100, nil)
+	app := App{Name: "m", Domains: []string{"m.com"}, Approval: "manual"}
+	tbl.setApps([]App{app})
+	learnName(t, tbl, "m.com", "192.0.2.1", "192.0.2.2")
+	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) {
+		t.Fatal("pending route forwarded")
+	}
+	if _, adv := tbl.advertised(anyPeer); len(adv) != 0 {
+		t.Fatalf("pending routes advertised: %v", adv)
+	}
+	if n := tbl.approve(netip.MustParsePrefix("192.0.2.1/32")); n != 1 {
+		t.Fatalf("approved %d", n)
+	}
+	if !tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) || tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.2")) {
+		t.Fatal("approval of one prefix did not apply exactly")
+	}
+	if n := tbl.approve(netip.Prefix{}); n != 1 {
+		t.Fatalf("approve all approved %d, want 1", n)
+	}
+	// Switching the app to auto approves what is pending.
+	learnName(t, tbl, "m.com", "192.0.2.3")
+	app.Approval = "auto"
+	tbl.setApps([]App{app})
+	if !tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.3")) {
+		t.Error("pending route not approved when the app became automatic")
+	}
+}
+
+func TestTableWithdrawAndRefcount(t *testing.T) {
+	tbl, _ := newTestTable(t, 100, 100, nil)
+	a := App{Name: "a", Domains: []string{"shared.com", "only-a.com"}, Approval: "auto"}
+	b := App{Name: "b", Domains: []string{"shared.com"}, Approval: "auto"}
+	tbl.setApps([]App{a, b})
+	learnName(t, tbl, "shared.com", "192.0.2.1")
+	learnName(t, tbl, "only-a.com", "192.0.2.2")
+	tbl.setApps([]App{b}) // a leaves: its own route goes, the shared one stays
+	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.2")) {
+		t.Error("route of a removed app still allowed")
+	}
+	if !tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) {
+		t.Error("shared route withdrawn although app b holds it")
+	}
+	b.Domains = []string{"other.com"}
+	tbl.setApps([]App{b}) // the domain leaves app b
+	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) {
+		t.Error("route of a removed domain still allowed")
+	}
+}
+
+func TestTableExpiry(t *testing.T) {
+	inUse := map[netip.Addr]bool{}
+	tbl, clk := newTestTable(t, 100, 100, inUse)
+	tbl.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}})
+	learnName(t, tbl, "x.a.com", "192.0.2.1", "192.0.2.2")
+	clk.t = clk.t.Add(30 * time.Minute)
+	learnName(t, tbl, "y.a.com", "192.0.2.3")
+	inUse[netip.MustParseAddr("192.0.2.2")] = true
+	clk.t = clk.t.Add(45 * time.Minute) // .1 and .2 are 75 min old, .3 is 45
+	tbl.expire()
+	for a, want := range map[string]bool{"192.0.2.1": false, "192.0.2.2": true, "192.0.2.3": true} {
+		if got := tbl.allow(anyPeer, netip.MustParseAddr(a)); got != want {
+			t.Errorf("after expiry %s allowed = %v, want %v", a, got, want)
+		}
+	}
+	if st := tbl.statsSnapshot(); st.Expired != 1 {
+		t.Errorf("Expired = %d", st.Expired)
+	}
+}
+
+func TestTableCaps(t *testing.T) {
+	inUse := map[netip.Addr]bool{}
+	tbl, clk := newTestTable(t, 5, 3, inUse)
+	tbl.setApps([]App{
+		{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"},
+		{Name: "b", Domains: []string{"*.b.com"}, Approval: "auto"},
+	})
+	for i, a := range []string{"192.0.2.1", "192.0.2.2", "192.0.2.3"} {
+		clk.t = clk.t.Add(time.Second)
+		learnName(t, tbl, "n"+string(rune('0'+i))+".a.com", a)
+	}
+	inUse[netip.MustParseAddr("192.0.2.1")] = true // oldest, but in use
+	clk.t = clk.t.Add(time.Second)
+	learnName(t, tbl, "n9.a.com", "192.0.2.4") // at the per-app cap: .2 goes
+	for a, want := range map[string]bool{"192.0.2.1": true, "192.0.2.2": false, "192.0.2.3": true, "192.0.2.4": true} {
+		if got := tbl.allow(anyPeer, netip.MustParseAddr(a)); got != want {
+			t.Errorf("per-app cap: %s allowed = %v, want %v", a, got, want)
+		}
+	}
+	// Global cap of 5: b's third route evicts the oldest unused overall.
+	for i, a := range []string{"198.51.100.1", "198.51.100.2", "198.51.100.3"} {
+		clk.t = clk.t.Add(time.Second)
+		learnName(t, tbl, "n"+string(rune('0'+i))+".b.com", a)
+	}
+	_, routes := tbl.routes()
+	if len(routes) != 5 {
+		t.Errorf("%d learned routes at a global cap of 5: %v", len(routes), routes)
+	}
+	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.3")) || !tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) {
+		t.Error("global cap evicted the wrong route")
+	}
+	if st := tbl.statsSnapshot(); st.Evicted != 2 {
+		t.Errorf("Evicted = %d, want 2", st.Evicted)
+	}
+}
+
+func TestTableUnsafeAndPeers(t *testing.T) {
+	tbl, _ := newTestTable(t, 100, 100, nil)
+	tbl.setApps([]App{
+		{Name: "internal", Domains: []string{"wiki.corp"}, Approval: "auto", AllowPrivate: prefixes("10.20.0.0/16")},
+		{Name: "eng", Domains: []string{"eng.example.com"}, Approval: "auto", Peers: []string{"tag:eng"}},
+	})
+	learnName(t, tbl, "wiki.corp", "10.20.1.1", "10.30.1.1", "127.0.0.1")
+	if !tbl.allow(anyPeer, netip.MustParseAddr("10.20.1.1")) {
+		t.Error("allowPrivate answer not learned")
+	}
+	for _, a := range []string{"10.30.1.1", "127.0.0.1"} {
+		if tbl.allow(anyPeer, netip.MustParseAddr(a)) {
+			t.Errorf("unsafe answer %s learned", a)
+		}
+	}
+	if st := tbl.statsSnapshot(); st.UnsafeRefused != 2 {
+		t.Errorf("UnsafeRefused = %d, want 2", st.UnsafeRefused)
+	}
+	eng := peerID{key: "k1", tags: []string{"tag:eng"}}
+	if apps, known := tbl.appsFor("eng.example.com", anyPeer); !known || len(apps) != 0 {
+		t.Errorf("untagged peer: apps %v known %v; want the name known but not usable", apps, known)
+	}
+	apps, _ := tbl.appsFor("eng.example.com", eng)
+	tbl.learn(apps, "eng.example.com", addrs("192.0.2.50"))
+	if !tbl.allow(eng, netip.MustParseAddr("192.0.2.50")) || tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.50")) {
+		t.Error("per-app peer access not applied to the learned route")
+	}
+	if _, adv := tbl.advertised(anyPeer); len(adv) != 1 {
+		t.Errorf("advertised to an untagged peer: %v, want only wiki's route", adv)
+	}
+}
