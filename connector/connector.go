@@ -110,6 +110,7 @@ type Connector struct {
 	peers peerTable
 	table *routeTable
 	dns   *dnsService
+	api   *peerAPI
 	port  uint16
 
 	routesPath string // empty: no persistence
@@ -206,6 +207,7 @@ func New(cfg Config) (*Connector, error) {
 	if cfg.ListenAddr.IsValid() {
 		if bind, err = wgbind.New(cfg.ListenAddr); err != nil {
 			c.dns.close()
+			c.api.close()
 			c.stack.Close()
 			c.tun.Close()
 			return nil, fmt.Errorf("connector: %w", err)
@@ -235,7 +237,8 @@ func orDefault[T comparable](v, d T) T {
 	return v
 }
 
-// startDNS listens on port 53 (UDP and TCP) of every tunnel address.
+// startDNS listens on port 53 (UDP and TCP) of every tunnel address, and
+// serves the route API on port 80.
 func (c *Connector) startDNS(cfg Config) error {
 	dlog := c.log.With("component", "dns")
 	c.dns = &dnsService{
@@ -248,12 +251,12 @@ func (c *Connector) startDNS(cfg Config) error {
 		logf:      netstack.RateLimit(func(f string, a ...any) { dlog.Info(fmt.Sprintf(f, a...)) }, 5, 10),
 	}
 	var pcs []net.PacketConn
-	var lns []net.Listener
+	var lns, apiLns []net.Listener
 	fail := func(err error) error {
 		for _, pc := range pcs {
 			pc.Close()
 		}
-		for _, ln := range lns {
+		for _, ln := range append(lns, apiLns...) {
 			ln.Close()
 		}
 		return err
@@ -270,7 +273,12 @@ func (c *Connector) startDNS(cfg Config) error {
 			return fail(fmt.Errorf("dns: %w", err))
 		}
 		lns = append(lns, ln)
+		if ln, err = c.stack.ListenTCP(netip.AddrPortFrom(ap.Addr(), 80)); err != nil {
+			return fail(fmt.Errorf("route api: %w", err))
+		}
+		apiLns = append(apiLns, ln)
 	}
+	c.startPeerAPI(apiLns)
 	c.dns.start(pcs, lns)
 	return nil
 }
@@ -405,6 +413,7 @@ func (c *Connector) Close() error {
 	}
 	c.cancel()
 	c.dns.close()
+	c.api.close()
 	c.stack.Close()
 	c.wg.Close() // closes the tun device and the bind
 	c.bg.Wait()

@@ -2,10 +2,15 @@ package connector_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -303,4 +308,111 @@ func TestLearnedRoutesSurviveRestart(t *testing.T) {
 	if up.Queries.Load() != asked {
 		t.Error("DNS was asked again")
 	}
+}
+
+func TestRouteAPIAndWatch(t *testing.T) {
+	checkLeaks(t)
+	e, _ := dnsEnv(t)
+	hc := &http.Client{Transport: &http.Transport{DialContext: e.client.DialContext}, Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	base := "http://" + connV4.Addr().String()
+
+	var first connector.RouteSet
+	getJSON(t, hc, base+"/v1/routes", &first)
+	if len(first.Routes) != 0 {
+		t.Fatalf("routes before any answer: %v", first.Routes)
+	}
+
+	req, _ := http.NewRequest("GET", base+"/v1/routes?watch=1", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := hc.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	var cur connector.RouteSet
+	if err := dec.Decode(&cur); err != nil || cur.Version != first.Version {
+		t.Fatalf("first watch line: %+v, %v", cur, err)
+	}
+	query(t, e, "app.example.com.", dns.TypeA, false)
+	for !slices.Contains(cur.Routes, netip.MustParsePrefix("127.0.0.1/32")) {
+		if err := dec.Decode(&cur); err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+		if cur.Version <= first.Version {
+			t.Fatalf("version did not grow: %d", cur.Version)
+		}
+	}
+
+	// The admin API lists the route with its app and domain.
+	srv := httptest.NewServer(e.conn.AdminHandler())
+	defer srv.Close()
+	var table struct {
+		Routes []connector.Route `json:"routes"`
+	}
+	getJSON(t, srv.Client(), srv.URL+"/v1/routes", &table)
+	if len(table.Routes) != 1 || table.Routes[0].Domain != "app.example.com" || table.Routes[0].App != "web" {
+		t.Errorf("admin routes: %+v", table.Routes)
+	}
+	r, err := srv.Client().Get(srv.URL + "/v1/routes?format=allowed-ips")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if strings.TrimSpace(string(b)) != "127.0.0.1/32" {
+		t.Errorf("allowed-ips: %q", b)
+	}
+}
+
+func getJSON(t *testing.T, c *http.Client, url string, v any) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestManualApprovalBlocksUntilApproved(t *testing.T) {
+	checkLeaks(t)
+	up := dnstest.New(t, "app.example.com. 60 IN A 127.0.0.1")
+	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}}, `[{"name": "m", "connectors": ["*"],
+		"domains": ["app.example.com"], "allowPrivate": ["127.0.0.1/32"], "approval": "manual"}]`)
+	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
+	query(t, e, "app.example.com.", dns.TypeA, false)
+	if rs := e.conn.Routes(); len(rs) != 1 || rs[0].State != connector.StatePending {
+		t.Fatalf("routes %+v, want one pending", rs)
+	}
+	if err := dialOK(t, e, echo); err == nil {
+		t.Fatal("pending route forwarded")
+	}
+	srv := httptest.NewServer(e.conn.AdminHandler())
+	defer srv.Close()
+	resp, err := srv.Client().Post(srv.URL+"/v1/routes/approve?prefix=127.0.0.1", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct{ Approved int }
+	json.NewDecoder(resp.Body).Decode(&res)
+	resp.Body.Close()
+	if res.Approved != 1 {
+		t.Fatalf("approved %d", res.Approved)
+	}
+	if err := dialOK(t, e, echo); err != nil {
+		t.Fatalf("approved route not forwarded: %v", err)
+	}
+	bad, _ := srv.Client().Post(srv.URL+"/v1/routes/approve?prefix=127.0.0.1/8", "", nil)
+	if bad.StatusCode != http.StatusBadRequest {
+		t.Errorf("approve with host bits: %s", bad.Status)
+	}
+	bad.Body.Close()
 }

@@ -358,11 +358,20 @@ func (t *routeTable) approve(prefix netip.Prefix) int {
 // prefixes covering them (a learned route inside a configured one adds
 // nothing).
 func (t *routeTable) advertised(p peerID) (uint64, []netip.Prefix) {
+	return t.advertisedFor(func(a *servedApp) bool { return a.usableBy(p) })
+}
+
+// advertisedAll is advertised for a peer that may use every app.
+func (t *routeTable) advertisedAll() (uint64, []netip.Prefix) {
+	return t.advertisedFor(func(*servedApp) bool { return true })
+}
+
+func (t *routeTable) advertisedFor(usable func(*servedApp) bool) (uint64, []netip.Prefix) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	var b netipx.IPSetBuilder
 	for _, a := range t.apps {
-		if !a.usableBy(p) {
+		if !usable(a) {
 			continue
 		}
 		for _, r := range a.Routes {

@@ -1,0 +1,200 @@
+package connector
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Two HTTP APIs:
+//
+// The route API is served to peers inside the tunnel, on port 80 of each
+// tunnel address: GET /v1/routes answers the prefixes that peer should
+// route through this connector, with the table's version; with ?watch=1
+// the response is a stream of one JSON object per line, a new one each
+// time the table changes. Only peers can reach it: it exists only inside
+// the userspace stack.
+//
+// The admin API is for the operator on the host (cmd/appconnector serves
+// it on a unix socket or a loopback address): GET /v1/routes lists every
+// route with its app, domain, source and state; POST /v1/routes/approve
+// approves pending routes.
+
+// RouteSet is what the route API answers.
+type RouteSet struct {
+	Version uint64         `json:"version"`
+	Routes  []netip.Prefix `json:"routes"`
+}
+
+// watchKeepalive is how often a watch stream with no change repeats the
+// current version, so a client notices a dead connector.
+const watchKeepalive = 25 * time.Second
+
+// peerAPI serves the route API.
+type peerAPI struct {
+	c       *Connector
+	servers []*http.Server
+	wg      sync.WaitGroup
+}
+
+func (c *Connector) startPeerAPI(lns []net.Listener) {
+	a := &peerAPI{c: c}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/routes", a.routes)
+	for _, ln := range lns {
+		srv := &http.Server{
+			Handler:           mux,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       time.Minute,
+			ErrorLog:          nil,
+		}
+		a.servers = append(a.servers, srv)
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			srv.Serve(ln)
+		}()
+	}
+	c.api = a
+}
+
+func (a *peerAPI) close() {
+	for _, srv := range a.servers {
+		srv.Close()
+	}
+	a.wg.Wait()
+}
+
+func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
+	src, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		http.Error(w, "unknown peer", http.StatusForbidden)
+		return
+	}
+	peer := a.c.peers.lookup(src.Addr().Unmap())
+	w.Header().Set("Content-Type", "application/json")
+	if r.URL.Query().Get("watch") == "" {
+		v, routes := a.c.table.advertised(peer)
+		json.NewEncoder(w).Encode(RouteSet{Version: v, Routes: nonNil(routes)})
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	keepalive := time.NewTicker(watchKeepalive)
+	defer keepalive.Stop()
+	var last uint64
+	sent := false
+	for {
+		_, changed := a.c.table.watch()
+		v, routes := a.c.table.advertised(peer)
+		if !sent || v != last {
+			if err := enc.Encode(RouteSet{Version: v, Routes: nonNil(routes)}); err != nil {
+				return
+			}
+			flusher.Flush()
+			last, sent = v, true
+		}
+		select {
+		case <-changed:
+		case <-keepalive.C:
+			sent = false // repeat the current version
+		case <-r.Context().Done():
+			return
+		case <-a.c.ctx.Done():
+			return
+		}
+	}
+}
+
+func nonNil(p []netip.Prefix) []netip.Prefix {
+	if p == nil {
+		return []netip.Prefix{}
+	}
+	return p
+}
+
+// AdminHandler returns the admin API. It must be served only where the
+// operator alone can reach it (a unix socket with mode 0600, or a loopback
+// address).
+//
+//	GET  /v1/routes                      every route, JSON ([]Route)
+//	GET  /v1/routes?format=allowed-ips   the advertised prefixes as one AllowedIPs line
+//	POST /v1/routes/approve?prefix=P     approve pending routes inside P
+//	POST /v1/routes/approve?all=1        approve every pending route
+func (c *Connector) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("format") == "allowed-ips" {
+			_, all := c.table.advertisedAll()
+			strs := make([]string, len(all))
+			for i, p := range all {
+				strs[i] = p.String()
+			}
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			fmt.Fprintln(w, strings.Join(strs, ", "))
+			return
+		}
+		v, rs := c.table.routes()
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(struct {
+			Version uint64  `json:"version"`
+			Routes  []Route `json:"routes"`
+		}{v, nonNilRoutes(rs)})
+	})
+	mux.HandleFunc("POST /v1/routes/approve", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		var prefix netip.Prefix
+		switch {
+		case q.Get("all") != "" && q.Get("prefix") == "":
+		case q.Get("prefix") != "" && q.Get("all") == "":
+			p, err := parsePrefixOrAddr(q.Get("prefix"))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			prefix = p
+		default:
+			http.Error(w, "give either prefix=P or all=1", http.StatusBadRequest)
+			return
+		}
+		n := c.table.approve(prefix)
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(struct {
+			Approved int `json:"approved"`
+		}{n})
+	})
+	return mux
+}
+
+func nonNilRoutes(rs []Route) []Route {
+	if rs == nil {
+		return []Route{}
+	}
+	return rs
+}
+
+// parsePrefixOrAddr parses "192.0.2.0/24" or a bare address.
+func parsePrefixOrAddr(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		if p != p.Masked() {
+			return netip.Prefix{}, fmt.Errorf("prefix %s has host bits set (did you mean %s?)", p, p.Masked())
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, errors.New("want a prefix such as 192.0.2.0/24 or an address")
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
