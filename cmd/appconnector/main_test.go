@@ -25,6 +25,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -147,7 +148,7 @@ func TestEmbeddedDefault(t *testing.T) {
 		done := make(chan error, 1)
 		var out syncBuffer
 		go func() {
-			done <- runUp(ctx, upFlags{state: state, policy: pol, listen: listen}, &out, testLogger(t))
+			done <- runUp(ctx, upFlags{state: state, policy: pol, listen: listen, tags: "tag:connector"}, nil, &out, testLogger(t))
 		}()
 		clientPath := filepath.Join(state, "client.conf")
 		netstacktest.WaitFor(t, func() bool { return strings.Contains(out.String(), "client config: "+clientPath) })
@@ -266,13 +267,17 @@ func TestUnprivilegedProcess(t *testing.T) {
 	connConf.WriteTo(&cb)
 	conf := strings.Replace(cb.String(), "[Interface]\n", "[Interface]\nDNS = 10.98.0.1\nPostUp = iptables -A FORWARD -j ACCEPT\n", 1)
 	os.WriteFile(filepath.Join(dir, "wg0.conf"), []byte(conf), 0o644)
-	os.WriteFile(filepath.Join(dir, "policy.json"), []byte(`[{"name": "lo", "connectors": ["tag:connector"], "domains": ["example.com"], "routes": ["127.0.0.1/32", "::1/128"]}]`), 0o644)
+	policyPath := filepath.Join(dir, "policy.json")
+	basePolicy := `{"name": "lo", "connectors": ["tag:connector"], "domains": ["example.com"], "routes": ["127.0.0.1/32", "::1/128"]}`
+	dnsApp := `{"name": "dns", "connectors": ["*"], "domains": ["app.example.com"], "allowPrivate": ["127.0.0.2/32"]}`
+	os.WriteFile(policyPath, []byte("["+basePolicy+", "+dnsApp+"]"), 0o644)
+	upstream := dnstest.New(t, "app.example.com. 60 IN A 127.0.0.2")
 	state := filepath.Join(dir, "state")
 	os.Mkdir(state, 0o700)
 	os.Chown(state, 65534, 65534)
 
 	args := append(prefix, bin, "up", "--config", filepath.Join(dir, "wg0.conf"), "--policy", filepath.Join(dir, "policy.json"),
-		"--state", state, "--listen", "127.0.0.1:0", "--log-level", "debug")
+		"--state", state, "--listen", "127.0.0.1:0", "--log-level", "debug", "--dns-upstream", upstream.Addr)
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), mainEnv+"=1")
 	stderr, err := cmd.StderrPipe()
@@ -384,6 +389,55 @@ func TestUnprivilegedProcess(t *testing.T) {
 		t.Errorf("upstream outside the routes accepted %d connections", n)
 	}
 
+	// DNS through the tunnel: the answer installs the route.
+	learnedEcho := netstacktest.TCPEcho(t, "127.0.0.2:0")
+	if tryDial(client, learnedEcho) == nil {
+		t.Fatal("127.0.0.2 reachable before its name was resolved")
+	}
+	dc, err := client.DialContext(context.Background(), "udp", "10.98.0.1:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.SetDeadline(time.Now().Add(10 * time.Second))
+	rcode, addrs, err := dnstest.Query(dc, "app.example.com", "A")
+	dc.Close()
+	if err != nil || rcode != "NOERROR" || len(addrs) != 1 {
+		t.Fatalf("query through the tunnel: %s %v %v", rcode, addrs, err)
+	}
+	if err := tryDial(client, learnedEcho); err != nil {
+		t.Fatalf("first connection after the answer: %v", err)
+	}
+	// The routes command reads the table through the admin socket.
+	routesOut := func() string {
+		var out, errb bytes.Buffer
+		if code := run([]string{"routes", "--state", state}, nil, &out, &errb); code != 0 {
+			t.Fatalf("routes: exit %d: %s", code, errb.String())
+		}
+		return out.String()
+	}
+	if out := routesOut(); !strings.Contains(out, "127.0.0.2/32") || !strings.Contains(out, "app.example.com") {
+		t.Errorf("routes output lacks the learned route:\n%s", out)
+	}
+
+	// An invalid policy is rejected and the old one stays.
+	os.WriteFile(policyPath, []byte(`[{"name": "lo", "connectors": ["tag:connector"], "routes": ["127.0.0.1/8"]}]`), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	netstacktest.WaitFor(t, func() bool {
+		logMu.Lock()
+		defer logMu.Unlock()
+		return strings.Contains(logText.String(), "new policy rejected")
+	})
+	if err := tryDial(client, learnedEcho); err != nil {
+		t.Fatalf("an invalid policy changed forwarding: %v", err)
+	}
+	// Removing the app withdraws its learned route (picked up on change,
+	// without a signal).
+	os.WriteFile(policyPath, []byte("["+basePolicy+"]"), 0o644)
+	netstacktest.WaitFor(t, func() bool { return !strings.Contains(routesOut(), "127.0.0.2/32") })
+	if tryDial(client, learnedEcho) == nil {
+		t.Error("route of a removed app still forwarded")
+	}
+
 	// SIGTERM: a clean exit.
 	cmd.Process.Signal(syscall.SIGTERM)
 	waitErr := make(chan error, 1)
@@ -397,6 +451,17 @@ func TestUnprivilegedProcess(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("connector did not exit within 10s of SIGTERM")
 	}
+}
+
+// tryDial opens and closes a TCP connection through the client.
+func tryDial(client *netstacktest.Peer, dst netip.AddrPort) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.DialContext(ctx, "tcp", dst.String())
+	if err == nil {
+		c.Close()
+	}
+	return err
 }
 
 func countingListener(t *testing.T, addr string) (netip.AddrPort, *atomic.Int64) {

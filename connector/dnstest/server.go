@@ -6,6 +6,7 @@ package dnstest
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -140,4 +141,40 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		name = next
 	}
 	w.WriteMsg(m)
+}
+
+// Query sends a question for name (type "A", "AAAA", ...) on c, a
+// connection to a DNS server (UDP or TCP: a net.PacketConn-less
+// net.Conn from a dial), and returns the answer's rcode ("NOERROR",
+// "REFUSED", ...) and its A and AAAA addresses.
+func Query(c net.Conn, name, qtype string) (rcode string, addrs []netip.Addr, err error) {
+	t, ok := dns.StringToType[qtype]
+	if !ok {
+		return "", nil, fmt.Errorf("dnstest: unknown type %q", qtype)
+	}
+	co := &dns.Conn{Conn: c, UDPSize: 1232}
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), t)
+	m.SetEdns0(1232, false)
+	if err := co.WriteMsg(m); err != nil {
+		return "", nil, err
+	}
+	r, err := co.ReadMsg()
+	if err != nil {
+		return "", nil, err
+	}
+	if r.Id != m.Id {
+		return "", nil, fmt.Errorf("dnstest: reply id %d, want %d", r.Id, m.Id)
+	}
+	for _, rr := range r.Answer {
+		switch rr := rr.(type) {
+		case *dns.A:
+			a, _ := netip.AddrFromSlice(rr.A.To4())
+			addrs = append(addrs, a)
+		case *dns.AAAA:
+			a, _ := netip.AddrFromSlice(rr.AAAA)
+			addrs = append(addrs, a)
+		}
+	}
+	return dns.RcodeToString[r.Rcode], addrs, nil
 }

@@ -1,0 +1,331 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/wgconf"
+)
+
+type upFlags struct {
+	config, policy, state, listen, logLevel string
+	dnsUpstream, tags, admin                string
+	forwardUnknown                          bool
+	routeTTL                                time.Duration
+	maxRoutes, maxRoutesPerApp              int
+}
+
+func up(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("appconnector up", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f upFlags
+	fs.StringVar(&f.config, "config", "", "wg-quick `file` of the connector's interface and peers (default: the embedded default setup in --state)")
+	fs.StringVar(&f.policy, "policy", "", "`file` of apps: a JSON list, {\"apps\": [...]}, or a Tailscale policy file (default: no apps, nothing forwarded); re-read on SIGHUP and on change")
+	fs.StringVar(&f.state, "state", "", "state `directory`: keys of the embedded default, learned routes, admin socket (default: $XDG_STATE_HOME/appconnector or ~/.local/state/appconnector)")
+	fs.StringVar(&f.listen, "listen", "", "host `address` for the WireGuard UDP socket, as IP or IP:port (default: all addresses)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "DNS `servers` for app names, as ip[:port],... (default: the name servers of /etc/resolv.conf)")
+	fs.BoolVar(&f.forwardUnknown, "dns-forward-all", false, "also resolve names of no app (without learning routes); by default they are REFUSED")
+	fs.StringVar(&f.tags, "tags", connector.DefaultTag, "this connector's `tags`, comma-separated: it serves the apps whose connectors name one of them")
+	fs.StringVar(&f.admin, "admin", "", "admin API `address`: a loopback IP:port, or a unix socket path (default: admin.sock in --state)")
+	fs.DurationVar(&f.routeTTL, "route-ttl", connector.DefaultRouteTTL, "a learned route expires this long after DNS last named it (never while a flow uses it)")
+	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxLearned, "most learned routes in all")
+	fs.IntVar(&f.maxRoutesPerApp, "max-routes-per-app", connector.DefaultMaxLearnedPerApp, "most learned routes per app")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "appconnector up: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		fmt.Fprintf(stderr, "appconnector up: --log-level %q: want debug, info, warn or error\n", f.logLevel)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if err := runUp(ctx, f, hup, stdout, log); err != nil {
+		// Plain text, not a log record: the message names a file, line
+		// and value that should read exactly as written.
+		fmt.Fprintf(stderr, "appconnector up: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// runUp loads the configuration, runs the connector until ctx ends, then
+// shuts it down. A value on reload re-reads the policy.
+func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Writer, log *slog.Logger) error {
+	listenAddr, listenPort, err := parseListen(f.listen)
+	if err != nil {
+		return err
+	}
+	tags, err := parseTags(f.tags)
+	if err != nil {
+		return err
+	}
+	upstreams, err := parseUpstreams(f.dnsUpstream)
+	if err != nil {
+		return err
+	}
+	if len(upstreams) == 0 {
+		if upstreams, err = connector.SystemResolvers("/etc/resolv.conf"); err != nil {
+			log.Warn("no DNS upstream: app names will get SERVFAIL; pass --dns-upstream", "err", err)
+		}
+	}
+	policy := &connector.Policy{}
+	var policyFile *policyWatcher
+	if f.policy != "" {
+		if policyFile, policy, err = newPolicyWatcher(f.policy); err != nil {
+			return err
+		}
+	}
+	if len(policy.AppsFor(tags)) == 0 {
+		log.Warn("the policy has no apps for this connector's tags: nothing will be forwarded", "policy", f.policy, "tags", f.tags)
+	}
+
+	dir := f.state
+	if dir == "" {
+		if dir, err = defaultStateDir(); err != nil && f.config == "" {
+			return err
+		}
+	}
+	var cfg *wgconf.Config
+	var warns []wgconf.Warning
+	if f.config != "" {
+		if cfg, warns, err = wgconf.Load(f.config); err != nil {
+			return err
+		}
+	} else {
+		var endpointHost netip.Addr
+		if listenAddr.IsValid() && !listenAddr.IsUnspecified() {
+			endpointHost = listenAddr
+		}
+		st, err := connector.LoadOrCreateState(connector.StateOptions{
+			Dir:          dir,
+			ListenPort:   listenPort,
+			EndpointHost: endpointHost,
+			Routes:       policy.Routes(),
+		})
+		if err != nil {
+			return err
+		}
+		cfg, warns = st.Config, st.Warnings
+		if st.Created {
+			log.Info("created a new connector identity", "dir", dir)
+		}
+		fmt.Fprintf(stdout, "client config: %s\n", st.ClientPath)
+	}
+	for _, w := range warns {
+		log.Warn(w.String())
+	}
+	switch {
+	case listenPort == 0:
+	case cfg.Interface.ListenPort == 0:
+		cfg.Interface.ListenPort = listenPort
+	case cfg.Interface.ListenPort != listenPort:
+		return fmt.Errorf("--listen port %d differs from ListenPort = %d in %s", listenPort, cfg.Interface.ListenPort, f.config)
+	}
+	if dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("state directory: %w", err)
+		}
+	} else {
+		log.Warn("no state directory: learned routes will not survive a restart and there is no admin socket; pass --state")
+	}
+
+	c, err := connector.New(connector.Config{
+		WireGuard:           cfg,
+		ListenAddr:          listenAddr,
+		Policy:              policy,
+		Tags:                tags,
+		DNSUpstreams:        upstreams,
+		ForwardUnknownNames: f.forwardUnknown,
+		RouteTTL:            f.routeTTL,
+		MaxLearned:          f.maxRoutes,
+		MaxLearnedPerApp:    f.maxRoutesPerApp,
+		StateDir:            dir,
+		HostAddrs:           hostAddrs(log),
+		Logger:              log,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stopAdmin, err := serveAdmin(c, f.admin, dir, log)
+	if err != nil {
+		return err
+	}
+	defer stopAdmin()
+	log.Info("serving", "apps", len(policy.AppsFor(tags)), "dns-upstreams", strings.Join(upstreams, ","))
+
+	var poll <-chan time.Time
+	if policyFile != nil {
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		poll = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			return nil
+		case <-reload:
+			if policyFile != nil {
+				policyFile.reload(c, log, true)
+			} else {
+				log.Info("SIGHUP: no --policy file to re-read")
+			}
+		case <-poll:
+			policyFile.reload(c, log, false)
+		}
+	}
+}
+
+// serveAdmin serves the admin API on addr (a loopback IP:port or a unix
+// socket path), or on admin.sock in dir if addr is empty. It returns a
+// function that stops it.
+func serveAdmin(c *connector.Connector, addr, dir string, log *slog.Logger) (func(), error) {
+	var ln net.Listener
+	var err error
+	switch {
+	case addr == "" && dir == "":
+		return func() {}, nil
+	case addr == "":
+		addr = filepath.Join(dir, "admin.sock")
+		fallthrough
+	case strings.Contains(addr, "/"):
+		os.Remove(addr) // a socket left by a previous run
+		if ln, err = net.Listen("unix", addr); err != nil {
+			return nil, fmt.Errorf("admin socket: %w", err)
+		}
+		if err := os.Chmod(addr, 0o600); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("admin socket: %w", err)
+		}
+	default:
+		ap, perr := netip.ParseAddrPort(addr)
+		if perr != nil || !ap.Addr().IsLoopback() {
+			return nil, fmt.Errorf("--admin %q: want a loopback IP:port or a unix socket path", addr)
+		}
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("admin: %w", err)
+		}
+	}
+	srv := &http.Server{Handler: c.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	log.Info("admin API", "addr", ln.Addr().String())
+	return func() {
+		srv.Close()
+		<-done
+	}, nil
+}
+
+// parseListen accepts "", "IP" or "IP:port".
+func parseListen(s string) (netip.Addr, uint16, error) {
+	if s == "" {
+		return netip.Addr{}, 0, nil
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr(), ap.Port(), nil
+	}
+	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	if err != nil {
+		return netip.Addr{}, 0, fmt.Errorf("--listen %q: want an IP address or IP:port", s)
+	}
+	return a, 0, nil
+}
+
+// parseUpstreams accepts "ip[:port],..." (port 53 by default).
+func parseUpstreams(s string) ([]string, error) {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(u); err == nil {
+			out = append(out, ap.String())
+			continue
+		}
+		a, err := netip.ParseAddr(strings.Trim(u, "[]"))
+		if err != nil {
+			return nil, fmt.Errorf("--dns-upstream %q: want ip or ip:port", u)
+		}
+		out = append(out, netip.AddrPortFrom(a, 53).String())
+	}
+	return out, nil
+}
+
+// parseTags accepts "tag:a,tag:b".
+func parseTags(s string) ([]string, error) {
+	var out []string
+	for _, t := range strings.Split(s, ",") {
+		t = strings.TrimSpace(t)
+		if t == "" {
+			continue
+		}
+		if !strings.HasPrefix(t, "tag:") || len(t) == len("tag:") {
+			return nil, fmt.Errorf("--tags: %q is not a tag (want tag:name)", t)
+		}
+		out = append(out, t)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--tags: no tags")
+	}
+	return out, nil
+}
+
+func defaultStateDir() (string, error) {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "appconnector"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" || home == "/" || home == "/nonexistent" {
+		return "", errors.New("no home directory for the default state; pass --state DIR")
+	}
+	return filepath.Join(home, ".local", "state", "appconnector"), nil
+}
+
+// hostAddrs lists this host's interface addresses.
+func hostAddrs(log *slog.Logger) []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		log.Warn("cannot list the host's addresses; they are not excluded from forwarding", "err", err)
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
+}
