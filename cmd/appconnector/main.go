@@ -9,15 +9,19 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
+	"github.com/appconnector/appconnector/connector/demo"
 	"github.com/appconnector/appconnector/connector/wgconf"
 )
 
 const usage = `usage:
+  appconnector demo               run the whole loop on this machine (no config, no internet)
   appconnector up [flags]         run the connector (no flags: the embedded default setup)
   appconnector routes [flags]     list the routes of a running connector
   appconnector routes approve PREFIX|--all
@@ -39,6 +43,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
+	case "demo":
+		if err := demo.Run(context.Background(), stdout, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+			fmt.Fprintf(stderr, "appconnector demo: %v\n", err)
+			return 1
+		}
+		return 0
 	case "up":
 		return up(args[1:], stdout, stderr)
 	case "routes":

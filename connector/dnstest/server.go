@@ -1,6 +1,6 @@
-// Package dnstest is an authoritative DNS server on loopback for tests: a
-// real miekg/dns server on UDP and TCP with a zone given as records in
-// presentation format.
+// Package dnstest is an authoritative DNS server on loopback for tests and
+// the demo: a real miekg/dns server on UDP and TCP with a zone given as
+// records in presentation format.
 package dnstest
 
 import (
@@ -29,47 +29,60 @@ type Server struct {
 	rcode   map[string]int      // owner name → forced rcode
 	udp     *dns.Server
 	tcp     *dns.Server
+	wg      sync.WaitGroup
 }
 
 // New starts a server with the given records (e.g. "app.example.com. 60 IN
 // A 192.0.2.1") and stops it when the test ends.
 func New(tb testing.TB, records ...string) *Server {
 	tb.Helper()
+	s, err := Start(records...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Close)
+	return s
+}
+
+// Start starts a server on 127.0.0.1 (a free port, UDP and TCP) with the
+// given records. Close stops it.
+func Start(records ...string) (*Server, error) {
 	s := &Server{records: map[string][]dns.RR{}, rcode: map[string]int{}}
 	for _, r := range records {
 		if err := s.Add(r); err != nil {
-			tb.Fatal(err)
+			return nil, err
 		}
 	}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
-		tb.Fatal(err)
+		return nil, fmt.Errorf("dnstest: %w", err)
 	}
 	ln, err := net.Listen("tcp", pc.LocalAddr().String())
 	if err != nil {
 		pc.Close()
-		tb.Fatal(err)
+		return nil, fmt.Errorf("dnstest: %w", err)
 	}
 	s.Addr = pc.LocalAddr().String()
 	s.udp = &dns.Server{PacketConn: pc, Handler: s}
 	s.tcp = &dns.Server{Listener: ln, Handler: s}
-	var wg sync.WaitGroup
 	for _, srv := range []*dns.Server{s.udp, s.tcp} {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
-		wg.Add(1)
+		s.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer s.wg.Done()
 			srv.ActivateAndServe()
 		}()
 		<-started
 	}
-	tb.Cleanup(func() {
-		s.udp.Shutdown()
-		s.tcp.Shutdown()
-		wg.Wait()
-	})
-	return s
+	return s, nil
+}
+
+// Close stops the server and waits for its goroutines.
+func (s *Server) Close() {
+	s.udp.Shutdown()
+	s.tcp.Shutdown()
+	s.wg.Wait()
 }
 
 // Add adds one record in presentation format.

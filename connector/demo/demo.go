@@ -1,0 +1,227 @@
+// Package demo runs the whole app-connector loop on one machine, with no
+// configuration and no internet: a connector, an upstream DNS server and
+// an HTTP "app" on loopback, and a client peer talking real WireGuard over
+// UDP on 127.0.0.1. It narrates each step and checks it.
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
+)
+
+var (
+	connectorV4 = netip.MustParsePrefix("10.123.0.1/24")
+	clientV4    = netip.MustParsePrefix("10.123.0.2/32")
+	loopback    = netip.MustParseAddr("127.0.0.1")
+)
+
+// Run runs the demo, writing the story to w. It returns an error if any
+// step does not behave as the connector promises.
+func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
+	step := func(n int, format string, args ...any) { fmt.Fprintf(w, "\n%d. "+format+"\n", append([]any{n}, args...)...) }
+	say := func(format string, args ...any) { fmt.Fprintf(w, "   "+format+"\n", args...) }
+
+	// The app: an HTTP server on loopback.
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	appSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from the app at %s (you asked for %s)\n", r.Host, r.URL.Path)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go appSrv.Serve(appLn)
+	defer appSrv.Close()
+	appPort := appLn.Addr().(*net.TCPAddr).Port
+
+	// Its DNS: www.demo.example is a CNAME of app.demo.example.
+	up, err := dnstest.Start(
+		"www.demo.example. 60 IN CNAME app.demo.example.",
+		"app.demo.example. 60 IN A 127.0.0.1",
+		"example.org. 60 IN A 192.0.2.1",
+	)
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+
+	policy, err := connector.ParsePolicy("demo-policy.json", []byte(`[{
+		"name": "demo", "connectors": ["tag:connector"], "domains": ["demo.example", "*.demo.example"],
+		// The demo app lives on loopback, which is never learned unless the app says so.
+		"allowPrivate": ["127.0.0.1/32"]
+	}]`))
+	if err != nil {
+		return err
+	}
+	serverKey, err := wgconf.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	clientKey, err := netstacktest.NewPrivateKey()
+	if err != nil {
+		return err
+	}
+	conn, err := connector.New(connector.Config{
+		WireGuard: &wgconf.Config{
+			Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connectorV4}},
+			Peers:     []wgconf.Peer{{PublicKey: wgconf.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{clientV4}}},
+		},
+		ListenAddr:   loopback,
+		Policy:       policy,
+		DNSUpstreams: []string{up.Addr},
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client, err := netstacktest.New(netstacktest.Config{
+		PrivateKey: clientKey,
+		Addresses:  []netip.Prefix{clientV4},
+		Remotes: []netstacktest.RemotePeer{{
+			PublicKey:  netstacktest.Key(serverKey.PublicKey()),
+			Endpoint:   netip.AddrPortFrom(loopback, conn.Port()),
+			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")},
+		}},
+	})
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	fmt.Fprintf(w, "appconnector demo: everything below runs in this process, on 127.0.0.1 only.\n")
+	say("app:        HTTP on 127.0.0.1:%d, named www.demo.example (CNAME app.demo.example) by the DNS server on %s", appPort, up.Addr)
+	say("connector:  WireGuard on 127.0.0.1:%d, tunnel address %s, policy: app \"demo\" = demo.example, *.demo.example", conn.Port(), connectorV4.Addr())
+	say("client:     a WireGuard peer with its own userspace stack, tunnel address %s", clientV4.Addr())
+
+	appAddr := netip.AddrPortFrom(loopback, uint16(appPort))
+	step(1, "Before any DNS answer, the client connects to %s through the tunnel:", appAddr)
+	if err := dialThrough(ctx, client, appAddr); err == nil {
+		return errors.New("step 1: the app was reachable before its name was resolved")
+	} else {
+		say("refused (%v): no route yet", shortErr(err))
+	}
+
+	step(2, "The client asks the connector (%s:53) for www.demo.example:", connectorV4.Addr())
+	v0, _ := conn.Advertised(wgconf.Key(clientKey.Public()).String())
+	rcode, addrs, err := queryThrough(ctx, client, "www.demo.example", "A")
+	if err != nil {
+		return fmt.Errorf("step 2: %w", err)
+	}
+	// The answer has arrived: the route must be in the table already.
+	v1, adv := conn.Advertised(wgconf.Key(clientKey.Public()).String())
+	say("answer: %s %v", rcode, addrs)
+	if rcode != "NOERROR" || len(addrs) != 1 || addrs[0] != loopback {
+		return fmt.Errorf("step 2: unexpected answer %s %v", rcode, addrs)
+	}
+	if v1 == v0 || len(adv) != 1 || adv[0] != netip.PrefixFrom(loopback, 32) {
+		return fmt.Errorf("step 2: route not in the table when the answer arrived (version %d→%d, routes %v)", v0, v1, adv)
+	}
+	say("the connector followed the CNAME to app.demo.example and learned %v (table version %d → %d)", adv[0], v0, v1)
+	say("the route was installed before the answer was sent, so the first connection goes through")
+
+	step(3, "The client fetches http://www.demo.example:%d/ through the tunnel:", appPort)
+	body, err := fetchThrough(ctx, client, fmt.Sprintf("http://www.demo.example:%d/hello", appPort), addrs[0])
+	if err != nil {
+		return fmt.Errorf("step 3: %w", err)
+	}
+	say("%s", strings.TrimSpace(body))
+
+	step(4, "The client asks for example.org, a name of no app:")
+	if rcode, _, err = queryThrough(ctx, client, "example.org", "A"); err != nil || rcode != "REFUSED" {
+		return fmt.Errorf("step 4: %s, %v; want REFUSED", rcode, err)
+	}
+	say("%s: the connector is not an open resolver", rcode)
+
+	other := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), uint16(appPort))
+	step(5, "The client connects to %s, an address no app routes:", other)
+	if err := dialThrough(ctx, client, other); err == nil {
+		return errors.New("step 5: a connection outside every route was forwarded")
+	} else {
+		say("refused (%v)", shortErr(err))
+	}
+
+	step(6, "The connector's route table:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "   PREFIX\tAPP\tDOMAIN\tSOURCE\tSTATE")
+	for _, r := range conn.Routes() {
+		fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\t%s\n", r.Prefix, r.App, r.Domain, r.Source, r.State)
+	}
+	tw.Flush()
+	st := conn.Stats()
+	say("DNS: %d answered, %d refused; flows: %d forwarded, %d refused",
+		st.DNS.Answered, st.DNS.Refused, st.Netstack.TCPForwarded, st.Netstack.TCPRefused)
+	fmt.Fprintf(w, "\nAll steps behaved as promised.\n")
+	return nil
+}
+
+func dialThrough(ctx context.Context, client *netstacktest.Peer, dst netip.AddrPort) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := client.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return err
+	}
+	c.Close()
+	return nil
+}
+
+func queryThrough(ctx context.Context, client *netstacktest.Peer, name, qtype string) (string, []netip.Addr, error) {
+	c, err := client.DialContext(ctx, "udp", netip.AddrPortFrom(connectorV4.Addr(), 53).String())
+	if err != nil {
+		return "", nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return dnstest.Query(c, name, qtype)
+}
+
+// fetchThrough GETs url through the tunnel, connecting to addr (what the
+// name resolved to) at the URL's port.
+func fetchThrough(ctx context.Context, client *netstacktest.Peer, url string, addr netip.Addr) (string, error) {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, hostport string) (net.Conn, error) {
+			_, port, err := net.SplitHostPort(hostport)
+			if err != nil {
+				return nil, err
+			}
+			return client.DialContext(ctx, "tcp", net.JoinHostPort(addr.String(), port))
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(b), err
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 {
+		return s[i+2:]
+	}
+	return s
+}
