@@ -32,7 +32,9 @@ var (
 // Run runs the demo, writing the story to w. It returns an error if any
 // step does not behave as the connector promises.
 func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
-	step := func(n int, format string, args ...any) { fmt.Fprintf(w, "\n%d. "+format+"\n", append([]any{n}, args...)...) }
+	step := func(n int, format string, args ...any) {
+		fmt.Fprintf(w, "\n%d. "+format+"\n", append([]any{n}, args...)...)
+	}
 	say := func(format string, args ...any) { fmt.Fprintf(w, "   "+format+"\n", args...) }
 
 	// The app: an HTTP server on loopback.
