@@ -36,6 +36,10 @@ type RouteSet struct {
 // current version, so a client notices a dead connector.
 const watchKeepalive = 25 * time.Second
 
+// watchCoalesce is the least time between two updates on a watch stream:
+// a burst of learned routes becomes one update, not one per route.
+const watchCoalesce = 100 * time.Millisecond
+
 // peerAPI serves the route API.
 type peerAPI struct {
 	c       *Connector
@@ -107,6 +111,11 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 		}
 		select {
 		case <-changed:
+			select {
+			case <-time.After(watchCoalesce):
+			case <-r.Context().Done():
+				return
+			}
 		case <-keepalive.C:
 			sent = false // repeat the current version
 		case <-r.Context().Done():

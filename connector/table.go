@@ -120,6 +120,11 @@ type routeTable struct {
 	changed chan struct{} // closed and replaced when version changes
 	dirty   bool          // learned routes changed since the last snapshot
 	stats   tableStats
+	// advCache holds advertisements computed at cacheVersion, by the set
+	// of apps they cover: with many routes, building one costs tens of
+	// milliseconds, and every watching peer asks after each change.
+	advCache     map[string][]netip.Prefix
+	cacheVersion uint64
 }
 
 func newRouteTable(cfg tableConfig) *routeTable {
@@ -368,10 +373,24 @@ func (t *routeTable) advertisedAll() (uint64, []netip.Prefix) {
 
 func (t *routeTable) advertisedFor(usable func(*servedApp) bool) (uint64, []netip.Prefix) {
 	t.mu.RLock()
-	defer t.mu.RUnlock()
-	var b netipx.IPSetBuilder
+	var key []byte
 	for _, a := range t.apps {
-		if !usable(a) {
+		if usable(a) {
+			key = append(key, '1')
+		} else {
+			key = append(key, '0')
+		}
+	}
+	if t.cacheVersion == t.version {
+		if p, ok := t.advCache[string(key)]; ok {
+			v := t.version
+			t.mu.RUnlock()
+			return v, p
+		}
+	}
+	var b netipx.IPSetBuilder
+	for i, a := range t.apps {
+		if key[i] == '0' {
 			continue
 		}
 		for _, r := range a.Routes {
@@ -383,8 +402,20 @@ func (t *routeTable) advertisedFor(usable func(*servedApp) bool) (uint64, []neti
 			}
 		}
 	}
+	v := t.version
+	t.mu.RUnlock()
 	s, _ := b.IPSet()
-	return t.version, s.Prefixes()
+	prefixes := s.Prefixes()
+
+	t.mu.Lock()
+	if t.version == v {
+		if t.cacheVersion != v {
+			t.advCache, t.cacheVersion = map[string][]netip.Prefix{}, v
+		}
+		t.advCache[string(key)] = prefixes
+	}
+	t.mu.Unlock()
+	return v, prefixes
 }
 
 // routes lists every route, configured and learned, for the admin API.

@@ -17,7 +17,9 @@ import (
 
 // Server answers from its records. Names not in the zone get NXDOMAIN; a
 // name in it with no records of the asked type gets an empty NOERROR.
-// CNAMEs are followed within the zone, as an authoritative server does.
+// CNAMEs are followed within the zone, as an authoritative server does. A
+// record owned by "*.example.com." answers every name below example.com
+// that has no records of its own.
 type Server struct {
 	// Addr is the "127.0.0.1:port" the server listens on (UDP and TCP).
 	Addr string
@@ -130,7 +132,20 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		return
 	}
 	if _, ok := s.records[name]; !ok {
-		m.Rcode = dns.RcodeNameError
+		wild, ok := s.wildcardLocked(name)
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+			w.WriteMsg(m)
+			return
+		}
+		// Synthesize from the wildcard, owned by the question name.
+		for _, rr := range s.records[wild] {
+			if rr.Header().Rrtype == q.Qtype || rr.Header().Rrtype == dns.TypeCNAME {
+				c := dns.Copy(rr)
+				c.Header().Name = q.Name
+				m.Answer = append(m.Answer, c)
+			}
+		}
 		w.WriteMsg(m)
 		return
 	}
@@ -154,6 +169,21 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		name = next
 	}
 	w.WriteMsg(m)
+}
+
+// wildcardLocked finds the closest "*.parent." record owner covering
+// name.
+func (s *Server) wildcardLocked(name string) (string, bool) {
+	for rest := name; ; {
+		i := strings.IndexByte(rest, '.')
+		if i < 0 || i == len(rest)-1 {
+			return "", false
+		}
+		rest = rest[i+1:]
+		if _, ok := s.records["*."+rest]; ok {
+			return "*." + rest, true
+		}
+	}
 }
 
 // Query sends a question for name (type "A", "AAAA", ...) on c, a

@@ -1,0 +1,133 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
+)
+
+// DNS learn latency: a question for a new name of an app, asked through
+// the tunnel, answered by the connector after it resolved the name
+// upstream and installed the route; against the same question asked of
+// the upstream directly. Median of 1,000:
+//
+//	go test ./bench -run X -bench DNS -benchtime 1000x
+
+// benchZone returns n names, each with its own address (never dialed).
+func benchZone(n int) (names []string, records []string) {
+	for i := range n {
+		name := fmt.Sprintf("n%d.bench.example.", i)
+		names = append(names, name)
+		records = append(records, fmt.Sprintf("%s 60 IN A 11.%d.%d.%d", name, i>>16&255, i>>8&255, i&255))
+	}
+	return names, records
+}
+
+func reportLatencies(b *testing.B, d []time.Duration) {
+	slices.Sort(d)
+	b.ReportMetric(float64(d[len(d)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(d[len(d)*99/100].Microseconds()), "p99-µs")
+}
+
+func BenchmarkDNSDirect(b *testing.B) {
+	names, records := benchZone(b.N)
+	up, err := dnstest.Start(records...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer up.Close()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		start := time.Now()
+		c, err := net.Dial("udp", up.Addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		rcode, addrs, err := dnstest.Query(c, names[i], "A")
+		c.Close()
+		if err != nil || rcode != "NOERROR" || len(addrs) != 1 {
+			b.Fatalf("%s: %s %v %v", names[i], rcode, addrs, err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	reportLatencies(b, lat)
+}
+
+func BenchmarkDNSLearnThroughConnector(b *testing.B) {
+	names, records := benchZone(b.N)
+	up, err := dnstest.Start(records...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer up.Close()
+	serverKey, _ := wgconf.GeneratePrivateKey()
+	clientKey, _ := netstacktest.NewPrivateKey()
+	policy, err := connector.ParsePolicy("bench", []byte(`[{"name": "bench", "connectors": ["*"], "domains": ["*.bench.example"]}]`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	connV4 := netip.MustParsePrefix("10.95.0.1/24")
+	conn, err := connector.New(connector.Config{
+		WireGuard: &wgconf.Config{
+			Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4}},
+			Peers:     []wgconf.Peer{{PublicKey: wgconf.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")}}},
+		},
+		ListenAddr:   loopback,
+		Policy:       policy,
+		DNSUpstreams: []string{up.Addr},
+		MaxLearned:   max(b.N, 1000), MaxLearnedPerApp: max(b.N, 1000),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	client, err := netstacktest.New(netstacktest.Config{
+		PrivateKey: clientKey,
+		Addresses:  []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")},
+		Remotes: []netstacktest.RemotePeer{{
+			PublicKey: netstacktest.Key(serverKey.PublicKey()), Endpoint: netip.AddrPortFrom(loopback, conn.Port()),
+			AllowedIPs: []netip.Prefix{connV4},
+		}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	dnsAddr := netip.AddrPortFrom(connV4.Addr(), 53).String()
+	ask := func(name string, wantAddr bool) {
+		c, err := client.DialContext(context.Background(), "udp", dnsAddr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		rcode, addrs, err := dnstest.Query(c, name, "A")
+		c.Close()
+		if err != nil || wantAddr && (rcode != "NOERROR" || len(addrs) != 1) {
+			b.Fatalf("%s: %s %v %v", name, rcode, addrs, err)
+		}
+	}
+	ask("warmup.bench.example.", false) // brings the WireGuard session up
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		start := time.Now()
+		ask(names[i], true)
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	reportLatencies(b, lat)
+	if n := len(conn.Routes()); n != b.N {
+		b.Fatalf("%d routes learned for %d names", n, b.N)
+	}
+}
