@@ -157,6 +157,28 @@ func TestDNSLearnsRouteBeforeAnswer(t *testing.T) {
 	if len(learned) != 2 || learned[0].Domain != "app.example.com" || learned[0].App != "web" || learned[0].State != connector.StateAdvertised {
 		t.Errorf("learned routes: %+v", learned)
 	}
+
+	// The policy grows a configured prefix covering the learned route:
+	// the table settles to the prefix, the learned route coalesced into it.
+	grown, err := connector.ParsePolicy("grown.json", []byte(strings.Replace(dnsPolicy,
+		`"allowPrivate": ["127.0.0.1/32", "::1/128"]}`, `"allowPrivate": ["127.0.0.1/32", "::1/128"], "routes": ["127.0.0.0/8"]}`, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.conn.SetPolicy(grown)
+	var states []connector.RouteState
+	for _, r := range e.conn.Routes() {
+		if r.Prefix.Addr().Is4() {
+			states = append(states, r.State)
+		}
+	}
+	if !slices.Equal(states, []connector.RouteState{connector.StateAdvertised, connector.StateCoalesced}) {
+		t.Errorf("after a covering prefix: %+v", e.conn.Routes())
+	}
+	_, adv := e.conn.Advertised(e.client.PublicKeyString())
+	if !slices.Contains(adv, netip.MustParsePrefix("127.0.0.0/8")) || slices.Contains(adv, netip.MustParsePrefix("127.0.0.1/32")) {
+		t.Errorf("advertised after coalescing: %v", adv)
+	}
 }
 
 func TestDNSRefusalsAndPassThrough(t *testing.T) {

@@ -1,6 +1,8 @@
 package connector
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"testing"
@@ -246,5 +248,51 @@ func TestTableUnsafeAndPeers(t *testing.T) {
 	}
 	if _, adv := tbl.advertised(anyPeer); len(adv) != 1 {
 		t.Errorf("advertised to an untagged peer: %v, want only wiki's route", adv)
+	}
+}
+
+// TestCoalesceDifferential checks the advertisement against the obvious
+// reference: an address is advertised iff it is inside a configured route
+// or is a learned one; and the advertisement is as small as it can be
+// (no prefix inside another, none adjacent-mergeable is checked by netipx
+// itself), so a learned route inside a configured one never shows alone.
+func TestCoalesceDifferential(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	randAddr := func() netip.Addr { return netip.AddrFrom4([4]byte{198, 51, byte(r.IntN(4)), byte(r.IntN(256))}) }
+	for round := range 100 {
+		var routes []netip.Prefix
+		for range r.IntN(4) {
+			routes = append(routes, netip.PrefixFrom(randAddr(), 22+r.IntN(11)).Masked())
+		}
+		tbl, _ := newTestTable(t, 1000, 1000, nil)
+		tbl.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Routes: routes, Approval: ApprovalAuto}})
+		learned := map[netip.Addr]bool{}
+		for i := range r.IntN(30) {
+			a := randAddr()
+			learned[a] = true
+			learnName(t, tbl, fmt.Sprintf("n%d.a.com", i), a.String())
+		}
+		_, adv := tbl.advertised(anyPeer)
+		for range 500 {
+			probe := randAddr()
+			want := learned[probe]
+			for _, p := range routes {
+				want = want || p.Contains(probe)
+			}
+			got := false
+			for _, p := range adv {
+				got = got || p.Contains(probe)
+			}
+			if got != want {
+				t.Fatalf("round %d: routes %v learned %v: %v advertised=%v, want %v (adv %v)", round, routes, learned, probe, got, want, adv)
+			}
+		}
+		for i, p := range adv {
+			for j, q := range adv {
+				if i != j && p.Overlaps(q) {
+					t.Fatalf("round %d: advertised prefixes overlap: %v %v", round, p, q)
+				}
+			}
+		}
 	}
 }

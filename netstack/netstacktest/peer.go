@@ -6,6 +6,7 @@ package netstacktest
 
 import (
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"net/netip"
@@ -151,6 +152,13 @@ func New(cfg Config) (*Peer, error) {
 
 // PublicKey returns the peer's public key.
 func (p *Peer) PublicKey() Key { return p.PrivateKey.Public() }
+
+// PublicKeyString returns the peer's public key in base64, as WireGuard
+// configurations write it.
+func (p *Peer) PublicKeyString() string {
+	k := p.PublicKey()
+	return base64.StdEncoding.EncodeToString(k[:])
+}
 
 // TunStats returns the counters of the peer's tun device.
 func (p *Peer) TunStats() tun.Stats { return p.tun.Stats() }
