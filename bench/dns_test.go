@@ -5,7 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
+	"runtime/debug"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,58 +71,8 @@ func BenchmarkDNSDirect(b *testing.B) {
 
 func BenchmarkDNSLearnThroughConnector(b *testing.B) {
 	names, records := benchZone(b.N)
-	up, err := dnstest.Start(records...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer up.Close()
-	serverKey, _ := wgconf.GeneratePrivateKey()
-	clientKey, _ := netstacktest.NewPrivateKey()
-	policy, err := connector.ParsePolicy("bench", []byte(`[{"name": "bench", "connectors": ["*"], "domains": ["*.bench.example"]}]`))
-	if err != nil {
-		b.Fatal(err)
-	}
-	connV4 := netip.MustParsePrefix("10.95.0.1/24")
-	conn, err := connector.New(connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4}},
-			Peers:     []wgconf.Peer{{PublicKey: wgconf.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")}}},
-		},
-		ListenAddr:   loopback,
-		Policy:       policy,
-		DNSUpstreams: []string{up.Addr},
-		MaxLearned:   max(b.N, 1000), MaxLearnedPerApp: max(b.N, 1000),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	client, err := netstacktest.New(netstacktest.Config{
-		PrivateKey: clientKey,
-		Addresses:  []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")},
-		Remotes: []netstacktest.RemotePeer{{
-			PublicKey: netstacktest.Key(serverKey.PublicKey()), Endpoint: netip.AddrPortFrom(loopback, conn.Port()),
-			AllowedIPs: []netip.Prefix{connV4},
-		}},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
-	dnsAddr := netip.AddrPortFrom(connV4.Addr(), 53).String()
-	ask := func(name string, wantAddr bool) {
-		c, err := client.DialContext(context.Background(), "udp", dnsAddr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		rcode, addrs, err := dnstest.Query(c, name, "A")
-		c.Close()
-		if err != nil || wantAddr && (rcode != "NOERROR" || len(addrs) != 1) {
-			b.Fatalf("%s: %s %v %v", name, rcode, addrs, err)
-		}
-	}
-	ask("warmup.bench.example.", false) // brings the WireGuard session up
+	ask, conn, stop := dnsSetup(b, records, b.N)
+	defer stop()
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := range b.N {
@@ -130,4 +85,109 @@ func BenchmarkDNSLearnThroughConnector(b *testing.B) {
 	if n := len(conn.Routes()); n != b.N {
 		b.Fatalf("%d routes learned for %d names", n, b.N)
 	}
+}
+
+// BenchmarkDNSLearn100kMemory learns 100,000 routes through the tunnel
+// and reports what they cost in heap and in RSS:
+//
+//	go test ./bench -run X -bench Learn100kMemory -benchtime 1x
+func BenchmarkDNSLearn100kMemory(b *testing.B) {
+	const n = 100_000
+	names, records := benchZone(n)
+	ask, conn, stop := dnsSetup(b, records, n)
+	defer stop()
+	runtime.GC()
+	debug.FreeOSMemory()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	rss0 := rssKiB()
+	b.ResetTimer()
+	for i := range n {
+		ask(names[i], true)
+	}
+	b.StopTimer()
+	runtime.GC()
+	debug.FreeOSMemory() // what is left in RSS is held, not garbage
+	runtime.ReadMemStats(&after)
+	if got := len(conn.Routes()); got != n {
+		b.Fatalf("%d routes learned for %d names", got, n)
+	}
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/route")
+	b.Logf("heap in use %d→%d MiB, stacks %d→%d MiB, sys %d→%d MiB, goroutines %d",
+		before.HeapInuse>>20, after.HeapInuse>>20, before.StackInuse>>20, after.StackInuse>>20, before.Sys>>20, after.Sys>>20, runtime.NumGoroutine())
+	b.ReportMetric(float64(rssKiB()-rss0)/1024, "RSS-growth-MiB")
+	b.ReportMetric(float64(rssKiB())/1024, "RSS-MiB")
+}
+
+// dnsSetup starts an upstream with records, a connector that learns up to
+// maxRoutes, and a client; ask sends one question through the tunnel.
+func dnsSetup(b *testing.B, records []string, maxRoutes int) (ask func(name string, wantAddr bool), conn *connector.Connector, stop func()) {
+	up, err := dnstest.Start(records...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	serverKey, _ := wgconf.GeneratePrivateKey()
+	clientKey, _ := netstacktest.NewPrivateKey()
+	policy, err := connector.ParsePolicy("bench", []byte(`[{"name": "bench", "connectors": ["*"], "domains": ["*.bench.example"]}]`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	connV4 := netip.MustParsePrefix("10.95.0.1/24")
+	conn, err = connector.New(connector.Config{
+		WireGuard: &wgconf.Config{
+			Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4}},
+			Peers:     []wgconf.Peer{{PublicKey: wgconf.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")}}},
+		},
+		ListenAddr:   loopback,
+		Policy:       policy,
+		DNSUpstreams: []string{up.Addr},
+		MaxLearned:   max(maxRoutes, 1000), MaxLearnedPerApp: max(maxRoutes, 1000),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	client, err := netstacktest.New(netstacktest.Config{
+		PrivateKey: clientKey,
+		Addresses:  []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")},
+		Remotes: []netstacktest.RemotePeer{{
+			PublicKey: netstacktest.Key(serverKey.PublicKey()), Endpoint: netip.AddrPortFrom(loopback, conn.Port()),
+			AllowedIPs: []netip.Prefix{connV4},
+		}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dnsAddr := netip.AddrPortFrom(connV4.Addr(), 53).String()
+	ask = func(name string, wantAddr bool) {
+		c, err := client.DialContext(context.Background(), "udp", dnsAddr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		rcode, addrs, err := dnstest.Query(c, name, "A")
+		c.Close()
+		if err != nil || wantAddr && (rcode != "NOERROR" || len(addrs) != 1) {
+			b.Fatalf("%s: %s %v %v", name, rcode, addrs, err)
+		}
+	}
+	ask("warmup.bench.example.", false) // brings the WireGuard session up
+	return ask, conn, func() {
+		client.Close()
+		conn.Close()
+		up.Close()
+	}
+}
+
+func rssKiB() int64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	return 0
 }
