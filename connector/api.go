@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -44,7 +45,17 @@ const watchCoalesce = 100 * time.Millisecond
 type peerAPI struct {
 	c       *Connector
 	servers []*http.Server
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // servers and handlers
+}
+
+// tracked counts h's running handlers in wg, so close can wait for them
+// (http.Server.Close does not).
+func tracked(wg *sync.WaitGroup, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		wg.Add(1)
+		defer wg.Done()
+		h.ServeHTTP(w, r)
+	})
 }
 
 func (c *Connector) startPeerAPI(lns []net.Listener) {
@@ -53,7 +64,7 @@ func (c *Connector) startPeerAPI(lns []net.Listener) {
 	mux.HandleFunc("GET /v1/routes", a.routes)
 	for _, ln := range lns {
 		srv := &http.Server{
-			Handler:           mux,
+			Handler:           tracked(&a.wg, mux),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       time.Minute,
 			ErrorLog:          nil,
@@ -97,17 +108,19 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	keepalive := time.NewTicker(watchKeepalive)
 	defer keepalive.Stop()
-	var last uint64
+	var last []netip.Prefix
 	sent := false
 	for {
 		_, changed := a.c.table.watch()
 		v, routes := a.c.table.advertised(peer)
-		if !sent || v != last {
+		// Only this peer's routes matter: a change to an app it may not
+		// use sends nothing (and so tells it nothing).
+		if !sent || !slices.Equal(routes, last) {
 			if err := enc.Encode(RouteSet{Version: v, Routes: nonNil(routes)}); err != nil {
 				return
 			}
 			flusher.Flush()
-			last, sent = v, true
+			last, sent = routes, true
 		}
 		select {
 		case <-changed:
@@ -141,8 +154,23 @@ func nonNil(p []netip.Prefix) []netip.Prefix {
 //	GET  /v1/routes?format=allowed-ips   the advertised prefixes as one AllowedIPs line
 //	POST /v1/routes/approve?prefix=P     approve pending routes inside P
 //	POST /v1/routes/approve?all=1        approve every pending route
+//
+// Requests from web browsers are refused (any Origin or Sec-Fetch-Site
+// header, or a Host that is not a loopback address or "admin"), so a web
+// page cannot drive the API through the operator's browser, by a form or
+// by DNS rebinding.
 func (c *Connector) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
+	guard := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Origin") != "" || r.Header.Get("Sec-Fetch-Site") != "" || !adminHost(r.Host) {
+				http.Error(w, "forbidden: the admin API is not for browsers", http.StatusForbidden)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("format") == "allowed-ips" {
 			_, all := c.table.advertisedAll()
@@ -165,7 +193,7 @@ func (c *Connector) AdminHandler() http.Handler {
 		q := r.URL.Query()
 		var prefix netip.Prefix
 		switch {
-		case q.Get("all") != "" && q.Get("prefix") == "":
+		case q.Get("all") == "1" && q.Get("prefix") == "":
 		case q.Get("prefix") != "" && q.Get("all") == "":
 			p, err := parsePrefixOrAddr(q.Get("prefix"))
 			if err != nil {
@@ -183,7 +211,20 @@ func (c *Connector) AdminHandler() http.Handler {
 			Approved int `json:"approved"`
 		}{n})
 	})
-	return mux
+	return guard(mux)
+}
+
+// adminHost reports whether an admin request's Host is one a local client
+// uses: "admin" (the unix socket) or a loopback address.
+func adminHost(host string) bool {
+	if host == "admin" {
+		return true
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	a, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return err == nil && a.IsLoopback()
 }
 
 func nonNilRoutes(rs []Route) []Route {

@@ -150,8 +150,10 @@ func New(cfg Config) (*Connector, error) {
 	for _, a := range cfg.HostAddrs {
 		own[a.Unmap().WithZone("")] = true
 	}
+	var ownNets []netip.Prefix
 	for _, p := range cfg.WireGuard.Interface.Addresses {
 		own[p.Addr().Unmap()] = true
+		ownNets = append(ownNets, p.Masked())
 	}
 	c.table = newRouteTable(tableConfig{
 		ttl:        orDefault(cfg.RouteTTL, DefaultRouteTTL),
@@ -159,6 +161,7 @@ func New(cfg Config) (*Connector, error) {
 		maxPerApp:  orDefault(cfg.MaxLearnedPerApp, DefaultMaxLearnedPerApp),
 		hostAddrs:  cfg.HostAddrs,
 		own:        own,
+		ownNets:    ownNets,
 		now:        cfg.Now,
 		inUse:      func(a netip.Addr) bool { return c.stack != nil && c.stack.FlowsTo(a) > 0 },
 	})
@@ -172,7 +175,11 @@ func New(cfg Config) (*Connector, error) {
 			now = cfg.Now
 		}
 		rs, err := loadRoutes(c.routesPath, now())
-		if err != nil {
+		if errors.Is(err, errRoutesUnreadable) {
+			// Writing would replace a file we could not read.
+			log.Error(err.Error() + "; learned routes will not be saved")
+			c.routesPath = ""
+		} else if err != nil {
 			log.Error(err.Error())
 		}
 		if len(rs) > 0 {
@@ -392,7 +399,7 @@ type Stats struct {
 	Tun      tun.Stats
 	Netstack netstack.Stats
 	Routes   tableStats
-	DNS      struct{ Answered, Refused, ServFail, Forwarded, FormErr uint64 }
+	DNS      struct{ Answered, Refused, ServFail, Forwarded, FormErr, Limited uint64 }
 }
 
 // Stats returns a snapshot of the counters.
@@ -400,7 +407,7 @@ func (c *Connector) Stats() Stats {
 	st := Stats{Tun: c.tun.Stats(), Netstack: c.stack.Stats(), Routes: c.table.statsSnapshot()}
 	d := &c.dns.stats
 	st.DNS.Answered, st.DNS.Refused, st.DNS.ServFail = d.Answered.Load(), d.Refused.Load(), d.ServFail.Load()
-	st.DNS.Forwarded, st.DNS.FormErr = d.Forwarded.Load(), d.FormErr.Load()
+	st.DNS.Forwarded, st.DNS.FormErr, st.DNS.Limited = d.Forwarded.Load(), d.FormErr.Load(), d.Limited.Load()
 	return st
 }
 
@@ -435,14 +442,25 @@ type peerEntry struct {
 
 func newPeerTable(peers []wgconf.Peer) peerTable {
 	t := peerTable{keys: map[string]peerID{}}
+	// WireGuard gives a prefix listed by two peers to the one configured
+	// last; so does this table.
+	owner := map[netip.Prefix]peerID{}
 	for _, p := range peers {
 		id := peerID{key: p.PublicKey.String(), tags: p.Tags}
 		t.keys[id.key] = id
 		for _, pfx := range p.AllowedIPs {
-			t.entries = append(t.entries, peerEntry{pfx.Masked(), id})
+			owner[pfx.Masked()] = id
 		}
 	}
-	slices.SortStableFunc(t.entries, func(a, b peerEntry) int { return b.prefix.Bits() - a.prefix.Bits() })
+	for pfx, id := range owner {
+		t.entries = append(t.entries, peerEntry{pfx, id})
+	}
+	slices.SortFunc(t.entries, func(a, b peerEntry) int {
+		if d := b.prefix.Bits() - a.prefix.Bits(); d != 0 {
+			return d
+		}
+		return a.prefix.Addr().Compare(b.prefix.Addr())
+	})
 	return t
 }
 

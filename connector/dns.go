@@ -33,9 +33,17 @@ const (
 	dnsTCPIdle = 10 * time.Second
 )
 
+// Questions being resolved upstream at once, over all peers and per peer.
+// Beyond either, a question is answered SERVFAIL at once: a peer cannot
+// pin unbounded goroutines and host sockets with questions.
+const (
+	maxDNSInFlight        = 512
+	maxDNSInFlightPerPeer = 64
+)
+
 // dnsStats are the DNS counters.
 type dnsStats struct {
-	Answered, Refused, ServFail, Forwarded, FormErr atomic.Uint64
+	Answered, Refused, ServFail, Forwarded, FormErr, Limited atomic.Uint64
 }
 
 // dnsService serves DNS for one Connector.
@@ -48,24 +56,60 @@ type dnsService struct {
 	logf      func(format string, args ...any) // rate-limited
 	stats     dnsStats
 
-	mu      sync.Mutex // guards the fields after it
-	servers []*dns.Server
-	wg      sync.WaitGroup
+	mu       sync.Mutex // guards the fields after it
+	servers  []*dns.Server
+	inFlight int
+	perPeer  map[string]int
+	wg       sync.WaitGroup
+}
+
+// admit takes an upstream slot for peer, or reports false.
+func (d *dnsService) admit(peer string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.inFlight >= maxDNSInFlight || d.perPeer[peer] >= maxDNSInFlightPerPeer {
+		return false
+	}
+	if d.perPeer == nil {
+		d.perPeer = map[string]int{}
+	}
+	d.inFlight++
+	d.perPeer[peer]++
+	return true
+}
+
+func (d *dnsService) release(peer string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.inFlight--
+	if d.perPeer[peer]--; d.perPeer[peer] == 0 {
+		delete(d.perPeer, peer)
+	}
 }
 
 // start serves on conns and listeners (one of each per tunnel address).
 func (d *dnsService) start(pcs []net.PacketConn, lns []net.Listener) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// Each server is running when start returns, so close can always
+	// shut it down (Shutdown of a server not yet started does nothing).
 	serve := func(srv *dns.Server) {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		failed := make(chan struct{})
 		d.servers = append(d.servers, srv)
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
 			if err := srv.ActivateAndServe(); err != nil {
 				d.logf("dns: serve: %v", err)
+				close(failed)
 			}
 		}()
+		select {
+		case <-started:
+		case <-failed:
+		}
 	}
 	for _, pc := range pcs {
 		serve(&dns.Server{PacketConn: pc, Handler: d, UDPSize: ednsSize})
@@ -123,9 +167,9 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 		d.stats.Refused.Add(1)
 		return reply(req, dns.RcodeRefused)
 	}
-	apps, known := d.c.table.appsFor(q.Name, p)
+	known, ok := d.c.table.lookupName(q.Name, p)
 	switch {
-	case known && len(apps) == 0:
+	case known && !ok:
 		// An app's name, but not for this peer.
 		d.stats.Refused.Add(1)
 		return reply(req, dns.RcodeRefused)
@@ -133,7 +177,13 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 		d.stats.Refused.Add(1)
 		return reply(req, dns.RcodeRefused)
 	}
+	if !d.admit(p.key) {
+		d.stats.Limited.Add(1)
+		d.logf("dns: %s: too many questions in flight; SERVFAIL", q.Name)
+		return reply(req, dns.RcodeServerFailure)
+	}
 	up, err := d.exchange(ctx, q, req)
+	d.release(p.key)
 	if err != nil {
 		d.stats.ServFail.Add(1)
 		d.logf("dns: %s %s: %v", q.Name, dns.TypeToString[q.Qtype], err)
@@ -148,7 +198,7 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 		if err != nil {
 			d.c.table.countChainRefused()
 			d.logf("dns: %s: no routes learned: %v", q.Name, err)
-		} else if refused := d.c.table.learn(apps, q.Name, addrs); len(refused) > 0 {
+		} else if refused := d.c.table.learn(p, q.Name, addrs); len(refused) > 0 {
 			d.logf("dns: %s: not learned, unsafe answers: %v", q.Name, refused)
 		}
 	}
@@ -180,7 +230,10 @@ func (d *dnsService) exchange(ctx context.Context, q dns.Question, req *dns.Msg)
 		}
 		tctx, cancel := context.WithTimeout(ctx, upstreamTryTimeout)
 		r, _, err := d.udp.ExchangeContext(tctx, m, up)
-		if err == nil && r.Truncated {
+		var ne net.Error
+		if (err == nil && r.Truncated) || (err != nil && tctx.Err() == nil && !(errors.As(err, &ne) && ne.Timeout())) {
+			// Truncated, or an answer that did not fit or parse (some
+			// servers send large answers without TC): ask over TCP.
 			r, _, err = d.tcp.ExchangeContext(tctx, m, up)
 		}
 		cancel()

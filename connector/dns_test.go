@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -419,6 +421,26 @@ func TestManualApprovalBlocksUntilApproved(t *testing.T) {
 	}
 	srv := httptest.NewServer(e.conn.AdminHandler())
 	defer srv.Close()
+	// A browser (a form on some web page, or DNS rebinding) is refused.
+	for _, h := range []http.Header{{"Origin": {"https://evil.example"}}, {"Sec-Fetch-Site": {"cross-site"}}} {
+		req, _ := http.NewRequest("POST", srv.URL+"/v1/routes/approve?all=1", nil)
+		req.Header = h
+		if resp, err := srv.Client().Do(req); err != nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("browser request: %v %v", resp.Status, err)
+		} else {
+			resp.Body.Close()
+		}
+	}
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/routes/approve?all=1", nil)
+	req.Host = "rebind.evil.example"
+	if resp, err := srv.Client().Do(req); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("rebinding request: %v %v", resp.Status, err)
+	} else {
+		resp.Body.Close()
+	}
+	if rs := e.conn.Routes(); rs[0].State != connector.StatePending {
+		t.Fatal("a refused request approved a route")
+	}
 	resp, err := srv.Client().Post(srv.URL+"/v1/routes/approve?prefix=127.0.0.1", "", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -437,4 +459,42 @@ func TestManualApprovalBlocksUntilApproved(t *testing.T) {
 		t.Errorf("approve with host bits: %s", bad.Status)
 	}
 	bad.Body.Close()
+}
+
+// TestDNSInFlightLimit: one peer flooding questions at a silent upstream
+// gets SERVFAIL beyond its share, and the goroutines it can pin are
+// bounded.
+func TestDNSInFlightLimit(t *testing.T) {
+	checkLeaks(t)
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{silent.LocalAddr().String()}, DNSTimeout: time.Second}, dnsPolicy)
+	c, err := e.client.DialContext(context.Background(), "udp", net.JoinHostPort(connV4.Addr().String(), "53"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 200
+	base := runtime.NumGoroutine()
+	peak := 0
+	for i := range n {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("n%d.example.com.", i), dns.TypeA)
+		b, _ := m.Pack()
+		c.Write(b)
+		peak = max(peak, runtime.NumGoroutine()-base)
+	}
+	netstacktest.WaitFor(t, func() bool {
+		st := e.conn.Stats().DNS
+		return st.Limited+st.ServFail >= n
+	})
+	if st := e.conn.Stats().DNS; st.Limited == 0 {
+		t.Errorf("no question was limited: %+v", st)
+	}
+	if peak > 150 {
+		t.Errorf("%d goroutines above baseline during the flood", peak)
+	}
 }

@@ -117,6 +117,10 @@ var neverLearned = []struct {
 	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped"},
 }
 
+// ipv4Compatible is the deprecated IPv4-compatible form (RFC 4291), which
+// holds :: and ::1 too.
+var ipv4Compatible = netip.MustParsePrefix("::/96")
+
 // nat64 is the well-known NAT64 prefix (RFC 6052); an answer in it is
 // judged by the IPv4 address it embeds.
 var nat64 = netip.MustParsePrefix("64:ff9b::/96")
@@ -132,6 +136,9 @@ func refusal(addr netip.Addr, allowPrivate []netip.Prefix, own map[netip.Addr]bo
 		if r.prefix.Contains(addr) {
 			return r.why
 		}
+	}
+	if ipv4Compatible.Contains(addr) && addr != netip.IPv6Loopback() {
+		return "IPv4-compatible"
 	}
 	for _, p := range allowPrivate {
 		if p.Contains(addr) {

@@ -103,6 +103,7 @@ func TestRefusal(t *testing.T) {
 		"10.0.0.1": true, "172.16.5.5": true, "192.168.1.1": true, "100.64.0.1": true,
 		"127.0.0.2": true, "169.254.169.254": true, "::1": true, "fd00::1": true, "fe80::1": true,
 		"0.0.0.0": true, "::": true, "224.0.0.251": true, "ff02::1": true, "255.255.255.255": true,
+		"::7f00:1": true, "::808:808": true,
 		"::ffff:10.0.0.1": true, "::ffff:8.8.8.8": true, "64:ff9b::a00:1": true, "64:ff9b::808:808": false,
 		"203.0.113.5": true,                      // the host's own address
 		"10.20.3.4":   false, "127.0.0.1": false, // allowed by the app

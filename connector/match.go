@@ -55,8 +55,13 @@ func (m *matcher) match(name string) []int {
 
 // canonicalName lower-cases ASCII letters and drops one trailing dot. DNS
 // names on the wire are ASCII (internationalized labels travel as
-// punycode), so this is the whole normalization a query name needs.
+// punycode), so this is the whole normalization a query name needs. A
+// name with an escape (a label holding a dot or an odd byte, shown as
+// "\." or "\DDD") belongs to no app: it returns "".
 func canonicalName(name string) string {
+	if strings.IndexByte(name, '\\') >= 0 {
+		return ""
+	}
 	name = strings.TrimSuffix(name, ".")
 	for i := 0; i < len(name); i++ {
 		if c := name[i]; 'A' <= c && c <= 'Z' {

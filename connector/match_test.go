@@ -35,6 +35,8 @@ func TestMatcher(t *testing.T) {
 		{"XN--BCHER-KVA.example.", []int{3}},
 		{"", nil},
 		{".", nil},
+		{`evil\.b.example.com`, nil}, // one label "evil.b", not two
+		{`x\046a.example.com`, nil},
 	} {
 		if got := m.match(tc.name); !slices.Equal(got, tc.want) {
 			t.Errorf("match(%q) = %v, want %v", tc.name, got, tc.want)

@@ -86,6 +86,10 @@ func saveRoutes(path string, rs []storedRoute) error {
 	return writeFileAtomic(path, append(data, '\n'), 0o600)
 }
 
+// errRoutesUnreadable marks a routes file that exists but cannot be read:
+// it must not be overwritten either.
+var errRoutesUnreadable = errors.New("routes file unreadable")
+
 // loadRoutes reads the learned routes. A missing file is no routes. A
 // file that does not parse is moved aside (to path.corrupt-<unix time>)
 // so that it is kept for inspection and not overwritten; the error says
@@ -96,7 +100,7 @@ func loadRoutes(path string, now time.Time) ([]storedRoute, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load routes: %w", err)
+		return nil, fmt.Errorf("load routes: %w: %w", errRoutesUnreadable, err)
 	}
 	var f routesFile
 	dec := json.NewDecoder(bytes.NewReader(data))

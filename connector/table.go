@@ -91,6 +91,7 @@ type tableConfig struct {
 	maxLearned, maxPerApp int
 	hostAddrs             []netip.Addr
 	own                   map[netip.Addr]bool // tunnel and host addresses: never learned
+	ownNets               []netip.Prefix      // the tunnel networks: other peers\' addresses, never learned
 	now                   func() time.Time
 	inUse                 func(netip.Addr) bool // an open flow goes to this address
 }
@@ -169,14 +170,18 @@ func (t *routeTable) setApps(apps []App) {
 		next := e.Next()
 		c := e.Value.(*claim)
 		na := byName[c.app.Name]
-		if na == nil || !slices.Contains(m.match(c.domain), na.idx) {
+		switch {
+		case na == nil, !slices.Contains(m.match(c.domain), na.idx), t.refusalLocked(na, c.route.addr) != "":
+			// The app, the name or the permission to learn this
+			// address (allowPrivate) is gone.
 			t.dropClaimLocked(c)
-		} else {
+		default:
 			c.app.claims.Remove(c.inApp)
 			c.app = na
 			c.inApp = na.claims.PushBack(c)
-			if na.Approval != "manual" {
+			if na.Approval != ApprovalManual && !c.approved {
 				c.approved = true
+				t.dirty = true
 			}
 		}
 		e = next
@@ -185,35 +190,44 @@ func (t *routeTable) setApps(apps []App) {
 	t.bumpLocked()
 }
 
-// appsFor returns the apps a name belongs to that peer may use, and
-// whether the name belongs to any app at all.
-func (t *routeTable) appsFor(name string, p peerID) (usable []*servedApp, known bool) {
+// lookupName reports whether name belongs to any app (known), and
+// whether peer p may resolve it through the connector (ok): only if every
+// app it belongs to is one p may use. A name of a restricted app stays
+// refused to other peers even when a broader app (a wildcard) covers it
+// too.
+func (t *routeTable) lookupName(name string, p peerID) (known, ok bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	for _, i := range t.match.match(name) {
-		known = true
-		if a := t.apps[i]; a.usableBy(p) {
-			usable = append(usable, a)
+	idx := t.match.match(name)
+	for _, i := range idx {
+		if !t.apps[i].usableBy(p) {
+			return true, false
 		}
 	}
-	return usable, known
+	return len(idx) > 0, len(idx) > 0
 }
 
-// learn records addrs, the answer for name, as routes of apps. It returns
-// once the routes are in the table: a flow that starts after learn returns
-// is forwarded. Unsafe addresses are refused and counted.
-func (t *routeTable) learn(apps []*servedApp, name string, addrs []netip.Addr) (refused []netip.Addr) {
+// learn records addrs, the answer for name asked by peer p, as routes of
+// the apps name belongs to now (the policy may have changed while the
+// answer was in flight). It returns once the routes are in the table: a
+// flow that starts after learn returns is forwarded. Unsafe addresses are
+// refused, counted and returned.
+func (t *routeTable) learn(p peerID, name string, addrs []netip.Addr) (refused []netip.Addr) {
 	name = canonicalName(name)
 	now := t.cfg.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var apps []*servedApp
+	for _, i := range t.match.match(name) {
+		if !t.apps[i].usableBy(p) {
+			return nil
+		}
+		apps = append(apps, t.apps[i])
+	}
 	changed := false
 	for _, a := range apps {
-		if t.byName[a.Name] != a {
-			continue // the policy changed while the answer was in flight
-		}
 		for _, addr := range addrs {
-			if refusal(addr, a.AllowPrivate, t.cfg.own) != "" {
+			if t.refusalLocked(a, addr) != "" {
 				t.stats.UnsafeRefused++
 				refused = append(refused, addr)
 				continue
@@ -223,11 +237,23 @@ func (t *routeTable) learn(apps []*servedApp, name string, addrs []netip.Addr) (
 			}
 		}
 	}
-	t.dirty = true // last-seen times moved even when nothing else did
+	if len(apps) > 0 {
+		t.dirty = true // last-seen times moved even when nothing else did
+	}
 	if changed {
 		t.bumpLocked()
 	}
 	return refused
+}
+
+// refusalLocked says why app a may not learn addr, or "".
+func (t *routeTable) refusalLocked(a *servedApp, addr netip.Addr) string {
+	for _, n := range t.cfg.ownNets {
+		if n.Contains(addr) {
+			return "inside the tunnel network"
+		}
+	}
+	return refusal(addr, a.AllowPrivate, t.cfg.own)
 }
 
 // claimLocked adds or refreshes app a's claim on addr and reports whether
@@ -258,7 +284,7 @@ func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now
 		r = &learnedRoute{addr: addr}
 		t.learned[addr] = r
 	}
-	c := &claim{app: a, route: r, domain: name, first: now, last: now, approved: a.Approval != "manual"}
+	c := &claim{app: a, route: r, domain: name, first: now, last: now, approved: a.Approval != ApprovalManual}
 	c.inApp = a.claims.PushBack(c)
 	c.inAll = t.all.PushBack(c)
 	r.claims = append(r.claims, c)
@@ -318,20 +344,31 @@ func (t *routeTable) expire() {
 
 // allow reports whether peer p may open a flow to dst: dst is inside a
 // configured route of an app p may use, or is a learned, approved route
-// of one.
+// of one. An address inside the configured routes of an app p may not use
+// is refused, unless an app p may use configures it too: a restricted
+// app cannot be reached through another app's learned route.
 func (t *routeTable) allow(p peerID, dst netip.Addr) bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	restricted := false
+	for _, a := range t.apps {
+		if !a.covers.Contains(dst) {
+			continue
+		}
+		if !a.usableBy(p) {
+			restricted = true
+		} else if a.forward.Contains(dst) {
+			return true
+		}
+	}
+	if restricted {
+		return false
+	}
 	if r := t.learned[dst]; r != nil {
 		for _, c := range r.claims {
 			if c.approved && c.app.usableBy(p) {
 				return true
 			}
-		}
-	}
-	for _, a := range t.apps {
-		if a.forward.Contains(dst) && a.usableBy(p) {
-			return true
 		}
 	}
 	return false
@@ -502,14 +539,26 @@ func (t *routeTable) snapshot(force bool) ([]storedRoute, bool) {
 // current policy still has; it returns how many it kept. Unsafe addresses
 // (the policy may have changed) and claims over the caps are dropped.
 func (t *routeTable) restore(rs []storedRoute) int {
+	now := t.cfg.now()
 	rs = slices.Clone(rs)
+	for i := range rs {
+		// A clock that was ahead when the file was written must not
+		// keep routes alive (or ahead of newer ones) forever.
+		if rs[i].LastSeen.After(now) {
+			rs[i].LastSeen = now
+		}
+		if rs[i].FirstSeen.After(rs[i].LastSeen) {
+			rs[i].FirstSeen = rs[i].LastSeen
+		}
+	}
 	slices.SortStableFunc(rs, func(a, b storedRoute) int { return a.LastSeen.Compare(b.LastSeen) })
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	kept := 0
 	for _, r := range rs {
 		a := t.byName[r.App]
-		if a == nil || !slices.Contains(t.match.match(r.Domain), a.idx) || refusal(r.Addr, a.AllowPrivate, t.cfg.own) != "" {
+		if a == nil || !slices.Contains(t.match.match(r.Domain), a.idx) || t.refusalLocked(a, r.Addr) != "" ||
+			r.LastSeen.Before(now.Add(-t.cfg.ttl)) {
 			continue
 		}
 		if !t.claimLocked(a, r.Addr, canonicalName(r.Domain), r.LastSeen) {
@@ -517,7 +566,7 @@ func (t *routeTable) restore(rs []storedRoute) int {
 		}
 		c := t.learned[r.Addr].claims[len(t.learned[r.Addr].claims)-1]
 		c.first = r.FirstSeen
-		c.approved = r.Approved || a.Approval != "manual"
+		c.approved = r.Approved || a.Approval != ApprovalManual
 		kept++
 	}
 	if kept > 0 {

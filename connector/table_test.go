@@ -44,11 +44,10 @@ var anyPeer = peerID{key: "peer"}
 
 func learnName(t *testing.T, tbl *routeTable, name string, as ...string) {
 	t.Helper()
-	apps, known := tbl.appsFor(name, anyPeer)
-	if !known || len(apps) == 0 {
-		t.Fatalf("%s belongs to no app", name)
+	if known, ok := tbl.lookupName(name, anyPeer); !known || !ok {
+		t.Fatalf("%s belongs to no app this peer may use", name)
 	}
-	tbl.learn(apps, name, addrs(as...))
+	tbl.learn(anyPeer, name, addrs(as...))
 }
 
 func TestTableLearnAllowAdvertise(t *testing.T) {
@@ -238,11 +237,13 @@ func TestTableUnsafeAndPeers(t *testing.T) {
 		t.Errorf("UnsafeRefused = %d, want 2", st.UnsafeRefused)
 	}
 	eng := peerID{key: "k1", tags: []string{"tag:eng"}}
-	if apps, known := tbl.appsFor("eng.example.com", anyPeer); !known || len(apps) != 0 {
-		t.Errorf("untagged peer: apps %v known %v; want the name known but not usable", apps, known)
+	if known, ok := tbl.lookupName("eng.example.com", anyPeer); !known || ok {
+		t.Errorf("untagged peer: known %v ok %v; want the name known but refused", known, ok)
 	}
-	apps, _ := tbl.appsFor("eng.example.com", eng)
-	tbl.learn(apps, "eng.example.com", addrs("192.0.2.50"))
+	if refused := tbl.learn(anyPeer, "eng.example.com", addrs("192.0.2.51")); refused != nil || tbl.allow(eng, netip.MustParseAddr("192.0.2.51")) {
+		t.Error("an answer to a peer that may not use the app was learned")
+	}
+	tbl.learn(eng, "eng.example.com", addrs("192.0.2.50"))
 	if !tbl.allow(eng, netip.MustParseAddr("192.0.2.50")) || tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.50")) {
 		t.Error("per-app peer access not applied to the learned route")
 	}
@@ -294,5 +295,64 @@ func TestCoalesceDifferential(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestTableRestrictedAppWinsOverBroaderOne(t *testing.T) {
+	tbl, _ := newTestTable(t, 100, 100, nil)
+	tbl.setApps([]App{
+		{Name: "web", Domains: []string{"*.example.com"}, Approval: ApprovalAuto},
+		{Name: "billing", Domains: []string{"billing.example.com"}, Routes: prefixes("192.0.2.0/24"), Approval: ApprovalAuto, Peers: []string{"tag:finance"}},
+	})
+	finance := peerID{key: "f", tags: []string{"tag:finance"}}
+	if _, ok := tbl.lookupName("billing.example.com", anyPeer); ok {
+		t.Error("an outsider may resolve a restricted app's name through a broader app")
+	}
+	if _, ok := tbl.lookupName("billing.example.com", finance); !ok {
+		t.Error("finance may not resolve billing")
+	}
+	// www resolves into billing's range: learned for web, but still not
+	// usable by an outsider.
+	learnName(t, tbl, "www.example.com", "192.0.2.10", "198.51.100.1")
+	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.10")) {
+		t.Error("outsider reached a restricted app's range through a learned route")
+	}
+	if !tbl.allow(anyPeer, netip.MustParseAddr("198.51.100.1")) || !tbl.allow(finance, netip.MustParseAddr("192.0.2.10")) {
+		t.Error("legitimate routes refused")
+	}
+}
+
+func TestTableReloadAndRestoreRecheck(t *testing.T) {
+	tbl, clk := newTestTable(t, 100, 100, nil)
+	tbl.cfg.ownNets = prefixes("10.99.0.0/24")
+	app := App{Name: "wiki", Domains: []string{"wiki.corp"}, Approval: ApprovalAuto, AllowPrivate: prefixes("10.0.0.0/8")}
+	tbl.setApps([]App{app})
+	learnName(t, tbl, "wiki.corp", "10.20.1.1", "10.99.0.7") // the second is another peer's tunnel address
+	if !tbl.allow(anyPeer, netip.MustParseAddr("10.20.1.1")) || tbl.allow(anyPeer, netip.MustParseAddr("10.99.0.7")) {
+		t.Fatal("learning inside allowPrivate / the tunnel network went wrong")
+	}
+	app.AllowPrivate = nil
+	tbl.setApps([]App{app})
+	if tbl.allow(anyPeer, netip.MustParseAddr("10.20.1.1")) {
+		t.Error("route kept after allowPrivate no longer covers it")
+	}
+
+	// Restore: entries past the TTL are dropped; one from the future is
+	// clamped to now and then expires normally.
+	tbl2, clk2 := newTestTable(t, 100, 100, nil)
+	clk2.t = clk.t
+	tbl2.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Approval: ApprovalAuto}})
+	n := tbl2.restore([]storedRoute{
+		{Addr: netip.MustParseAddr("192.0.2.1"), App: "a", Domain: "old.a.com", FirstSeen: clk.t.Add(-3 * time.Hour), LastSeen: clk.t.Add(-2 * time.Hour)},
+		{Addr: netip.MustParseAddr("192.0.2.2"), App: "a", Domain: "future.a.com", FirstSeen: clk.t.Add(time.Hour), LastSeen: clk.t.Add(24 * time.Hour)},
+		{Addr: netip.MustParseAddr("192.0.2.3"), App: "a", Domain: "now.a.com", FirstSeen: clk.t, LastSeen: clk.t},
+	})
+	if n != 2 || tbl2.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) {
+		t.Errorf("restored %d; want the two within the TTL", n)
+	}
+	clk2.t = clk2.t.Add(2 * time.Hour)
+	tbl2.expire()
+	if tbl2.allow(anyPeer, netip.MustParseAddr("192.0.2.2")) || tbl2.allow(anyPeer, netip.MustParseAddr("192.0.2.3")) {
+		t.Error("a future-dated route did not expire")
 	}
 }

@@ -4,24 +4,23 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/appconnector/appconnector/connector"
 )
 
-// policyWatcher re-reads the policy file on SIGHUP and when it changes.
-// A new policy applies only if it is valid; otherwise the old one stays
-// and the error is logged with its file, line and key.
+// policyWatcher re-reads the policy file on SIGHUP and every poll. A new
+// policy applies only if it is valid; otherwise the old one stays and the
+// error is logged with its file, line and key. (A policy file is small:
+// reading it every few seconds catches every edit, including ones that
+// keep its size and modification time.)
 type policyWatcher struct {
 	path    string
-	applied []byte    // content of the policy in force
-	modTime time.Time // of the file when last read
-	size    int64
+	applied []byte // content of the policy in force
+	lastErr string // the last error logged, so a lasting one is logged once
 }
 
 func newPolicyWatcher(path string) (*policyWatcher, *connector.Policy, error) {
-	w := &policyWatcher{path: path}
-	data, fi, err := w.read()
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -29,45 +28,38 @@ func newPolicyWatcher(path string) (*policyWatcher, *connector.Policy, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.applied, w.modTime, w.size = data, fi.ModTime(), fi.Size()
-	return w, p, nil
+	return &policyWatcher{path: path, applied: data}, p, nil
 }
 
-func (w *policyWatcher) read() ([]byte, os.FileInfo, error) {
-	fi, err := os.Stat(w.path)
-	if err != nil {
-		return nil, nil, err
-	}
-	data, err := os.ReadFile(w.path)
-	return data, fi, err
-}
-
-// reload applies the file to c if it changed (or, if forced, re-reads it
-// anyway).
+// reload applies the file to c if its content changed. forced (SIGHUP)
+// logs the outcome even when nothing changed.
 func (w *policyWatcher) reload(c *connector.Connector, log *slog.Logger, forced bool) {
-	fi, err := os.Stat(w.path)
+	data, err := os.ReadFile(w.path)
 	if err != nil {
-		log.Error("policy not reloaded", "file", w.path, "err", err)
+		w.logErr(log, forced, "policy not reloaded; the old one stays in force", err)
 		return
 	}
-	if !forced && fi.ModTime().Equal(w.modTime) && fi.Size() == w.size {
-		return
-	}
-	data, fi, err := w.read()
-	if err != nil {
-		log.Error("policy not reloaded", "file", w.path, "err", err)
-		return
-	}
-	w.modTime, w.size = fi.ModTime(), fi.Size()
 	if bytes.Equal(data, w.applied) {
+		w.lastErr = ""
+		if forced {
+			log.Info("SIGHUP: the policy is unchanged", "file", w.path)
+		}
 		return
 	}
 	p, err := connector.ParsePolicy(w.path, data)
 	if err != nil {
-		log.Error("new policy rejected; the old one stays in force", "err", err.Error())
+		w.logErr(log, forced, "new policy rejected; the old one stays in force", err)
 		return
 	}
 	c.SetPolicy(p)
-	w.applied = data
+	w.applied, w.lastErr = data, ""
 	log.Info("policy reloaded", "file", w.path, "apps", len(p.Apps))
+}
+
+func (w *policyWatcher) logErr(log *slog.Logger, forced bool, msg string, err error) {
+	if !forced && err.Error() == w.lastErr {
+		return
+	}
+	w.lastErr = err.Error()
+	log.Error(msg, "err", err.Error())
 }

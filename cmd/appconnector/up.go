@@ -218,12 +218,7 @@ func serveAdmin(c *connector.Connector, addr, dir string, log *slog.Logger) (fun
 		addr = filepath.Join(dir, "admin.sock")
 		fallthrough
 	case strings.Contains(addr, "/"):
-		os.Remove(addr) // a socket left by a previous run
-		if ln, err = net.Listen("unix", addr); err != nil {
-			return nil, fmt.Errorf("admin socket: %w", err)
-		}
-		if err := os.Chmod(addr, 0o600); err != nil {
-			ln.Close()
+		if ln, err = listenUnixPrivate(addr); err != nil {
 			return nil, fmt.Errorf("admin socket: %w", err)
 		}
 	default:
@@ -328,4 +323,26 @@ func hostAddrs(log *slog.Logger) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// listenUnixPrivate listens on a unix socket at path that only this user
+// can connect to. A socket left at path by an earlier run is replaced, but
+// only if nothing answers on it; any other file there is an error.
+func listenUnixPrivate(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s is in use by a running connector", path)
+		}
+		os.Remove(path)
+	}
+	// The socket is created with the process umask; make it private from
+	// the start, not after a chmod that leaves a window.
+	old := syscall.Umask(0o077)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	return ln, err
 }

@@ -45,8 +45,15 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	appSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from the app at %s (you asked for %s)\n", r.Host, r.URL.Path)
 	}), ReadHeaderTimeout: 5 * time.Second}
-	go appSrv.Serve(appLn)
-	defer appSrv.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		appSrv.Serve(appLn)
+	}()
+	defer func() {
+		appSrv.Close()
+		<-served
+	}()
 	appPort := appLn.Addr().(*net.TCPAddr).Port
 
 	// Its DNS: www.demo.example is a CNAME of app.demo.example.
