@@ -41,6 +41,7 @@ func dnsEnv(t *testing.T) (*env, *dnstest.Server) {
 		"backend.example.net. 60 IN A 127.0.0.1",
 		"backend.example.net. 60 IN AAAA ::1",
 		"deep.x.y.example.com. 60 IN A 127.0.0.1",
+		"*.wild.example.com. 60 IN CNAME backend.example.net.",
 		"internal.example.com. 60 IN A 10.0.0.1",
 		"loop.example.com. 60 IN CNAME loop2.example.com.",
 		"loop2.example.com. 60 IN CNAME loop.example.com.",
@@ -206,6 +207,11 @@ func TestDNSRefusalsAndPassThrough(t *testing.T) {
 	// A wildcard name at depth; NXDOMAIN and SERVFAIL pass through.
 	if r := query(t, e, "deep.x.y.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess || len(answerAddrs(r)) != 1 {
 		t.Errorf("wildcard name: %v", r)
+	}
+	// A name from the upstream's wildcard zone, through a CNAME.
+	if r := query(t, e, "any.thing.wild.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess ||
+		!slices.Equal(answerAddrs(r), []netip.Addr{netip.MustParseAddr("127.0.0.1")}) {
+		t.Errorf("wildcard zone: %v", r)
 	}
 	if r := query(t, e, "missing.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeNameError {
 		t.Errorf("missing name: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
