@@ -131,35 +131,21 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		w.WriteMsg(m)
 		return
 	}
-	if _, ok := s.records[name]; !ok {
-		wild, ok := s.wildcardLocked(name)
-		if !ok {
-			m.Rcode = dns.RcodeNameError
-			w.WriteMsg(m)
-			return
-		}
-		// Synthesize from the wildcard, owned by the question name.
-		for _, rr := range s.records[wild] {
-			if rr.Header().Rrtype == q.Qtype || rr.Header().Rrtype == dns.TypeCNAME {
-				c := dns.Copy(rr)
-				c.Header().Name = q.Name
-				m.Answer = append(m.Answer, c)
-			}
-		}
+	if s.recordsLocked(name) == nil {
+		m.Rcode = dns.RcodeNameError
 		w.WriteMsg(m)
 		return
 	}
 	// Follow CNAMEs inside the zone, at most 16 steps (zones with loops
 	// are test input too).
 	for range 16 {
-		rrs := s.records[name]
 		var next string
-		for _, rr := range rrs {
+		for _, rr := range s.recordsLocked(name) {
 			switch {
 			case rr.Header().Rrtype == q.Qtype:
-				m.Answer = append(m.Answer, dns.Copy(rr))
+				m.Answer = append(m.Answer, rr)
 			case rr.Header().Rrtype == dns.TypeCNAME:
-				m.Answer = append(m.Answer, dns.Copy(rr))
+				m.Answer = append(m.Answer, rr)
 				next = strings.ToLower(rr.(*dns.CNAME).Target)
 			}
 		}
@@ -169,6 +155,25 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		name = next
 	}
 	w.WriteMsg(m)
+}
+
+// recordsLocked returns copies of name's records, or of the closest
+// covering wildcard's, owned by name; nil if there are none.
+func (s *Server) recordsLocked(name string) []dns.RR {
+	rrs, ok := s.records[name]
+	if !ok {
+		wild, found := s.wildcardLocked(name)
+		if !found {
+			return nil
+		}
+		rrs = s.records[wild]
+	}
+	out := make([]dns.RR, len(rrs))
+	for i, rr := range rrs {
+		out[i] = dns.Copy(rr)
+		out[i].Header().Name = name
+	}
+	return out
 }
 
 // wildcardLocked finds the closest "*.parent." record owner covering
