@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -100,7 +97,7 @@ func BenchmarkDNSLearn100kMemory(b *testing.B) {
 	debug.FreeOSMemory()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	rss0 := rssKiB()
+	rss0 := netstacktest.RSSKiB()
 	b.ResetTimer()
 	for i := range n {
 		ask(names[i], true)
@@ -115,8 +112,8 @@ func BenchmarkDNSLearn100kMemory(b *testing.B) {
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/route")
 	b.Logf("heap in use %d→%d MiB, stacks %d→%d MiB, sys %d→%d MiB, goroutines %d",
 		before.HeapInuse>>20, after.HeapInuse>>20, before.StackInuse>>20, after.StackInuse>>20, before.Sys>>20, after.Sys>>20, runtime.NumGoroutine())
-	b.ReportMetric(float64(rssKiB()-rss0)/1024, "RSS-growth-MiB")
-	b.ReportMetric(float64(rssKiB())/1024, "RSS-MiB")
+	b.ReportMetric(float64(netstacktest.RSSKiB()-rss0)/1024, "RSS-growth-MiB")
+	b.ReportMetric(float64(netstacktest.RSSKiB())/1024, "RSS-MiB")
 }
 
 // dnsSetup starts an upstream with records, a connector that learns up to
@@ -176,18 +173,4 @@ func dnsSetup(b *testing.B, records []string, maxRoutes int) (ask func(name stri
 		conn.Close()
 		up.Close()
 	}
-}
-
-func rssKiB() int64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return n
-		}
-	}
-	return 0
 }

@@ -88,21 +88,6 @@ func query(t *testing.T, e *env, name string, qtype uint16, tcp bool) *dns.Msg {
 	return r
 }
 
-func answerAddrs(m *dns.Msg) []netip.Addr {
-	var out []netip.Addr
-	for _, rr := range m.Answer {
-		switch rr := rr.(type) {
-		case *dns.A:
-			a, _ := netip.AddrFromSlice(rr.A.To4())
-			out = append(out, a)
-		case *dns.AAAA:
-			a, _ := netip.AddrFromSlice(rr.AAAA)
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
 func dialOK(t *testing.T, e *env, dst netip.AddrPort) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -136,7 +121,7 @@ func TestDNSLearnsRouteBeforeAnswer(t *testing.T) {
 		{dns.TypeAAAA, true, netip.MustParseAddr("::1"), echo6},
 	} {
 		r := query(t, e, "App.Example.com.", tc.qtype, tc.tcp)
-		if r.Rcode != dns.RcodeSuccess || !slices.Contains(answerAddrs(r), tc.want) {
+		if r.Rcode != dns.RcodeSuccess || !slices.Contains(dnstest.AnswerAddrs(r), tc.want) {
 			t.Fatalf("%s answer: %v", dns.TypeToString[tc.qtype], r)
 		}
 		if r.Question[0].Name != "App.Example.com." {
@@ -205,12 +190,12 @@ func TestDNSRefusalsAndPassThrough(t *testing.T) {
 	}
 
 	// A wildcard name at depth; NXDOMAIN and SERVFAIL pass through.
-	if r := query(t, e, "deep.x.y.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess || len(answerAddrs(r)) != 1 {
+	if r := query(t, e, "deep.x.y.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess || len(dnstest.AnswerAddrs(r)) != 1 {
 		t.Errorf("wildcard name: %v", r)
 	}
 	// A name from the upstream's wildcard zone, through a CNAME.
 	if r := query(t, e, "any.thing.wild.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess ||
-		!slices.Equal(answerAddrs(r), []netip.Addr{netip.MustParseAddr("127.0.0.1")}) {
+		!slices.Equal(dnstest.AnswerAddrs(r), []netip.Addr{netip.MustParseAddr("127.0.0.1")}) {
 		t.Errorf("wildcard zone: %v", r)
 	}
 	if r := query(t, e, "missing.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeNameError {
@@ -225,7 +210,7 @@ func TestDNSRefusalsAndPassThrough(t *testing.T) {
 
 	// The unsafe answer is returned but not routed.
 	r := query(t, e, "internal.example.com.", dns.TypeA, false)
-	if !slices.Contains(answerAddrs(r), netip.MustParseAddr("10.0.0.1")) {
+	if !slices.Contains(dnstest.AnswerAddrs(r), netip.MustParseAddr("10.0.0.1")) {
 		t.Fatalf("unsafe answer not returned: %v", r)
 	}
 	if err := dialOK(t, e, netip.MustParseAddrPort("10.0.0.1:80")); err == nil {

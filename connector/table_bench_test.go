@@ -3,12 +3,11 @@ package connector
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // BenchmarkLearn100k learns 100,000 routes (one per name, as a wildcard
@@ -25,7 +24,7 @@ func BenchmarkLearn100k(b *testing.B) {
 		runtime.GC()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
-		rssBefore := rssKiB()
+		rssBefore := netstacktest.RSSKiB()
 		start := time.Now()
 		for i := range n {
 			a := netip.AddrFrom4([4]byte{11, byte(i >> 16), byte(i >> 8), byte(i)})
@@ -37,7 +36,7 @@ func BenchmarkLearn100k(b *testing.B) {
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(learnTime.Nanoseconds())/n, "ns/learn")
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/route")
-		b.ReportMetric(float64(rssKiB()-rssBefore)/1024, "RSS-MiB")
+		b.ReportMetric(float64(netstacktest.RSSKiB()-rssBefore)/1024, "RSS-MiB")
 
 		probe := netip.AddrFrom4([4]byte{11, 0, 200, 1})
 		start = time.Now()
@@ -55,18 +54,4 @@ func BenchmarkLearn100k(b *testing.B) {
 			b.Fatal("nothing advertised")
 		}
 	}
-}
-
-func rssKiB() int64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return n
-		}
-	}
-	return 0
 }

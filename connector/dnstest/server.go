@@ -214,15 +214,23 @@ func Query(c net.Conn, name, qtype string) (rcode string, addrs []netip.Addr, er
 	if r.Id != m.Id {
 		return "", nil, fmt.Errorf("dnstest: reply id %d, want %d", r.Id, m.Id)
 	}
-	for _, rr := range r.Answer {
+	addrs = AnswerAddrs(r)
+	return dns.RcodeToString[r.Rcode], addrs, nil
+}
+
+// AnswerAddrs returns the addresses of the A and AAAA records in m's
+// answer section, in order.
+func AnswerAddrs(m *dns.Msg) []netip.Addr {
+	var out []netip.Addr
+	for _, rr := range m.Answer {
 		switch rr := rr.(type) {
 		case *dns.A:
 			a, _ := netip.AddrFromSlice(rr.A.To4())
-			addrs = append(addrs, a)
+			out = append(out, a)
 		case *dns.AAAA:
 			a, _ := netip.AddrFromSlice(rr.AAAA)
-			addrs = append(addrs, a)
+			out = append(out, a)
 		}
 	}
-	return dns.RcodeToString[r.Rcode], addrs, nil
+	return out
 }
