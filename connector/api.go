@@ -29,8 +29,14 @@ import (
 
 // RouteSet is what the route API answers.
 type RouteSet struct {
-	Version uint64         `json:"version"`
-	Routes  []netip.Prefix `json:"routes"`
+	// Version is the route table's version; it grows with every change.
+	Version uint64 `json:"version"`
+	// Routes are the prefixes the peer should send through this
+	// connector.
+	Routes []netip.Prefix `json:"routes"`
+	// Domains are the domains of the apps the peer may use (the policy's
+	// form: "example.com", "*.example.com"): names to ask this connector.
+	Domains []string `json:"domains"`
 }
 
 // watchKeepalive is how often a watch stream with no change repeats the
@@ -95,8 +101,8 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 	peer := a.c.peers.lookup(src.Addr().Unmap())
 	w.Header().Set("Content-Type", "application/json")
 	if r.URL.Query().Get("watch") == "" {
-		v, routes := a.c.table.advertised(peer)
-		json.NewEncoder(w).Encode(RouteSet{Version: v, Routes: nonNil(routes)})
+		v, adv := a.c.table.advertised(peer)
+		json.NewEncoder(w).Encode(routeSet(v, adv))
 		return
 	}
 	flusher, ok := w.(http.Flusher)
@@ -108,19 +114,19 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	keepalive := time.NewTicker(watchKeepalive)
 	defer keepalive.Stop()
-	var last []netip.Prefix
+	var last advertisement
 	sent := false
 	for {
 		_, changed := a.c.table.watch()
-		v, routes := a.c.table.advertised(peer)
+		v, adv := a.c.table.advertised(peer)
 		// Only this peer's routes matter: a change to an app it may not
 		// use sends nothing (and so tells it nothing).
-		if !sent || !slices.Equal(routes, last) {
-			if err := enc.Encode(RouteSet{Version: v, Routes: nonNil(routes)}); err != nil {
+		if !sent || !slices.Equal(adv.prefixes, last.prefixes) || !slices.Equal(adv.domains, last.domains) {
+			if err := enc.Encode(routeSet(v, adv)); err != nil {
 				return
 			}
 			flusher.Flush()
-			last, sent = routes, true
+			last, sent = adv, true
 		}
 		select {
 		case <-changed:
@@ -139,11 +145,15 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func nonNil(p []netip.Prefix) []netip.Prefix {
-	if p == nil {
-		return []netip.Prefix{}
+func routeSet(v uint64, adv advertisement) RouteSet {
+	rs := RouteSet{Version: v, Routes: adv.prefixes, Domains: adv.domains}
+	if rs.Routes == nil {
+		rs.Routes = []netip.Prefix{}
 	}
-	return p
+	if rs.Domains == nil {
+		rs.Domains = []string{}
+	}
+	return rs
 }
 
 // AdminHandler returns the admin API. It must be served only where the
@@ -174,8 +184,8 @@ func (c *Connector) AdminHandler() http.Handler {
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("format") == "allowed-ips" {
 			_, all := c.table.advertisedAll()
-			strs := make([]string, len(all))
-			for i, p := range all {
+			strs := make([]string, len(all.prefixes))
+			for i, p := range all.prefixes {
 				strs[i] = p.String()
 			}
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -104,6 +104,11 @@ func LoadOrCreateState(opts StateOptions) (*State, error) {
 		peer.AllowedIPs = append(peer.AllowedIPs, netip.PrefixFrom(a.Addr(), a.Addr().BitLen()))
 	}
 	peer.AllowedIPs = append(peer.AllowedIPs, opts.Routes...)
+	// The client asks the connector's tunnel addresses for names.
+	client.Interface.DNS = client.Interface.DNS[:0]
+	for _, a := range st.Config.Interface.Addresses {
+		client.Interface.DNS = append(client.Interface.DNS, a.Addr())
+	}
 	// The client's file first: a new connector.conf is written last, so
 	// its presence means both files are complete.
 	if err := writeConfig(clientPath, client); err != nil {

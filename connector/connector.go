@@ -383,11 +383,10 @@ func (c *Connector) Routes() []Route {
 	return rs
 }
 
-// Advertised returns the version of the route table and the prefixes
-// announced to the peer with public key peerKey (base64): the routes of
-// the apps it may use.
-func (c *Connector) Advertised(peerKey string) (uint64, []netip.Prefix) {
-	return c.table.advertised(c.peers.byKey(peerKey))
+// Advertised returns what the route API tells the peer with public key
+// peerKey (base64): the routes and domains of the apps it may use.
+func (c *Connector) Advertised(peerKey string) RouteSet {
+	return routeSet(c.table.advertised(c.peers.byKey(peerKey)))
 }
 
 // Approve approves the pending learned routes inside prefix, or all of

@@ -163,7 +163,7 @@ func TestDNSLearnsRouteBeforeAnswer(t *testing.T) {
 	if !slices.Equal(states, []connector.RouteState{connector.StateAdvertised, connector.StateCoalesced}) {
 		t.Errorf("after a covering prefix: %+v", e.conn.Routes())
 	}
-	_, adv := e.conn.Advertised(e.client.PublicKeyString())
+	adv := e.conn.Advertised(e.client.PublicKeyString()).Routes
 	if !slices.Contains(adv, netip.MustParsePrefix("127.0.0.0/8")) || slices.Contains(adv, netip.MustParsePrefix("127.0.0.1/32")) {
 		t.Errorf("advertised after coalescing: %v", adv)
 	}

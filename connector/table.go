@@ -124,7 +124,7 @@ type routeTable struct {
 	// advCache holds advertisements computed at cacheVersion, by the set
 	// of apps they cover: with many routes, building one costs tens of
 	// milliseconds, and every watching peer asks after each change.
-	advCache     map[string][]netip.Prefix
+	advCache     map[string]advertisement
 	cacheVersion uint64
 }
 
@@ -394,21 +394,27 @@ func (t *routeTable) approve(prefix netip.Prefix) int {
 	return n
 }
 
-// advertised returns the table version and the prefixes peer p is told
-// to route through the connector: the configured routes of the apps it
-// may use and their approved learned routes, as the smallest set of
-// prefixes covering them (a learned route inside a configured one adds
-// nothing).
-func (t *routeTable) advertised(p peerID) (uint64, []netip.Prefix) {
+// advertisement is what a peer is told: the prefixes to route through
+// the connector, and the domains to ask it for.
+type advertisement struct {
+	prefixes []netip.Prefix
+	domains  []string
+}
+
+// advertised returns the table version and what peer p is told: the
+// configured routes of the apps it may use and their approved learned
+// routes, as the smallest set of prefixes covering them (a learned route
+// inside a configured one adds nothing), and those apps' domains.
+func (t *routeTable) advertised(p peerID) (uint64, advertisement) {
 	return t.advertisedFor(func(a *servedApp) bool { return a.usableBy(p) })
 }
 
 // advertisedAll is advertised for a peer that may use every app.
-func (t *routeTable) advertisedAll() (uint64, []netip.Prefix) {
+func (t *routeTable) advertisedAll() (uint64, advertisement) {
 	return t.advertisedFor(func(*servedApp) bool { return true })
 }
 
-func (t *routeTable) advertisedFor(usable func(*servedApp) bool) (uint64, []netip.Prefix) {
+func (t *routeTable) advertisedFor(usable func(*servedApp) bool) (uint64, advertisement) {
 	t.mu.RLock()
 	var key []byte
 	for _, a := range t.apps {
@@ -419,17 +425,19 @@ func (t *routeTable) advertisedFor(usable func(*servedApp) bool) (uint64, []neti
 		}
 	}
 	if t.cacheVersion == t.version {
-		if p, ok := t.advCache[string(key)]; ok {
+		if adv, ok := t.advCache[string(key)]; ok {
 			v := t.version
 			t.mu.RUnlock()
-			return v, p
+			return v, adv
 		}
 	}
 	var b netipx.IPSetBuilder
+	var domains []string
 	for i, a := range t.apps {
 		if key[i] == '0' {
 			continue
 		}
+		domains = append(domains, a.Domains...)
 		for _, r := range a.Routes {
 			b.AddPrefix(r)
 		}
@@ -442,17 +450,18 @@ func (t *routeTable) advertisedFor(usable func(*servedApp) bool) (uint64, []neti
 	v := t.version
 	t.mu.RUnlock()
 	s, _ := b.IPSet()
-	prefixes := s.Prefixes()
+	slices.Sort(domains)
+	adv := advertisement{prefixes: s.Prefixes(), domains: slices.Compact(domains)}
 
 	t.mu.Lock()
 	if t.version == v {
 		if t.cacheVersion != v {
-			t.advCache, t.cacheVersion = map[string][]netip.Prefix{}, v
+			t.advCache, t.cacheVersion = map[string]advertisement{}, v
 		}
-		t.advCache[string(key)] = prefixes
+		t.advCache[string(key)] = adv
 	}
 	t.mu.Unlock()
-	return v, prefixes
+	return v, adv
 }
 
 // routes lists every route, configured and learned, for the admin API.

@@ -48,7 +48,8 @@ func BenchmarkLearn100k(b *testing.B) {
 		}
 		b.ReportMetric(float64(time.Since(start).Nanoseconds())/lookups, "ns/allow")
 		start = time.Now()
-		_, adv := tbl.advertised(anyPeer)
+		_, adv0 := tbl.advertised(anyPeer)
+		adv := adv0.prefixes
 		b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms/advertise")
 		if len(adv) == 0 {
 			b.Fatal("nothing advertised")

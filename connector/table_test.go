@@ -69,7 +69,8 @@ func TestTableLearnAllowAdvertise(t *testing.T) {
 			t.Errorf("%s not allowed", a)
 		}
 	}
-	_, adv := tbl.advertised(anyPeer)
+	_, adv0 := tbl.advertised(anyPeer)
+	adv := adv0.prefixes
 	if want := prefixes("192.0.2.1/32", "198.51.100.0/24", "2001:db8::1/128"); !slices.Equal(adv, want) {
 		t.Errorf("advertised %v, want %v", adv, want)
 	}
@@ -90,13 +91,15 @@ func TestTableCoalesce(t *testing.T) {
 	tbl.setApps([]App{app})
 	learnName(t, tbl, "x.a.com", "192.0.2.1", "192.0.2.7", "192.0.2.200")
 	learnName(t, tbl, "y.a.com", "203.0.113.5")
-	_, adv := tbl.advertised(anyPeer)
+	_, adv0 := tbl.advertised(anyPeer)
+	adv := adv0.prefixes
 	if len(adv) != 4 {
 		t.Fatalf("advertised %v, want 4 host routes", adv)
 	}
 	app.Routes = prefixes("192.0.2.0/24")
 	tbl.setApps([]App{app})
-	_, adv = tbl.advertised(anyPeer)
+	_, adv0 = tbl.advertised(anyPeer)
+	adv = adv0.prefixes
 	if want := prefixes("192.0.2.0/24", "203.0.113.5/32"); !slices.Equal(adv, want) {
 		t.Errorf("advertised %v, want %v", adv, want)
 	}
@@ -120,7 +123,7 @@ func TestTableApproval(t *testing.T) {
 	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) {
 		t.Fatal("pending route forwarded")
 	}
-	if _, adv := tbl.advertised(anyPeer); len(adv) != 0 {
+	if _, adv := tbl.advertised(anyPeer); len(adv.prefixes) != 0 {
 		t.Fatalf("pending routes advertised: %v", adv)
 	}
 	if n := tbl.approve(netip.MustParsePrefix("192.0.2.1/32")); n != 1 {
@@ -247,7 +250,7 @@ func TestTableUnsafeAndPeers(t *testing.T) {
 	if !tbl.allow(eng, netip.MustParseAddr("192.0.2.50")) || tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.50")) {
 		t.Error("per-app peer access not applied to the learned route")
 	}
-	if _, adv := tbl.advertised(anyPeer); len(adv) != 1 {
+	if _, adv := tbl.advertised(anyPeer); len(adv.prefixes) != 1 {
 		t.Errorf("advertised to an untagged peer: %v, want only wiki's route", adv)
 	}
 }
@@ -273,7 +276,8 @@ func TestCoalesceDifferential(t *testing.T) {
 			learned[a] = true
 			learnName(t, tbl, fmt.Sprintf("n%d.a.com", i), a.String())
 		}
-		_, adv := tbl.advertised(anyPeer)
+		_, adv0 := tbl.advertised(anyPeer)
+		adv := adv0.prefixes
 		for range 500 {
 			probe := randAddr()
 			want := learned[probe]

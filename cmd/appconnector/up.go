@@ -142,6 +142,9 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 	for _, w := range warns {
 		log.Warn(w.String())
 	}
+	if f.config != "" && len(cfg.Interface.DNS)+len(cfg.Interface.DNSSearch) > 0 {
+		log.Warn(fmt.Sprintf("%s: key DNS ignored: the connector answers DNS on its tunnel addresses itself", f.config))
+	}
 	switch {
 	case listenPort == 0:
 	case cfg.Interface.ListenPort == 0:

@@ -125,13 +125,14 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	}
 
 	step(2, "The client asks the connector (%s:53) for www.demo.example:", connectorV4.Addr())
-	v0, _ := conn.Advertised(wgconf.Key(clientKey.Public()).String())
+	before := conn.Advertised(wgconf.Key(clientKey.Public()).String())
 	rcode, addrs, err := queryThrough(ctx, client, "www.demo.example", "A")
 	if err != nil {
 		return fmt.Errorf("step 2: %w", err)
 	}
 	// The answer has arrived: the route must be in the table already.
-	v1, adv := conn.Advertised(wgconf.Key(clientKey.Public()).String())
+	after := conn.Advertised(wgconf.Key(clientKey.Public()).String())
+	v0, v1, adv := before.Version, after.Version, after.Routes
 	say("answer: %s %v", rcode, addrs)
 	if rcode != "NOERROR" || len(addrs) != 1 || addrs[0] != loopback {
 		return fmt.Errorf("step 2: unexpected answer %s %v", rcode, addrs)

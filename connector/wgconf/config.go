@@ -42,6 +42,13 @@ type Interface struct {
 	// MTU is the tunnel MTU; 0 means the default. When set it is in
 	// 576..65535, and at least 1280 if any address is IPv6.
 	MTU int
+	// DNS are the name servers a client sends its questions to ("DNS",
+	// the IP entries); for an appconnector client these are the
+	// connectors' tunnel addresses. A connector ignores them.
+	DNS []netip.Addr
+	// DNSSearch are the search domains of "DNS" (its non-IP entries),
+	// kept so a file round-trips; nothing uses them.
+	DNSSearch []string
 }
 
 // Peer is a [Peer] section of a wg-quick file.

@@ -73,6 +73,7 @@ var realisticWant = &Config{
 		},
 		ListenPort: 51820,
 		MTU:        1420,
+		DNS:        []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2606:4700:4700::1111")},
 	},
 	Peers: []Peer{
 		{
@@ -96,7 +97,6 @@ var realisticWant = &Config{
 }
 
 var realisticWarnings = []Warning{
-	{File: "wg0.conf", Line: 8, Key: "DNS", Msg: "the connector does not change system DNS settings"},
 	{File: "wg0.conf", Line: 9, Key: "PostUp", Msg: "hook commands are not run"},
 	{File: "wg0.conf", Line: 10, Key: "PostDown", Msg: "hook commands are not run"},
 	{File: "wg0.conf", Line: 11, Key: "Table", Msg: "the connector installs no kernel routes"},
@@ -134,7 +134,7 @@ func TestWarningString(t *testing.T) {
 }
 
 func TestParseWarnings(t *testing.T) {
-	text := fmt.Sprintf("[Interface]\nPrivateKey = %s\nfwmark = 0x1234\nPreUp = echo 1\nPreUp = echo 2\nPREDOWN = x\ndns =\n", alicePriv)
+	text := fmt.Sprintf("[Interface]\nPrivateKey = %s\nfwmark = 0x1234\nPreUp = echo 1\nPreUp = echo 2\nPREDOWN = x\ndns =\nDNS = 10.0.0.1, corp.example\n", alicePriv)
 	_, warnings, err := Parse("w.conf", []byte(text))
 	if err != nil {
 		t.Fatal(err)
@@ -143,7 +143,7 @@ func TestParseWarnings(t *testing.T) {
 	for _, w := range warnings {
 		got = append(got, fmt.Sprintf("%d:%s", w.Line, w.Key))
 	}
-	want := []string{"3:FwMark", "4:PreUp", "5:PreUp", "6:PreDown", "7:DNS"}
+	want := []string{"3:FwMark", "4:PreUp", "5:PreUp", "6:PreDown"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("warnings = %v, want %v", got, want)
 	}
@@ -400,6 +400,7 @@ func TestParseErrorFormat(t *testing.T) {
 const realisticCanonical = `[Interface]
 PrivateKey = dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=
 Address = 10.8.0.1/24, fd00:8::1/64, 10.9.0.1/32
+DNS = 1.1.1.1, 2606:4700:4700::1111
 ListenPort = 51820
 MTU = 1420
 

@@ -22,7 +22,7 @@ var keys = map[string]keyInfo{
 	"address":             {"Address", "Interface", ""},
 	"listenport":          {"ListenPort", "Interface", ""},
 	"mtu":                 {"MTU", "Interface", ""},
-	"dns":                 {"DNS", "Interface", "the connector does not change system DNS settings"},
+	"dns":                 {"DNS", "Interface", ""},
 	"table":               {"Table", "Interface", "the connector installs no kernel routes"},
 	"preup":               {"PreUp", "Interface", "hook commands are not run"},
 	"postup":              {"PostUp", "Interface", "hook commands are not run"},
@@ -40,7 +40,7 @@ var keys = map[string]keyInfo{
 
 // repeatable lists the keys that may appear more than once in a section,
 // each occurrence adding to a list.
-var repeatable = map[string]bool{"Address": true, "AllowedIPs": true, "Tags": true}
+var repeatable = map[string]bool{"Address": true, "AllowedIPs": true, "Tags": true, "DNS": true}
 
 // nameLike reports whether s could be a key or section name, so that an
 // error may show it: up to 32 ASCII letters, digits, '_', '-' and spaces.
@@ -182,6 +182,8 @@ func (p *parser) set(key, value string) error {
 		ifc.PrivateKey, err = parseNonZeroKey(value)
 	case "Address":
 		return parseList(value, &ifc.Addresses, false)
+	case "DNS":
+		return parseDNS(value, ifc)
 	case "ListenPort":
 		ifc.ListenPort, err = parseNum(value, 0, "port")
 	case "MTU":
@@ -205,6 +207,33 @@ func (p *parser) set(key, value string) error {
 		return parseTags(value, &peer.Tags)
 	}
 	return err
+}
+
+// parseDNS appends the comma-separated DNS servers (IP addresses) and
+// search domains (anything else) in value to ifc.
+func parseDNS(value string, ifc *Interface) error {
+	if value == "" {
+		return nil
+	}
+	for item := range strings.SplitSeq(value, ",") {
+		item = strings.TrimSpace(item)
+		if a, err := netip.ParseAddr(item); err == nil {
+			if a.Zone() != "" {
+				return fmt.Errorf("DNS server %q has a zone", item)
+			}
+			if !slices.Contains(ifc.DNS, a.Unmap()) {
+				ifc.DNS = append(ifc.DNS, a.Unmap())
+			}
+			continue
+		}
+		if item == "" || strings.Trim(item, hostChars+".") != "" {
+			return fmt.Errorf("invalid DNS entry %q: want an IP address or a search domain", item)
+		}
+		if !slices.Contains(ifc.DNSSearch, item) {
+			ifc.DNSSearch = append(ifc.DNSSearch, item)
+		}
+	}
+	return nil
 }
 
 // parseTags appends the comma-separated tags in value to *dst, skipping

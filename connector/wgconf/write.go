@@ -33,6 +33,7 @@ func (c *Config) WriteTo(w io.Writer) (int64, error) {
 	b.WriteString("[Interface]\n")
 	kv("PrivateKey", true, ifc.PrivateKey)
 	kv("Address", len(ifc.Addresses) > 0, joinPrefixes(ifc.Addresses, false))
+	kv("DNS", len(ifc.DNS)+len(ifc.DNSSearch) > 0, joinDNS(ifc))
 	kv("ListenPort", ifc.ListenPort != 0, ifc.ListenPort)
 	kv("MTU", ifc.MTU != 0, ifc.MTU)
 	for _, p := range c.Peers {
@@ -145,4 +146,12 @@ func resolveEndpoint(ctx context.Context, endpoint string, lookup func(context.C
 	addr := addrs[i].Unmap()
 	cache[host] = addr
 	return netip.AddrPortFrom(addr, port), nil
+}
+
+func joinDNS(ifc *Interface) string {
+	var parts []string
+	for _, a := range ifc.DNS {
+		parts = append(parts, a.String())
+	}
+	return strings.Join(append(parts, ifc.DNSSearch...), ", ")
 }
