@@ -92,3 +92,24 @@ func insertSorted(s []int, v int) []int {
 	}
 	return append(s, v)
 }
+
+// DomainSet is a set of app domains in the policy's form ("example.com",
+// "*.example.com") that tells whether a DNS name belongs to it, by the
+// same rules the connector matches names with. A nil *DomainSet is empty.
+// It is safe for concurrent use.
+type DomainSet struct{ m *matcher }
+
+// NewDomainSet returns the set of domains. Entries are expected in the
+// canonical form the route API and ParsePolicy give; others are lower-cased.
+func NewDomainSet(domains []string) *DomainSet {
+	norm := make([]string, len(domains))
+	for i, d := range domains {
+		norm[i] = canonicalName(d)
+	}
+	return &DomainSet{m: newMatcher([]App{{Domains: norm}})}
+}
+
+// Contains reports whether name belongs to the set.
+func (s *DomainSet) Contains(name string) bool {
+	return s != nil && len(s.m.match(name)) > 0
+}

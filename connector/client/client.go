@@ -1,0 +1,287 @@
+// Package client is appconnector's client side, for programs that cannot
+// create a TUN device or change routes: an unprivileged sidecar (the
+// `appconnector client` command serves SOCKS5, an HTTP proxy and DNS on
+// host loopback) or a Go program embedding it (serverless runtimes, tests).
+//
+// A Client holds one userspace WireGuard tunnel per connector peer of its
+// configuration. It follows each connector's route API, so a flow to an
+// address inside a connector's routes goes through that connector and
+// anything else goes out directly through host sockets (or through an
+// exit peer, if one is configured). Names under the apps' domains are
+// resolved by a connector through the tunnel, so the connector has
+// learned the route before the client dials; other names go to the
+// host's resolvers. When a connector stops answering, new flows and
+// questions move to another one serving the same app within a few
+// seconds, and flows on the dead one are closed at once.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/wgconf"
+)
+
+// Dialer opens host sockets. *net.Dialer implements it.
+type Dialer interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// Config configures a Client.
+type Config struct {
+	// WireGuard is the client's interface and its peers, as read from a
+	// wg-quick file. Required. [Interface] DNS lists the connectors'
+	// tunnel addresses: a [Peer] whose AllowedIPs hold one of them is a
+	// connector (its routes and DNS are used). A [Peer] whose AllowedIPs
+	// hold 0.0.0.0/0 or ::/0 is an exit peer: destinations of no app go
+	// through it instead of directly.
+	WireGuard *wgconf.Config
+
+	// ListenAddr is the host address of the WireGuard sockets (one per
+	// peer, on a port the system picks). The zero Addr means all
+	// addresses.
+	ListenAddr netip.Addr
+
+	// IgnoreRoutes turns app routing off (the opt-out): every flow and
+	// every name goes the way it would without the connectors (directly,
+	// or through an exit peer).
+	IgnoreRoutes bool
+
+	// HostDNS are the "ip:port" DNS servers for names of no app. Nil
+	// means the name servers of /etc/resolv.conf.
+	HostDNS []string
+
+	// Direct opens the host sockets of flows that do not use a tunnel.
+	// Nil means a net.Dialer.
+	Direct Dialer
+
+	// ProbeInterval is how often each connector is asked a question to
+	// measure it; two unanswered in a row mark it down. ProbeTimeout
+	// bounds one. Zero means 1 s each, so a dead connector is left within
+	// about 3 s.
+	ProbeInterval, ProbeTimeout time.Duration
+
+	// Logger receives the client's logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Client is a running client. Its methods are safe for concurrent use.
+type Client struct {
+	cfg     Config
+	log     *slog.Logger
+	direct  Dialer
+	hostDNS []string
+	links   []*link // connectors and exit peers, in config order
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	bgMu   sync.Mutex // orders starting goroutines against Close
+	wg     sync.WaitGroup
+	closed sync.Once
+}
+
+// New starts a client: its tunnels are up when it returns (WireGuard
+// handshakes happen with the first packet).
+func New(cfg Config) (*Client, error) {
+	if cfg.WireGuard == nil {
+		return nil, errors.New("client: no wireguard config")
+	}
+	if len(cfg.WireGuard.Interface.Addresses) == 0 {
+		return nil, errors.New("client: the interface has no Address")
+	}
+	if len(cfg.WireGuard.Peers) == 0 {
+		return nil, errors.New("client: no [Peer]: name at least one connector")
+	}
+	c := &Client{cfg: cfg, log: cfg.Logger, direct: cfg.Direct, hostDNS: cfg.HostDNS}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.direct == nil {
+		c.direct = &net.Dialer{}
+	}
+	if c.cfg.ProbeInterval <= 0 {
+		c.cfg.ProbeInterval = time.Second
+	}
+	if c.cfg.ProbeTimeout <= 0 {
+		c.cfg.ProbeTimeout = time.Second
+	}
+	if c.hostDNS == nil {
+		hs, err := connector.SystemResolvers("/etc/resolv.conf")
+		if err != nil {
+			c.log.Warn("no host DNS servers: names of no app will fail", "err", err)
+		}
+		c.hostDNS = hs
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	for i, p := range cfg.WireGuard.Peers {
+		var dnsAddr netip.Addr
+		for _, d := range cfg.WireGuard.Interface.DNS {
+			for _, a := range p.AllowedIPs {
+				if a.Bits() > 0 && a.Contains(d) {
+					dnsAddr = d
+				}
+			}
+		}
+		l, err := newLink(c, p, dnsAddr)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("client: peer %d: %w", i+1, err)
+		}
+		c.links = append(c.links, l)
+		if !dnsAddr.IsValid() && !l.exit {
+			c.log.Warn("peer is neither a connector (no DNS address in its AllowedIPs) nor an exit peer; only its AllowedIPs are routed to it", "peer", l.name)
+		}
+	}
+	for _, l := range c.links {
+		c.goBG(l.run)
+	}
+	// Wait (a little) for each connector's first route set, so the
+	// client knows the apps' names and routes before the first dial.
+	deadline := time.After(5 * time.Second)
+	for _, l := range c.links {
+		if !l.dnsAddr.IsValid() {
+			continue
+		}
+		select {
+		case <-l.ready:
+		case <-deadline:
+			c.log.Warn("connector has not sent its routes yet; starting without them", "peer", l.name)
+		}
+	}
+	return c, nil
+}
+
+func (c *Client) goBG(fn func()) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+}
+
+// Close stops every tunnel and closes every flow through them. It is
+// idempotent.
+func (c *Client) Close() error {
+	c.closed.Do(func() {
+		c.bgMu.Lock()
+		c.cancel()
+		c.bgMu.Unlock()
+		c.wg.Wait()
+		for _, l := range c.links {
+			l.close()
+		}
+	})
+	return nil
+}
+
+// Routes returns the prefixes the client sends through the tunnels now
+// (none if IgnoreRoutes is set), sorted.
+func (c *Client) Routes() []netip.Prefix {
+	if c.cfg.IgnoreRoutes {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, l := range c.links {
+		if !l.exit {
+			out = append(out, l.routes()...)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if d := a.Addr().Compare(b.Addr()); d != 0 {
+			return d
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out)
+}
+
+// pick returns the link a flow to dst takes: the healthy connector with
+// the most specific route to it (the lowest round trip among equals),
+// else an exit peer, else nil for a direct flow. A destination only a
+// connector that is down routes fails rather than leaving directly.
+func (c *Client) pick(dst netip.Addr) (*link, error) {
+	if !c.cfg.IgnoreRoutes {
+		now := time.Now()
+		var best *link
+		bestBits, bestRTT, unhealthy := -1, time.Duration(0), false
+		for _, l := range c.links {
+			if l.exit {
+				continue
+			}
+			bits := l.match(dst, now)
+			if bits < 0 {
+				continue
+			}
+			healthy, rtt := l.state()
+			if !healthy {
+				unhealthy = true
+				continue
+			}
+			if bits > bestBits || bits == bestBits && rtt < bestRTT {
+				best, bestBits, bestRTT = l, bits, rtt
+			}
+		}
+		if best != nil {
+			return best, nil
+		}
+		if unhealthy {
+			return nil, fmt.Errorf("%v: every connector routing it is down", dst)
+		}
+	}
+	for _, l := range c.links {
+		if l.exit {
+			return l, nil
+		}
+	}
+	return nil, nil
+}
+
+// DialContext connects to address ("host:port"; host may be a name,
+// resolved by the client's split DNS) over network ("tcp", "tcp4",
+// "tcp6", "udp", "udp4", "udp6"), through the connector that routes the
+// destination, or directly. TCP connections support CloseWrite.
+func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, fmt.Errorf("client: dial %s %q: %w", network, address, err)
+	}
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(host); err == nil {
+		addrs = []netip.Addr{a.Unmap()}
+	} else {
+		if addrs, err = c.lookup(ctx, host, network); err != nil {
+			return nil, fmt.Errorf("client: dial %s %s: %w", network, address, err)
+		}
+	}
+	var errs []error
+	for _, a := range addrs {
+		dst := net.JoinHostPort(a.String(), port)
+		l, err := c.pick(a)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var conn net.Conn
+		if l == nil {
+			conn, err = c.direct.DialContext(ctx, network, dst)
+		} else {
+			conn, err = l.dial(ctx, network, dst)
+		}
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("client: dial %s %s: %w", network, address, errors.Join(errs...))
+}

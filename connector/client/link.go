@@ -1,0 +1,380 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+
+	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/wgbind"
+	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/netstack"
+	"github.com/appconnector/appconnector/tun"
+)
+
+// A link is the client's tunnel to one peer: its own WireGuard device,
+// UDP socket and userspace stack. Giving each connector its own device
+// lets the client choose, per flow, which connector carries it, and move
+// new flows to another connector at once when one fails.
+type link struct {
+	c    *Client
+	peer wgconf.Peer
+	name string // for logs: the peer's public key, shortened
+	// dnsAddr is the connector's tunnel address (from [Interface] DNS);
+	// invalid for a peer that is not a connector (an exit peer).
+	dnsAddr netip.Addr
+	exit    bool // the peer's AllowedIPs hold a default route
+
+	tun   *tun.Device
+	stack *netstack.Stack
+	dev   *device.Device
+	http  *http.Client
+
+	mu sync.Mutex // guards the fields after it
+	// static are the peer's AllowedIPs from the config; advertised come
+	// from the connector's route API; pinned are addresses the connector
+	// answered for app names, routed here until they expire.
+	static     []netip.Prefix
+	advertised []netip.Prefix
+	pinned     map[netip.Addr]time.Time
+	domains    *connector.DomainSet
+	healthy    bool
+	rtt        time.Duration
+	failures   int
+	conns      map[*trackedConn]struct{}
+	// ready is closed when the first route set arrived.
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+func newLink(c *Client, peer wgconf.Peer, dnsAddr netip.Addr) (*link, error) {
+	l := &link{
+		c: c, peer: peer, dnsAddr: dnsAddr,
+		name:    peer.PublicKey.String()[:8],
+		static:  peer.AllowedIPs,
+		pinned:  map[netip.Addr]time.Time{},
+		conns:   map[*trackedConn]struct{}{},
+		healthy: true, // until a probe says otherwise
+		ready:   make(chan struct{}),
+	}
+	for _, p := range peer.AllowedIPs {
+		if p.Bits() == 0 {
+			l.exit = true
+		}
+	}
+	var err error
+	if l.tun, err = tun.New(tun.Config{MTU: c.cfg.WireGuard.Interface.MTU}); err != nil {
+		return nil, err
+	}
+	// Inside the link, every destination goes to its one peer: the client
+	// has already chosen this link for the flow.
+	if l.stack, err = netstack.New(l.tun, netstack.Config{Addresses: c.cfg.WireGuard.Interface.Addresses}); err != nil {
+		l.tun.Close()
+		return nil, err
+	}
+	var bind conn.Bind
+	if c.cfg.ListenAddr.IsValid() {
+		if bind, err = wgbind.New(c.cfg.ListenAddr); err != nil {
+			l.stack.Close()
+			l.tun.Close()
+			return nil, err
+		}
+	} else {
+		bind = conn.NewDefaultBind()
+	}
+	wlog := c.log.With("component", "wireguard", "peer", l.name)
+	l.dev = device.NewDevice(l.tun, bind, &device.Logger{
+		Verbosef: func(format string, args ...any) { wlog.Debug(fmt.Sprintf(format, args...)) },
+		Errorf:   func(format string, args ...any) { wlog.Error(fmt.Sprintf(format, args...)) },
+	})
+	if err := l.configure(); err != nil {
+		l.close()
+		return nil, fmt.Errorf("peer %s: %w", l.name, err)
+	}
+	l.http = &http.Client{Transport: &http.Transport{
+		DialContext:       l.stack.DialContext,
+		DisableKeepAlives: true,
+		Proxy:             nil,
+	}}
+	return l, nil
+}
+
+func (l *link) configure() error {
+	ctx, cancel := context.WithTimeout(l.c.ctx, 10*time.Second)
+	defer cancel()
+	p := l.peer
+	p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+	one := &wgconf.Config{Interface: wgconf.Interface{PrivateKey: l.c.cfg.WireGuard.Interface.PrivateKey}, Peers: []wgconf.Peer{p}}
+	uapi, err := one.UAPI(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := l.dev.IpcSet(uapi); err != nil {
+		return fmt.Errorf("configure wireguard: %w", err)
+	}
+	return l.dev.Up()
+}
+
+// run probes the connector and follows its routes until the client
+// closes.
+func (l *link) run() {
+	if !l.dnsAddr.IsValid() {
+		return // an exit peer: nothing to probe or watch
+	}
+	if l.c.goIfOpen(l.watchRoutes) != nil {
+		return
+	}
+	l.probeLoop()
+}
+
+// probeLoop asks the connector a DNS question every ProbeInterval. Two
+// misses in a row mark the link down: its open flows are closed at once
+// and new ones go elsewhere. An answer marks it up again.
+func (l *link) probeLoop() {
+	t := time.NewTicker(l.c.cfg.ProbeInterval)
+	defer t.Stop()
+	for {
+		start := time.Now()
+		err := l.probe()
+		l.mu.Lock()
+		wasHealthy := l.healthy
+		if err == nil {
+			l.failures = 0
+			l.healthy = true
+			rtt := time.Since(start)
+			if l.rtt == 0 {
+				l.rtt = rtt
+			} else {
+				l.rtt = (l.rtt*7 + rtt) / 8
+			}
+		} else {
+			l.failures++
+			if l.failures >= 2 {
+				l.healthy = false
+			}
+		}
+		healthy := l.healthy
+		var dead []*trackedConn
+		if wasHealthy && !healthy {
+			for tc := range l.conns {
+				dead = append(dead, tc)
+			}
+		}
+		l.mu.Unlock()
+		if wasHealthy != healthy {
+			l.c.log.Warn("connector health changed", "peer", l.name, "healthy", healthy, "err", err)
+		}
+		for _, tc := range dead {
+			tc.Close() // fail fast rather than hang on a dead connector
+		}
+		select {
+		case <-l.c.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// probe sends one question the connector answers itself (REFUSED: no app
+// has the name), so only the tunnel and the connector are measured.
+func (l *link) probe() error {
+	ctx, cancel := context.WithTimeout(l.c.ctx, l.c.cfg.ProbeTimeout)
+	defer cancel()
+	m := new(dns.Msg)
+	m.SetQuestion("appconnector-probe.invalid.", dns.TypeA)
+	_, err := l.exchange(ctx, m)
+	return err
+}
+
+// exchange sends a DNS message to the connector through the tunnel (UDP,
+// then TCP if the answer was truncated).
+func (l *link) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	addr := netip.AddrPortFrom(l.dnsAddr, 53).String()
+	for _, network := range []string{"udp", "tcp"} {
+		c, err := l.stack.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if d, ok := ctx.Deadline(); ok {
+			c.SetDeadline(d)
+		}
+		co := &dns.Conn{Conn: c, UDPSize: dns.DefaultMsgSize}
+		err = co.WriteMsg(m)
+		var r *dns.Msg
+		if err == nil {
+			r, err = co.ReadMsg()
+		}
+		c.Close()
+		if err != nil {
+			return nil, fmt.Errorf("ask connector %s: %w", l.name, err)
+		}
+		if r.Id != m.Id {
+			return nil, fmt.Errorf("ask connector %s: reply id mismatch", l.name)
+		}
+		if !r.Truncated {
+			return r, nil
+		}
+	}
+	return nil, fmt.Errorf("ask connector %s: truncated over TCP", l.name)
+}
+
+// watchRoutes follows the connector's route API, reconnecting after a
+// second whenever the stream ends.
+func (l *link) watchRoutes() {
+	url := "http://" + netip.AddrPortFrom(l.dnsAddr, 80).String() + "/v1/routes?watch=1"
+	for {
+		if err := l.watchOnce(url); err != nil && l.c.ctx.Err() == nil {
+			l.c.log.Debug("route watch ended", "peer", l.name, "err", err)
+		}
+		select {
+		case <-l.c.ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (l *link) watchOnce(url string) error {
+	req, err := http.NewRequestWithContext(l.c.ctx, "GET", url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := l.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("route api: %s", resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	for sc.Scan() {
+		var rs connector.RouteSet
+		if err := json.Unmarshal(sc.Bytes(), &rs); err != nil {
+			return fmt.Errorf("route api: %w", err)
+		}
+		l.mu.Lock()
+		changed := !slices.Equal(l.advertised, rs.Routes)
+		l.advertised = rs.Routes
+		l.domains = connector.NewDomainSet(rs.Domains)
+		l.mu.Unlock()
+		l.readyOnce.Do(func() { close(l.ready) })
+		if changed {
+			l.c.log.Debug("routes", "peer", l.name, "version", rs.Version, "routes", len(rs.Routes), "domains", strings.Join(rs.Domains, ","))
+		}
+	}
+	return sc.Err()
+}
+
+// match returns the length of the longest of this link's routes that
+// holds dst, or -1.
+func (l *link) match(dst netip.Addr, now time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if exp, ok := l.pinned[dst]; ok {
+		if now.Before(exp) {
+			return dst.BitLen()
+		}
+		delete(l.pinned, dst)
+	}
+	best := -1
+	for _, set := range [][]netip.Prefix{l.static, l.advertised} {
+		for _, p := range set {
+			if p.Contains(dst) && p.Bits() > best {
+				best = p.Bits()
+			}
+		}
+	}
+	return best
+}
+
+// pin routes addrs through this link until ttl passes: the connector
+// answered them for an app name, so it has (or has refused) the route.
+func (l *link) pin(addrs []netip.Addr, ttl time.Duration) {
+	exp := time.Now().Add(ttl)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, a := range addrs {
+		l.pinned[a] = exp
+	}
+}
+
+func (l *link) ownsName(name string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.domains.Contains(name)
+}
+
+func (l *link) state() (healthy bool, rtt time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.healthy, l.rtt
+}
+
+// routes returns what this link routes now.
+func (l *link) routes() []netip.Prefix {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := slices.Concat(l.static, l.advertised)
+	for a := range l.pinned {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
+}
+
+// dial opens a flow through the link and tracks it, so it is closed at
+// once if the link goes down.
+func (l *link) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := l.stack.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, l: l}
+	l.mu.Lock()
+	l.conns[tc] = struct{}{}
+	l.mu.Unlock()
+	return tc, nil
+}
+
+func (l *link) close() {
+	l.stack.Close()
+	l.dev.Close() // closes the tun device and the bind
+}
+
+// trackedConn is a flow through a link.
+type trackedConn struct {
+	net.Conn
+	l    *link
+	once sync.Once
+}
+
+func (tc *trackedConn) Close() error {
+	err := tc.Conn.Close()
+	tc.once.Do(func() {
+		tc.l.mu.Lock()
+		delete(tc.l.conns, tc)
+		tc.l.mu.Unlock()
+	})
+	return err
+}
+
+// CloseWrite half-closes a TCP flow.
+func (tc *trackedConn) CloseWrite() error {
+	if cw, ok := tc.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

@@ -1,0 +1,309 @@
+package client
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Split DNS: a name under the domains of the apps a connector serves is
+// asked of that connector through the tunnel (so the connector learns the
+// route before it answers); any other name is asked of the host's DNS
+// servers. Answers pass through unchanged, NXDOMAIN and SERVFAIL
+// included.
+
+const (
+	// pinMin and pinMax bound how long an address a connector answered
+	// for an app name is routed to it before the route API takes over.
+	pinMin = 30 * time.Second
+	pinMax = 10 * time.Minute
+	// dnsTimeout bounds one question, whichever way it goes.
+	dnsTimeout = 5 * time.Second
+)
+
+// exchange answers one DNS message.
+func (c *Client) exchange(ctx context.Context, req *dns.Msg) *dns.Msg {
+	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery || req.Response {
+		return failure(req, dns.RcodeFormatError)
+	}
+	ctx, cancel := context.WithTimeout(ctx, dnsTimeout)
+	defer cancel()
+	q := req.Question[0]
+	if !c.cfg.IgnoreRoutes {
+		owned := false
+		for _, l := range c.namesFor(q.Name) {
+			owned = true
+			m := req.Copy()
+			m.Id = dns.Id()
+			r, err := l.exchange(ctx, m)
+			if err != nil {
+				c.log.Debug("dns through connector failed", "name", q.Name, "peer", l.name, "err", err)
+				continue
+			}
+			l.pin(answerAddrs(r), answerTTL(r))
+			r.Id = req.Id
+			return r
+		}
+		if owned {
+			return failure(req, dns.RcodeServerFailure)
+		}
+	}
+	r, err := c.hostExchange(ctx, req)
+	if err != nil {
+		c.log.Debug("dns through the host failed", "name", q.Name, "err", err)
+		return failure(req, dns.RcodeServerFailure)
+	}
+	return r
+}
+
+// namesFor returns the healthy connectors serving an app that name
+// belongs to, lowest round trip first; if some serve it but none is
+// healthy, the unhealthy ones (a probe can be wrong; the question may
+// still get through).
+func (c *Client) namesFor(name string) []*link {
+	var healthy, down []*link
+	for _, l := range c.links {
+		if l.exit || !l.dnsAddr.IsValid() || !l.ownsName(name) {
+			continue
+		}
+		if ok, _ := l.state(); ok {
+			healthy = append(healthy, l)
+		} else {
+			down = append(down, l)
+		}
+	}
+	sortByRTT(healthy)
+	return append(healthy, down...)
+}
+
+func sortByRTT(ls []*link) {
+	for i := 1; i < len(ls); i++ {
+		for j := i; j > 0; j-- {
+			_, a := ls[j-1].state()
+			_, b := ls[j].state()
+			if a <= b {
+				break
+			}
+			ls[j-1], ls[j] = ls[j], ls[j-1]
+		}
+	}
+}
+
+// hostExchange asks the host's DNS servers, in order, through host
+// sockets; a truncated UDP answer is asked again over TCP.
+func (c *Client) hostExchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error) {
+	if len(c.hostDNS) == 0 {
+		return nil, errors.New("no host DNS servers")
+	}
+	udp := &dns.Client{Net: "udp", UDPSize: dns.DefaultMsgSize, Timeout: 2 * time.Second}
+	tcp := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
+	m := req.Copy()
+	m.Id = dns.Id()
+	var errs []error
+	for _, s := range c.hostDNS {
+		r, _, err := udp.ExchangeContext(ctx, m, s)
+		if err == nil && r.Truncated {
+			r, _, err = tcp.ExchangeContext(ctx, m, s)
+		}
+		if err == nil {
+			r.Id = req.Id
+			return r, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", s, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
+func failure(req *dns.Msg, rcode int) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetRcode(req, rcode)
+	m.RecursionAvailable = true
+	return m
+}
+
+func answerAddrs(m *dns.Msg) []netip.Addr {
+	var out []netip.Addr
+	for _, rr := range m.Answer {
+		switch rr := rr.(type) {
+		case *dns.A:
+			if a, ok := netip.AddrFromSlice(rr.A.To4()); ok {
+				out = append(out, a)
+			}
+		case *dns.AAAA:
+			if a, ok := netip.AddrFromSlice(rr.AAAA); ok {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+func answerTTL(m *dns.Msg) time.Duration {
+	ttl := pinMax
+	for _, rr := range m.Answer {
+		ttl = min(ttl, time.Duration(rr.Header().Ttl)*time.Second)
+	}
+	return max(ttl, pinMin)
+}
+
+// lookup resolves host to addresses for network (A for "tcp4"/"udp4",
+// AAAA for "...6", both otherwise, IPv4 first).
+func (c *Client) lookup(ctx context.Context, host, network string) ([]netip.Addr, error) {
+	var types []uint16
+	switch network[len(network)-1] {
+	case '4':
+		types = []uint16{dns.TypeA}
+	case '6':
+		types = []uint16{dns.TypeAAAA}
+	default:
+		types = []uint16{dns.TypeA, dns.TypeAAAA}
+	}
+	var out []netip.Addr
+	var lastRcode int
+	for _, t := range types {
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(host), t)
+		r := c.exchange(ctx, m)
+		lastRcode = r.Rcode
+		out = append(out, answerAddrs(r)...)
+	}
+	if len(out) == 0 {
+		if lastRcode == dns.RcodeNameError {
+			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+		}
+		return nil, &net.DNSError{Err: "no addresses (" + dns.RcodeToString[lastRcode] + ")", Name: host}
+	}
+	return out, nil
+}
+
+// Resolver returns a *net.Resolver that resolves through the client's
+// split DNS: app names by the connectors, other names by the host's DNS
+// servers.
+func (c *Client) Resolver() *net.Resolver {
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			a, b := net.Pipe()
+			if err := c.goIfOpen(func() { c.serveStream(b) }); err != nil {
+				a.Close()
+				b.Close()
+				return nil, err
+			}
+			return a, nil
+		},
+	}
+}
+
+// goIfOpen starts fn on the client's WaitGroup unless the client is
+// closed.
+func (c *Client) goIfOpen(fn func()) error {
+	c.bgMu.Lock()
+	defer c.bgMu.Unlock()
+	if c.ctx.Err() != nil {
+		return net.ErrClosed
+	}
+	c.goBG(fn)
+	return nil
+}
+
+// serveStream answers DNS messages framed as over TCP (a two-byte length
+// before each) on conn until it is closed.
+func (c *Client) serveStream(conn net.Conn) {
+	defer conn.Close()
+	stop := context.AfterFunc(c.ctx, func() { conn.Close() })
+	defer stop()
+	for {
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		var n [2]byte
+		if _, err := io.ReadFull(conn, n[:]); err != nil {
+			return
+		}
+		buf := make([]byte, binary.BigEndian.Uint16(n[:]))
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			return
+		}
+		var req dns.Msg
+		if err := req.Unpack(buf); err != nil {
+			return
+		}
+		out, err := c.exchange(c.ctx, &req).Pack()
+		if err != nil {
+			return
+		}
+		if _, err := conn.Write(binary.BigEndian.AppendUint16(nil, uint16(len(out)))); err != nil {
+			return
+		}
+		if _, err := conn.Write(out); err != nil {
+			return
+		}
+	}
+}
+
+// DNSServer serves the client's split DNS on host sockets (for programs
+// that use a DNS server address rather than the Go library).
+type DNSServer struct {
+	servers []*dns.Server
+	wg      sync.WaitGroup
+}
+
+// ServeDNS serves DNS on pc (UDP) and ln (TCP); either may be nil. The
+// returned server is running; Close stops it.
+func (c *Client) ServeDNS(pc net.PacketConn, ln net.Listener) (*DNSServer, error) {
+	s := &DNSServer{}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		resp := c.exchange(c.ctx, req)
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+			size := dns.MinMsgSize
+			if opt := req.IsEdns0(); opt != nil {
+				size = int(max(opt.UDPSize(), dns.MinMsgSize))
+			}
+			resp.Truncate(size)
+		}
+		w.WriteMsg(resp)
+	})
+	for _, srv := range []*dns.Server{
+		{PacketConn: pc, Handler: h},
+		{Listener: ln, Handler: h, IdleTimeout: func() time.Duration { return 10 * time.Second }},
+	} {
+		if srv.PacketConn == nil && srv.Listener == nil {
+			continue
+		}
+		started, failed := make(chan struct{}), make(chan error, 1)
+		srv.NotifyStartedFunc = func() { close(started) }
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := srv.ActivateAndServe(); err != nil {
+				failed <- err
+			}
+		}()
+		select {
+		case <-started:
+			s.servers = append(s.servers, srv)
+		case err := <-failed:
+			s.Close()
+			return nil, fmt.Errorf("client: serve dns: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Close stops the DNS server and waits for it.
+func (s *DNSServer) Close() error {
+	for _, srv := range s.servers {
+		srv.Shutdown()
+	}
+	s.wg.Wait()
+	return nil
+}
