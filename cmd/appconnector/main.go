@@ -23,6 +23,7 @@ import (
 const usage = `usage:
   appconnector demo               run the whole loop on this machine (no config, no internet)
   appconnector up [flags]         run the connector (no flags: the embedded default setup)
+  appconnector client [flags]     the client sidecar: SOCKS5, HTTP proxy and split DNS on loopback
   appconnector routes [flags]     list the routes of a running connector
   appconnector routes approve PREFIX|--all
                                   approve pending learned routes
@@ -53,6 +54,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return up(args[1:], stdout, stderr)
 	case "routes":
 		return routes(args[1:], stdout, stderr)
+	case "client":
+		return runClient(args[1:], stdout, stderr)
 	case "genkey":
 		return genkey(stdout, stderr)
 	case "pubkey":

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/client"
+	"github.com/appconnector/appconnector/connector/wgconf"
+)
+
+type clientFlags struct {
+	config, listen, socks5, http, dns, logLevel string
+	socksUser, socksPass                        string
+	acceptRoutes                                bool
+	hostDNS                                     string
+}
+
+// runClient is `appconnector client`: the sidecar.
+func runClient(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("appconnector client", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f clientFlags
+	fs.StringVar(&f.config, "config", "", "wg-quick `file`: [Interface] with DNS = the connectors' tunnel addresses, one [Peer] per connector (required)")
+	fs.StringVar(&f.listen, "listen", "", "host `address` for the WireGuard sockets (default: all addresses)")
+	fs.StringVar(&f.socks5, "socks5", "", "serve SOCKS5 on this loopback `address`, e.g. 127.0.0.1:1080")
+	fs.StringVar(&f.http, "http", "", "serve an HTTP proxy (CONNECT and absolute URIs) on this loopback `address`, e.g. 127.0.0.1:8118")
+	fs.StringVar(&f.dns, "dns", "", "serve split DNS (UDP and TCP) on this loopback `address`, e.g. 127.0.0.1:5353")
+	fs.StringVar(&f.socksUser, "socks5-user", "", "require this SOCKS5 `username` (RFC 1929); the password comes from $APPCONNECTOR_SOCKS5_PASSWORD")
+	fs.BoolVar(&f.acceptRoutes, "accept-routes", true, "route app traffic through the connectors; false sends everything directly")
+	fs.StringVar(&f.hostDNS, "host-dns", "", "DNS `servers` for names of no app, ip[:port],... (default: /etc/resolv.conf)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "appconnector client: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if f.config == "" {
+		fmt.Fprintln(stderr, "appconnector client: --config is required")
+		return 2
+	}
+	if f.socks5 == "" && f.http == "" && f.dns == "" {
+		fmt.Fprintln(stderr, "appconnector client: nothing to serve: give --socks5, --http and/or --dns")
+		return 2
+	}
+	f.socksPass = os.Getenv("APPCONNECTOR_SOCKS5_PASSWORD")
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		fmt.Fprintf(stderr, "appconnector client: --log-level %q: want debug, info, warn or error\n", f.logLevel)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := serveClient(ctx, f, log); err != nil {
+		fmt.Fprintf(stderr, "appconnector client: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
+	cfg, warns, err := wgconf.Load(f.config)
+	if err != nil {
+		return err
+	}
+	for _, w := range warns {
+		log.Warn(w.String())
+	}
+	listenAddr, _, err := parseListen(f.listen)
+	if err != nil {
+		return err
+	}
+	hostDNS, err := parseUpstreams(f.hostDNS)
+	if err != nil {
+		return err
+	}
+	if len(hostDNS) == 0 {
+		if hostDNS, err = connector.SystemResolvers("/etc/resolv.conf"); err != nil {
+			log.Warn("no host DNS servers: names of no app will fail; pass --host-dns", "err", err)
+		}
+	}
+	if (f.socksUser == "") != (f.socksPass == "") {
+		return errors.New("--socks5-user and $APPCONNECTOR_SOCKS5_PASSWORD go together")
+	}
+	c, err := client.New(client.Config{
+		WireGuard:    cfg,
+		ListenAddr:   listenAddr,
+		IgnoreRoutes: !f.acceptRoutes,
+		HostDNS:      hostDNS,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	var stops []func() error
+	defer func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}()
+	if f.dns != "" {
+		pc, err := listenLoopback("udp", f.dns)
+		if err != nil {
+			return fmt.Errorf("--dns: %w", err)
+		}
+		ln, err := listenLoopback("tcp", f.dns)
+		if err != nil {
+			pc.(net.PacketConn).Close()
+			return fmt.Errorf("--dns: %w", err)
+		}
+		srv, err := c.ServeDNS(pc.(net.PacketConn), ln.(net.Listener))
+		if err != nil {
+			return err
+		}
+		stops = append(stops, srv.Close)
+		log.Info("DNS", "addr", f.dns)
+	}
+	serve := func(flagName, addr string, serveFn func(net.Listener) error, closeFn func() error) error {
+		l, err := listenLoopback("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("--%s: %w", flagName, err)
+		}
+		ln := l.(net.Listener)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := serveFn(ln); err != nil {
+				log.Error("proxy stopped", "proxy", flagName, "err", err)
+			}
+		}()
+		stops = append(stops, func() error { err := closeFn(); <-done; return err })
+		log.Info("proxy", "kind", flagName, "addr", ln.Addr().String())
+		return nil
+	}
+	if f.socks5 != "" {
+		s := &client.SOCKS5Server{Dial: c.DialContext, Username: f.socksUser, Password: f.socksPass,
+			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }}
+		if err := serve("socks5", f.socks5, s.Serve, s.Close); err != nil {
+			return err
+		}
+	}
+	if f.http != "" {
+		p := &client.HTTPProxy{Dial: c.DialContext,
+			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }}
+		if err := serve("http", f.http, p.Serve, p.Close); err != nil {
+			return err
+		}
+	}
+	log.Info("client up", "connectors", len(cfg.Interface.DNS), "routes", fmt.Sprint(c.Routes()), "accept-routes", f.acceptRoutes)
+	<-ctx.Done()
+	log.Info("shutting down")
+	return nil
+}
+
+// listenLoopback listens on addr, which must be a loopback IP:port: the
+// proxies and DNS serve this host's programs only.
+func listenLoopback(network, addr string) (any, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().IsLoopback() {
+		return nil, fmt.Errorf("%q: want a loopback IP:port such as 127.0.0.1:1080", addr)
+	}
+	if network == "udp" {
+		return net.ListenPacket("udp", addr)
+	}
+	return net.Listen("tcp", addr)
+}
