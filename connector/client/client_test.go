@@ -42,12 +42,16 @@ type testConnector struct {
 }
 
 func startConnector(t *testing.T, n int, clientPub wgconf.Key, upstream string) *testConnector {
+	return startConnectorWith(t, n, clientPub, upstream, appPolicy)
+}
+
+func startConnectorWith(t *testing.T, n int, clientPub wgconf.Key, upstream, policyJSON string) *testConnector {
 	t.Helper()
 	key, err := wgconf.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, err := connector.ParsePolicy("policy.json", []byte(appPolicy))
+	policy, err := connector.ParsePolicy("policy.json", []byte(policyJSON))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,3 +324,39 @@ func TestFailover(t *testing.T) {
 }
 
 func netstackCfg(d *netstacktest.Dialer) netstack.Config { return netstack.Config{Dialer: d} }
+
+// TestExitPeer: a peer with a default route carries what no app routes,
+// instead of a direct connection; app routes still win.
+func TestExitPeer(t *testing.T) {
+	checkLeaks(t)
+	var exit *testConnector
+	s := newSetup(t, 1, func(c *client.Config) {
+		// An exit node that forwards loopback for the test (a real one
+		// would route 0.0.0.0/0).
+		exit = startConnectorWith(t, 9, c.WireGuard.Interface.PrivateKey.PublicKey(), "127.0.0.1:9",
+			`[{"name": "exit", "connectors": ["*"], "routes": ["127.0.0.0/8"]}]`)
+		p := exit.peerFor()
+		p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+		c.WireGuard.Peers = append(c.WireGuard.Peers, p)
+	})
+	other := netstacktest.TCPEcho(t, "127.0.0.2:0")
+	c, err := s.client.DialContext(context.Background(), "tcp", other.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	netstacktest.EchoTCP(t, c, 1024)
+	c.Close()
+	if n := exit.conn.Stats().Netstack.TCPForwarded; n != 1 || s.direct.Dials.Load() != 0 {
+		t.Errorf("exit forwarded %d, direct %d; want 1 and 0", n, s.direct.Dials.Load())
+	}
+	app := netstacktest.TCPEcho(t, "127.0.0.1:0")
+	c, err = s.client.DialContext(context.Background(), "tcp", fmt.Sprintf("app.example.com:%d", app.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	netstacktest.EchoTCP(t, c, 1024)
+	c.Close()
+	if s.forwarded() != 1 || exit.conn.Stats().Netstack.TCPForwarded != 1 {
+		t.Errorf("the app flow did not take the app connector: app %d, exit %d", s.forwarded(), exit.conn.Stats().Netstack.TCPForwarded)
+	}
+}
