@@ -48,6 +48,7 @@ const (
 	DefaultMaxFlowsPerPeer         = 16384
 	DefaultUDPIdleTimeout          = 2 * time.Minute
 	DefaultDNSIdleTimeout          = 15 * time.Second
+	DefaultTimeWait                = time.Second
 )
 
 // Proto is a transport protocol of a Flow.
@@ -122,6 +123,10 @@ type Config struct {
 	// Zero means the Default.
 	UDPIdleTimeout time.Duration
 	DNSIdleTimeout time.Duration
+
+	// TimeWait is how long the stack keeps a closed TCP connection's
+	// 4-tuple (TIME-WAIT). Zero means DefaultTimeWait.
+	TimeWait time.Duration
 
 	// Logf logs events that are rare or rate-limited. Nil discards.
 	Logf func(format string, args ...any)
@@ -246,6 +251,7 @@ func (cfg *Config) setDefaults() error {
 		{&cfg.DialTimeout, DefaultDialTimeout, "DialTimeout"},
 		{&cfg.UDPIdleTimeout, DefaultUDPIdleTimeout, "UDPIdleTimeout"},
 		{&cfg.DNSIdleTimeout, DefaultDNSIdleTimeout, "DNSIdleTimeout"},
+		{&cfg.TimeWait, DefaultTimeWait, "TimeWait"},
 	} {
 		if *f.p < 0 {
 			return fmt.Errorf("netstack: %s %v is negative", f.name, *f.p)
@@ -261,6 +267,21 @@ func (s *Stack) configure() error {
 	sack := tcpip.TCPSACKEnabled(true)
 	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return fmt.Errorf("netstack: enable sack: %v", err)
+	}
+	// TIME-WAIT. gVisor drops a SYN that reuses the 4-tuple of a
+	// connection in TIME-WAIT unless a listener (not a forwarder) takes
+	// it, so a peer that reuses a source port soon after a forwarded flow
+	// the upstream closed first would wait out the whole TIME-WAIT (60 s
+	// by default) and time out. Inside the tunnel there is one path and
+	// no old duplicates worth that wait: keep TIME-WAIT short, and let
+	// the stack's own dials reuse ports still in it.
+	tw := tcpip.TCPTimeWaitTimeoutOption(s.cfg.TimeWait)
+	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); err != nil {
+		return fmt.Errorf("netstack: time-wait timeout: %v", err)
+	}
+	reuse := tcpip.TCPTimeWaitReuseGlobal
+	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &reuse); err != nil {
+		return fmt.Errorf("netstack: time-wait reuse: %v", err)
 	}
 	if err := s.stack.CreateNIC(nicID, s.dev.LinkEndpoint()); err != nil {
 		return fmt.Errorf("netstack: create nic: %v", err)

@@ -80,6 +80,7 @@ type Client struct {
 	direct  Dialer
 	hostDNS []string
 	links   []*link // connectors and exit peers, in config order
+	cache   dnsCache
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc

@@ -31,8 +31,15 @@ const (
 
 // exchange answers one DNS message.
 func (c *Client) exchange(ctx context.Context, req *dns.Msg) *dns.Msg {
+	r, _ := c.resolve(ctx, req)
+	return r
+}
+
+// resolve answers one DNS message and says which connector answered it
+// (nil: the host's resolvers, or a local failure).
+func (c *Client) resolve(ctx context.Context, req *dns.Msg) (*dns.Msg, *link) {
 	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery || req.Response {
-		return failure(req, dns.RcodeFormatError)
+		return failure(req, dns.RcodeFormatError), nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, dnsTimeout)
 	defer cancel()
@@ -50,18 +57,18 @@ func (c *Client) exchange(ctx context.Context, req *dns.Msg) *dns.Msg {
 			}
 			l.pin(answerAddrs(r), answerTTL(r))
 			r.Id = req.Id
-			return r
+			return r, l
 		}
 		if owned {
-			return failure(req, dns.RcodeServerFailure)
+			return failure(req, dns.RcodeServerFailure), nil
 		}
 	}
 	r, err := c.hostExchange(ctx, req)
 	if err != nil {
 		c.log.Debug("dns through the host failed", "name", q.Name, "err", err)
-		return failure(req, dns.RcodeServerFailure)
+		return failure(req, dns.RcodeServerFailure), nil
 	}
-	return r
+	return r, nil
 }
 
 // namesFor returns the healthy connectors serving an app that name
@@ -158,7 +165,10 @@ func answerTTL(m *dns.Msg) time.Duration {
 }
 
 // lookup resolves host to addresses for network (A for "tcp4"/"udp4",
-// AAAA for "...6", both otherwise, IPv4 first).
+// AAAA for "...6", both otherwise, IPv4 first). Answers are cached for
+// their TTL (at most cacheMax), as long as the connector that gave them
+// stays up: after a failover the name is asked again, of a connector
+// that will route it.
 func (c *Client) lookup(ctx context.Context, host, network string) ([]netip.Addr, error) {
 	var types []uint16
 	switch network[len(network)-1] {
@@ -169,22 +179,96 @@ func (c *Client) lookup(ctx context.Context, host, network string) ([]netip.Addr
 	default:
 		types = []uint16{dns.TypeA, dns.TypeAAAA}
 	}
+	name := dns.Fqdn(host)
 	var out []netip.Addr
-	var lastRcode int
+	rcode := dns.RcodeSuccess
 	for _, t := range types {
+		if e, ok := c.cache.get(name, t); ok {
+			out, rcode = append(out, e.addrs...), e.rcode
+			continue
+		}
 		m := new(dns.Msg)
-		m.SetQuestion(dns.Fqdn(host), t)
-		r := c.exchange(ctx, m)
-		lastRcode = r.Rcode
-		out = append(out, answerAddrs(r)...)
+		m.SetQuestion(name, t)
+		r, via := c.resolve(ctx, m)
+		addrs := answerAddrs(r)
+		if r.Rcode == dns.RcodeSuccess || r.Rcode == dns.RcodeNameError {
+			c.cache.put(name, t, cacheEntry{addrs: addrs, rcode: r.Rcode, via: via}, answerTTLFor(r))
+		}
+		out, rcode = append(out, addrs...), r.Rcode
 	}
 	if len(out) == 0 {
-		if lastRcode == dns.RcodeNameError {
+		if rcode == dns.RcodeNameError {
 			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
 		}
-		return nil, &net.DNSError{Err: "no addresses (" + dns.RcodeToString[lastRcode] + ")", Name: host}
+		return nil, &net.DNSError{Err: "no addresses (" + dns.RcodeToString[rcode] + ")", Name: host}
 	}
 	return out, nil
+}
+
+// cacheMax bounds how long lookup keeps an answer; negative answers are
+// kept cacheNegative.
+const (
+	cacheMax      = 5 * time.Minute
+	cacheNegative = 5 * time.Second
+	cacheEntries  = 4096
+)
+
+type cacheEntry struct {
+	addrs   []netip.Addr
+	rcode   int
+	via     *link // the connector that answered, or nil
+	expires time.Time
+}
+
+type cacheKey struct {
+	name  string
+	qtype uint16
+}
+
+// dnsCache holds lookup's answers.
+type dnsCache struct {
+	mu sync.Mutex // guards the fields after it
+	m  map[cacheKey]cacheEntry
+}
+
+func (dc *dnsCache) get(name string, qtype uint16) (cacheEntry, bool) {
+	dc.mu.Lock()
+	e, ok := dc.m[cacheKey{dns.CanonicalName(name), qtype}]
+	dc.mu.Unlock()
+	if !ok || time.Now().After(e.expires) {
+		return cacheEntry{}, false
+	}
+	if e.via != nil {
+		if healthy, _ := e.via.state(); !healthy {
+			return cacheEntry{}, false
+		}
+	}
+	return e, true
+}
+
+func (dc *dnsCache) put(name string, qtype uint16, e cacheEntry, ttl time.Duration) {
+	if ttl <= 0 {
+		return
+	}
+	e.expires = time.Now().Add(ttl)
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	if dc.m == nil || len(dc.m) >= cacheEntries {
+		dc.m = make(map[cacheKey]cacheEntry) // crude but bounded
+	}
+	dc.m[cacheKey{dns.CanonicalName(name), qtype}] = e
+}
+
+// answerTTLFor is how long lookup may cache r.
+func answerTTLFor(r *dns.Msg) time.Duration {
+	if r.Rcode == dns.RcodeNameError || len(r.Answer) == 0 {
+		return cacheNegative
+	}
+	ttl := cacheMax
+	for _, rr := range r.Answer {
+		ttl = min(ttl, time.Duration(rr.Header().Ttl)*time.Second)
+	}
+	return ttl
 }
 
 // Resolver returns a *net.Resolver that resolves through the client's

@@ -55,13 +55,21 @@ func Start(records ...string) (*Server, error) {
 			return nil, err
 		}
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("dnstest: %w", err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	// UDP and TCP on the same port: take a free UDP port and try for
+	// TCP on it, a few times (another socket may hold the TCP port).
+	var pc net.PacketConn
+	var ln net.Listener
+	var err error
+	for range 20 {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("dnstest: %w", err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
 		pc.Close()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("dnstest: %w", err)
 	}
 	s.Addr = pc.LocalAddr().String()

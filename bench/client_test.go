@@ -1,0 +1,244 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/client"
+	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/wgconf"
+)
+
+// The client side, each against the same work done directly on loopback
+// in the same run: bulk upload (MB/s) and connection setup (conns/s) to an
+// app reached by name, through the Go library and through the SOCKS5
+// proxy of the sidecar.
+//
+//	go test ./bench -run X -bench 'Client' -benchtime 1x -count 5
+
+type clientLab struct {
+	sink, echo *net.TCPListener
+	dns        *dnstest.Server
+	conn       *connector.Connector
+	client     *client.Client
+	socks      *client.SOCKS5Server
+	socksAddr  string
+	done       sync.WaitGroup
+}
+
+func startClientLab(b *testing.B) *clientLab {
+	l := &clientLab{}
+	var err error
+	if l.sink, err = listenTCP(); err != nil {
+		b.Fatal(err)
+	}
+	go serveSink(l.sink)
+	if l.echo, err = listenTCP(); err != nil {
+		b.Fatal(err)
+	}
+	go serveEcho1(l.echo)
+	if l.dns, err = dnstest.Start("app.bench.example. 60 IN A 127.0.0.1"); err != nil {
+		b.Fatal(err)
+	}
+	policy, err := connector.ParsePolicy("bench", []byte(`[{"name": "app", "connectors": ["*"], "domains": ["app.bench.example"], "allowPrivate": ["127.0.0.1/32"]}]`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	connKey, _ := wgconf.GeneratePrivateKey()
+	clientKey, _ := wgconf.GeneratePrivateKey()
+	tunnel := netip.MustParsePrefix("10.94.0.1/24")
+	l.conn, err = connector.New(connector.Config{
+		WireGuard: &wgconf.Config{
+			Interface: wgconf.Interface{PrivateKey: connKey, Addresses: []netip.Prefix{tunnel}},
+			Peers:     []wgconf.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.94.0.2/32")}}},
+		},
+		ListenAddr: loopback, Policy: policy, DNSUpstreams: []string{l.dns.Addr},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	l.client, err = client.New(client.Config{
+		WireGuard: &wgconf.Config{
+			Interface: wgconf.Interface{PrivateKey: clientKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.94.0.2/32")}, DNS: []netip.Addr{tunnel.Addr()}},
+			Peers: []wgconf.Peer{{PublicKey: connKey.PublicKey(), Endpoint: netip.AddrPortFrom(loopback, l.conn.Port()).String(),
+				AllowedIPs: []netip.Prefix{netip.PrefixFrom(tunnel.Addr(), 32)}}},
+		},
+		ListenAddr: loopback, HostDNS: []string{l.dns.Addr},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	l.socksAddr = ln.Addr().String()
+	l.socks = &client.SOCKS5Server{Dial: l.client.DialContext}
+	l.done.Add(1)
+	go func() { defer l.done.Done(); l.socks.Serve(ln) }()
+	return l
+}
+
+func (l *clientLab) close() {
+	l.socks.Close()
+	l.done.Wait()
+	l.client.Close()
+	l.conn.Close()
+	l.dns.Close()
+	l.sink.Close()
+	l.echo.Close()
+}
+
+func listenTCP() (*net.TCPListener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// serveEcho1 answers one byte per connection and closes first (so
+// TIME_WAIT stays on the server side).
+func serveEcho1(ln *net.TCPListener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			var b [1]byte
+			if _, err := io.ReadFull(c, b[:]); err == nil {
+				c.Write(b[:])
+			}
+		}()
+	}
+}
+
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// dialers returns the three ways of reaching an app port by name.
+func (l *clientLab) dialers(b *testing.B) map[string]dialFunc {
+	var d net.Dialer
+	return map[string]dialFunc{
+		"direct": func(ctx context.Context, network, addr string) (net.Conn, error) {
+			// The same name, resolved by the app DNS server directly.
+			host, port, _ := net.SplitHostPort(addr)
+			_ = host
+			return d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
+		},
+		"library": l.client.DialContext,
+		"socks5": func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return socks5Connect(ctx, l.socksAddr, addr)
+		},
+	}
+}
+
+// socks5Connect opens a CONNECT to addr (host:port, a name) through the
+// SOCKS5 proxy at proxyAddr and returns the *net.TCPConn, so the bulk
+// test can half-close it.
+func socks5Connect(ctx context.Context, proxyAddr, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", proxyAddr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	host, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	req := []byte{5, 1, 0, 5, 1, 0, 3, byte(len(host))}
+	req = append(req, host...)
+	req = append(req, byte(port>>8), byte(port))
+	if _, err := c.Write(req); err != nil {
+		c.Close()
+		return nil, err
+	}
+	var resp [2 + 10]byte // method choice, then a reply with an IPv4 bound address
+	if _, err := io.ReadFull(c, resp[:]); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if resp[1] != 0 || resp[3] != 0 {
+		c.Close()
+		return nil, fmt.Errorf("socks5: method %d, reply %d", resp[1], resp[3])
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func BenchmarkClientBulk(b *testing.B) {
+	l := startClientLab(b)
+	defer l.close()
+	dst := fmt.Sprintf("app.bench.example:%d", l.sink.Addr().(*net.TCPAddr).Port)
+	for _, name := range []string{"direct", "library", "socks5"} {
+		dial := l.dialers(b)[name]
+		b.Run(name, func(b *testing.B) {
+			runBulk(b, func() (net.Conn, error) {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				return dial(ctx, "tcp", dst)
+			})
+		})
+	}
+}
+
+func BenchmarkClientConnects(b *testing.B) {
+	l := startClientLab(b)
+	defer l.close()
+	dst := fmt.Sprintf("app.bench.example:%d", l.echo.Addr().(*net.TCPAddr).Port)
+	const total, parallel = 2000, 8
+	for _, name := range []string{"direct", "library", "socks5"} {
+		dial := l.dialers(b)[name]
+		b.Run(name, func(b *testing.B) {
+			for range b.N {
+				var next atomic.Int64
+				var failed atomic.Int64
+				start := time.Now()
+				var wg sync.WaitGroup
+				for range parallel {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for next.Add(1) <= total {
+							ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+							c, err := dial(ctx, "tcp", dst)
+							cancel()
+							if err != nil {
+								if failed.Add(1) <= 3 {
+									b.Logf("dial: %v", err)
+								}
+								continue
+							}
+							c.SetDeadline(time.Now().Add(10 * time.Second))
+							var one [1]byte
+							_, err = c.Write(one[:])
+							if err == nil {
+								_, err = io.ReadFull(c, one[:])
+							}
+							if err != nil && failed.Add(1) <= 3 {
+								b.Logf("exchange: %v", err)
+							}
+							c.Close()
+						}
+					}()
+				}
+				wg.Wait()
+				if n := failed.Load(); n > 0 {
+					b.Fatalf("%d of %d connections failed", n, total)
+				}
+				b.ReportMetric(total/time.Since(start).Seconds(), "conns/s")
+			}
+		})
+	}
+}
