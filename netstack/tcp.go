@@ -120,7 +120,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	defer s.untrack(fc)
 	readPeer, stop := peerReader(ep, &wq, pc, streamBufs)
 	defer stop()
-	s.proxyTCP(fc, pc, readPeer, hc)
+	s.proxyTCP(fc, ep, pc, readPeer, hc)
 }
 
 // proxyTCP copies both ways between the peer's connection pc (read
@@ -128,7 +128,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 // becomes a half-close on the other side; an error in either direction (a
 // RST, a failed write, a dead peer) resets both at once, so neither side
 // waits on a partner that is gone.
-func (s *Stack) proxyTCP(fc *flowConn, pc *gonet.TCPConn, readPeer readFunc, hc net.Conn) {
+func (s *Stack) proxyTCP(fc *flowConn, ep tcpip.Endpoint, pc *gonet.TCPConn, readPeer readFunc, hc net.Conn) {
 	up := make(chan error, 1)
 	s.mu.Lock()
 	started := s.goLocked(func() {
@@ -150,8 +150,17 @@ func (s *Stack) proxyTCP(fc *flowConn, pc *gonet.TCPConn, readPeer readFunc, hc 
 	if upErr := <-up; upErr != nil || downErr != nil {
 		return
 	}
-	pc.Close()
 	hc.Close()
+	// Both sides have closed. If the upstream closed first, this side
+	// sent the first FIN and now sits in TIME-WAIT, where a new SYN from
+	// the peer on the same source port would be dropped. The peer's
+	// application has already closed (its FIN came after ours), so
+	// nothing is lost by ending the endpoint at once.
+	if tcp.EndpointState(ep.State()) == tcp.StateTimeWait {
+		ep.Abort()
+		return
+	}
+	pc.Close()
 }
 
 // flowConn is an open forwarded flow, tracked so Close can abort it.
