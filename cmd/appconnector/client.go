@@ -81,11 +81,14 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 	for _, w := range warns {
 		log.Warn(w.String())
 	}
-	listenAddr, _, err := parseListen(f.listen)
+	listenAddr, listenPort, err := parseListen(f.listen)
 	if err != nil {
 		return err
 	}
-	hostDNS, err := parseUpstreams(f.hostDNS)
+	if listenPort != 0 {
+		return fmt.Errorf("--listen %q: give an address only; the client opens one socket per connector on ports the system picks", f.listen)
+	}
+	hostDNS, err := parseUpstreams("host-dns", f.hostDNS)
 	if err != nil {
 		return err
 	}
@@ -127,6 +130,8 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 		}
 		srv, err := c.ServeDNS(pc.(net.PacketConn), ln.(net.Listener))
 		if err != nil {
+			pc.(net.PacketConn).Close()
+			ln.(net.Listener).Close()
 			return err
 		}
 		stops = append(stops, srv.Close)
@@ -173,7 +178,7 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 // proxies and DNS serve this host's programs only.
 func listenLoopback(network, addr string) (any, error) {
 	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || !ap.Addr().IsLoopback() {
+	if err != nil || !ap.Addr().IsLoopback() || ap.Port() == 0 {
 		return nil, fmt.Errorf("%q: want a loopback IP:port such as 127.0.0.1:1080", addr)
 	}
 	if network == "udp" {

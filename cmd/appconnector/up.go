@@ -87,7 +87,7 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 	if err != nil {
 		return err
 	}
-	upstreams, err := parseUpstreams(f.dnsUpstream)
+	upstreams, err := parseUpstreams("dns-upstream", f.dnsUpstream)
 	if err != nil {
 		return err
 	}
@@ -261,8 +261,9 @@ func parseListen(s string) (netip.Addr, uint16, error) {
 	return a, 0, nil
 }
 
-// parseUpstreams accepts "ip[:port],..." (port 53 by default).
-func parseUpstreams(s string) ([]string, error) {
+// parseUpstreams accepts "ip[:port],..." (port 53 by default) given to
+// flag name.
+func parseUpstreams(name, s string) ([]string, error) {
 	var out []string
 	for _, u := range strings.Split(s, ",") {
 		u = strings.TrimSpace(u)
@@ -275,7 +276,7 @@ func parseUpstreams(s string) ([]string, error) {
 		}
 		a, err := netip.ParseAddr(strings.Trim(u, "[]"))
 		if err != nil {
-			return nil, fmt.Errorf("--dns-upstream %q: want ip or ip:port", u)
+			return nil, fmt.Errorf("--%s %q: want ip or ip:port", name, u)
 		}
 		out = append(out, netip.AddrPortFrom(a, 53).String())
 	}

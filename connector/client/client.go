@@ -26,6 +26,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/wgconf"
 )
@@ -81,6 +83,13 @@ type Client struct {
 	hostDNS []string
 	links   []*link // connectors and exit peers, in config order
 	cache   dnsCache
+	// dnsSlots bounds the questions being answered at once.
+	dnsSlots chan struct{}
+	// names maps addresses connectors answered for app names back to a
+	// name, so a flow to such an address can be re-resolved through a
+	// healthy connector when the one that answered is down.
+	namesMu sync.Mutex
+	names   map[netip.Addr]string
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -122,22 +131,33 @@ func New(cfg Config) (*Client, error) {
 		c.hostDNS = hs
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	for i, p := range cfg.WireGuard.Peers {
-		var dnsAddr netip.Addr
-		for _, d := range cfg.WireGuard.Interface.DNS {
+	c.dnsSlots = make(chan struct{}, maxDNSInFlight)
+	// Each DNS address belongs to the peer with the most specific
+	// AllowedIPs holding it (default routes do not count): that peer is
+	// the connector answering there.
+	dnsOf := make([]netip.Addr, len(cfg.WireGuard.Peers))
+	for _, d := range cfg.WireGuard.Interface.DNS {
+		best, bestBits := -1, 0
+		for i, p := range cfg.WireGuard.Peers {
 			for _, a := range p.AllowedIPs {
-				if a.Bits() > 0 && a.Contains(d) {
-					dnsAddr = d
+				if a.Bits() > bestBits && a.Contains(d) {
+					best, bestBits = i, a.Bits()
 				}
 			}
 		}
+		if best >= 0 && !dnsOf[best].IsValid() {
+			dnsOf[best] = d
+		}
+	}
+	for i, p := range cfg.WireGuard.Peers {
+		dnsAddr := dnsOf[i]
 		l, err := newLink(c, p, dnsAddr)
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("client: peer %d: %w", i+1, err)
 		}
 		c.links = append(c.links, l)
-		if !dnsAddr.IsValid() && !l.exit {
+		if !dnsAddr.IsValid() && !l.exit4 && !l.exit6 {
 			c.log.Warn("peer is neither a connector (no DNS address in its AllowedIPs) nor an exit peer; only its AllowedIPs are routed to it", "peer", l.name)
 		}
 	}
@@ -148,7 +168,7 @@ func New(cfg Config) (*Client, error) {
 	// client knows the apps' names and routes before the first dial.
 	deadline := time.After(5 * time.Second)
 	for _, l := range c.links {
-		if !l.dnsAddr.IsValid() {
+		if !l.dnsAddr.IsValid() || cfg.IgnoreRoutes {
 			continue
 		}
 		select {
@@ -191,7 +211,7 @@ func (c *Client) Routes() []netip.Prefix {
 	}
 	var out []netip.Prefix
 	for _, l := range c.links {
-		if !l.exit {
+		if l.dnsAddr.IsValid() || (!l.exit4 && !l.exit6) {
 			out = append(out, l.routes()...)
 		}
 	}
@@ -206,20 +226,21 @@ func (c *Client) Routes() []netip.Prefix {
 
 // pick returns the link a flow to dst takes: the healthy connector with
 // the most specific route to it (the lowest round trip among equals),
-// else an exit peer, else nil for a direct flow. A destination only a
-// connector that is down routes fails rather than leaving directly.
+// else an exit peer for dst's family, else nil for a direct flow. A
+// destination only connectors that are down route fails rather than
+// leaving directly.
 func (c *Client) pick(dst netip.Addr) (*link, error) {
 	if !c.cfg.IgnoreRoutes {
 		now := time.Now()
 		var best *link
 		bestBits, bestRTT, unhealthy := -1, time.Duration(0), false
 		for _, l := range c.links {
-			if l.exit {
-				continue
+			if !l.dnsAddr.IsValid() && (l.exit4 || l.exit6) {
+				continue // a pure exit peer: below
 			}
 			bits := l.match(dst, now)
-			if bits < 0 {
-				continue
+			if bits <= 0 {
+				continue // no route, or only its default route
 			}
 			healthy, rtt := l.state()
 			if !healthy {
@@ -234,28 +255,42 @@ func (c *Client) pick(dst netip.Addr) (*link, error) {
 			return best, nil
 		}
 		if unhealthy {
-			return nil, fmt.Errorf("%v: every connector routing it is down", dst)
+			return nil, errAllDown
 		}
 	}
 	for _, l := range c.links {
-		if l.exit {
+		if dst.Is4() && l.exit4 || dst.Is6() && l.exit6 {
 			return l, nil
 		}
 	}
 	return nil, nil
 }
 
+var errAllDown = errors.New("every connector routing it is down")
+
 // DialContext connects to address ("host:port"; host may be a name,
 // resolved by the client's split DNS) over network ("tcp", "tcp4",
 // "tcp6", "udp", "udp4", "udp6"), through the connector that routes the
-// destination, or directly. TCP connections support CloseWrite.
+// destination, or directly. TCP connections support CloseWrite. After
+// Close it returns net.ErrClosed.
 func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	switch network {
+	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
+	default:
+		return nil, fmt.Errorf("client: dial: unsupported network %q", network)
+	}
+	if c.ctx.Err() != nil {
+		return nil, fmt.Errorf("client: dial %s %s: %w", network, address, net.ErrClosed)
+	}
 	host, port, err := net.SplitHostPort(address)
 	if err != nil {
 		return nil, fmt.Errorf("client: dial %s %q: %w", network, address, err)
 	}
 	var addrs []netip.Addr
 	if a, err := netip.ParseAddr(host); err == nil {
+		if a.Zone() != "" {
+			return nil, fmt.Errorf("client: dial %s %s: addresses with a zone are not routed", network, address)
+		}
 		addrs = []netip.Addr{a.Unmap()}
 	} else {
 		if addrs, err = c.lookup(ctx, host, network); err != nil {
@@ -266,8 +301,11 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 	for _, a := range addrs {
 		dst := net.JoinHostPort(a.String(), port)
 		l, err := c.pick(a)
+		if errors.Is(err, errAllDown) && c.reresolve(ctx, a) {
+			l, err = c.pick(a)
+		}
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("%v: %w", a, err))
 			continue
 		}
 		var conn net.Conn
@@ -285,4 +323,61 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 		}
 	}
 	return nil, fmt.Errorf("client: dial %s %s: %w", network, address, errors.Join(errs...))
+}
+
+// remember notes that addrs are answers for name.
+func (c *Client) remember(name string, addrs []netip.Addr) {
+	c.namesMu.Lock()
+	defer c.namesMu.Unlock()
+	if c.names == nil || len(c.names)+len(addrs) > maxPins {
+		c.names = make(map[netip.Addr]string)
+	}
+	for _, a := range addrs {
+		c.names[a] = name
+	}
+}
+
+// reresolve asks a healthy connector again for the name a was an answer
+// for (if known), so that connector learns the route and a flow to a can
+// move to it. It reports whether a healthy connector now routes a.
+func (c *Client) reresolve(ctx context.Context, a netip.Addr) bool {
+	c.namesMu.Lock()
+	name, ok := c.names[a]
+	c.namesMu.Unlock()
+	if !ok {
+		return false
+	}
+	for _, t := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		m := new(dns.Msg)
+		m.SetQuestion(name, t)
+		c.resolve(ctx, m)
+	}
+	l, err := c.pick(a)
+	return err == nil && l != nil
+}
+
+// ConnectorHealth is what the client knows of one connector.
+type ConnectorHealth struct {
+	PublicKey string        // base64
+	Address   netip.Addr    // its tunnel address (DNS)
+	Healthy   bool          // answering probes
+	RTT       time.Duration // smoothed probe round trip
+	Routes    int           // prefixes it routes for this client
+}
+
+// Health reports on each connector, in config order (exit-only peers are
+// left out).
+func (c *Client) Health() []ConnectorHealth {
+	var out []ConnectorHealth
+	for _, l := range c.links {
+		if !l.dnsAddr.IsValid() {
+			continue
+		}
+		healthy, rtt := l.state()
+		out = append(out, ConnectorHealth{
+			PublicKey: l.peer.PublicKey.String(), Address: l.dnsAddr,
+			Healthy: healthy, RTT: rtt, Routes: len(l.routes()),
+		})
+	}
+	return out
 }

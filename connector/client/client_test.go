@@ -154,7 +154,7 @@ func TestDialAppByName(t *testing.T) {
 	if n := s.forwarded(); n != 1 {
 		t.Errorf("connector forwarded %d flows, want 1", n)
 	}
-	if n := s.direct.Dials.Load(); n != 0 {
+	if n := s.direct.TCPDials.Load(); n != 0 {
 		t.Errorf("%d direct dials, want 0", n)
 	}
 	learned := false
@@ -174,7 +174,7 @@ func TestDialAppByName(t *testing.T) {
 	}
 	netstacktest.EchoTCP(t, c, 1024)
 	c.Close()
-	if n := s.direct.Dials.Load(); n != 1 || s.forwarded() != 1 {
+	if n := s.direct.TCPDials.Load(); n != 1 || s.forwarded() != 1 {
 		t.Errorf("direct dials %d, forwarded %d; want 1 and 1", n, s.forwarded())
 	}
 }
@@ -207,14 +207,7 @@ func TestSplitResolver(t *testing.T) {
 	}
 
 	// The same over the DNS server a sidecar offers: rcodes intact.
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := netstacktest.ListenUDPTCP(t)
 	srv, err := s.client.ServeDNS(pc, ln)
 	if err != nil {
 		t.Fatal(err)
@@ -253,8 +246,8 @@ func TestIgnoreRoutesGoesDirect(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	if s.forwarded() != 0 || s.direct.Dials.Load() != 1 {
-		t.Errorf("forwarded %d, direct %d; want 0 and 1", s.forwarded(), s.direct.Dials.Load())
+	if s.forwarded() != 0 || s.direct.TCPDials.Load() != 1 {
+		t.Errorf("forwarded %d, direct %d; want 0 and 1", s.forwarded(), s.direct.TCPDials.Load())
 	}
 	if len(s.client.Routes()) != 0 {
 		t.Errorf("routes with routing off: %v", s.client.Routes())
@@ -346,8 +339,8 @@ func TestExitPeer(t *testing.T) {
 	}
 	netstacktest.EchoTCP(t, c, 1024)
 	c.Close()
-	if n := exit.conn.Stats().Netstack.TCPForwarded; n != 1 || s.direct.Dials.Load() != 0 {
-		t.Errorf("exit forwarded %d, direct %d; want 1 and 0", n, s.direct.Dials.Load())
+	if n := exit.conn.Stats().Netstack.TCPForwarded; n != 1 || s.direct.TCPDials.Load() != 0 {
+		t.Errorf("exit forwarded %d, direct %d; want 1 and 0", n, s.direct.TCPDials.Load())
 	}
 	app := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	c, err = s.client.DialContext(context.Background(), "tcp", fmt.Sprintf("app.example.com:%d", app.Port()))

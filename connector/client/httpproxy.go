@@ -551,18 +551,29 @@ func proxyRelay(a, b net.Conn, spawn func(func()) bool) {
 		a.Close()
 		b.Close()
 	}
+	// An error on either side (a reset, a tunnel that went down) resets
+	// both, so the program sees a broken connection, not a clean end of
+	// stream that could pass for a complete response.
+	resetBoth := func() {
+		for _, c := range []net.Conn{a, b} {
+			if l, ok := c.(interface{ SetLinger(int) error }); ok {
+				l.SetLinger(0)
+			}
+		}
+		closeBoth()
+	}
 	done := make(chan struct{})
 	if !spawn(func() {
 		defer close(done)
 		if halfCopy(b, a) != nil {
-			closeBoth()
+			resetBoth()
 		}
 	}) {
 		closeBoth()
 		return
 	}
 	if halfCopy(a, b) != nil {
-		closeBoth()
+		resetBoth()
 	}
 	<-done
 	closeBoth()

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -35,7 +37,9 @@ type link struct {
 	// dnsAddr is the connector's tunnel address (from [Interface] DNS);
 	// invalid for a peer that is not a connector (an exit peer).
 	dnsAddr netip.Addr
-	exit    bool // the peer's AllowedIPs hold a default route
+	// exit4 and exit6: the peer's AllowedIPs hold an IPv4 / IPv6 default
+	// route, so it carries destinations of no app of that family.
+	exit4, exit6 bool
 
 	tun   *tun.Device
 	stack *netstack.Stack
@@ -50,6 +54,7 @@ type link struct {
 	advertised []netip.Prefix
 	pinned     map[netip.Addr]time.Time
 	domains    *connector.DomainSet
+	domainList []string
 	healthy    bool
 	rtt        time.Duration
 	failures   int
@@ -57,6 +62,8 @@ type link struct {
 	// ready is closed when the first route set arrived.
 	ready     chan struct{}
 	readyOnce sync.Once
+	// stopWatch ends the current route watch (set while one runs).
+	stopWatch context.CancelFunc
 }
 
 func newLink(c *Client, peer wgconf.Peer, dnsAddr netip.Addr) (*link, error) {
@@ -71,7 +78,8 @@ func newLink(c *Client, peer wgconf.Peer, dnsAddr netip.Addr) (*link, error) {
 	}
 	for _, p := range peer.AllowedIPs {
 		if p.Bits() == 0 {
-			l.exit = true
+			l.exit4 = l.exit4 || p.Addr().Is4()
+			l.exit6 = l.exit6 || p.Addr().Is6()
 		}
 	}
 	var err error
@@ -171,13 +179,26 @@ func (l *link) probeLoop() {
 			for tc := range l.conns {
 				dead = append(dead, tc)
 			}
+			if l.stopWatch != nil {
+				l.stopWatch() // a stream from a dead connector never ends by itself
+			}
 		}
 		l.mu.Unlock()
 		if wasHealthy != healthy {
 			l.c.log.Warn("connector health changed", "peer", l.name, "healthy", healthy, "err", err)
 		}
 		for _, tc := range dead {
-			tc.Close() // fail fast rather than hang on a dead connector
+			tc.reset() // fail fast rather than hang on a dead connector
+		}
+		if wasHealthy && !healthy {
+			// Drop the WireGuard session: if the connector restarted, it
+			// no longer knows our keys, and wireguard-go would wait 15 s
+			// of silence before a new handshake. The next probe starts
+			// one at once.
+			l.dev.Down()
+			if l.c.ctx.Err() == nil {
+				l.dev.Up()
+			}
 		}
 		select {
 		case <-l.c.ctx.Done():
@@ -210,12 +231,14 @@ func (l *link) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 		if d, ok := ctx.Deadline(); ok {
 			c.SetDeadline(d)
 		}
+		stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 		co := &dns.Conn{Conn: c, UDPSize: dns.DefaultMsgSize}
 		err = co.WriteMsg(m)
 		var r *dns.Msg
 		if err == nil {
 			r, err = co.ReadMsg()
 		}
+		stop()
 		c.Close()
 		if err != nil {
 			return nil, fmt.Errorf("ask connector %s: %w", l.name, err)
@@ -246,8 +269,17 @@ func (l *link) watchRoutes() {
 	}
 }
 
+// watchIdle ends a route watch that has been silent this long: the
+// connector repeats its state every 25 s, so silence means it is gone.
+const watchIdle = time.Minute
+
 func (l *link) watchOnce(url string) error {
-	req, err := http.NewRequestWithContext(l.c.ctx, "GET", url, nil)
+	ctx, cancel := context.WithCancel(l.c.ctx)
+	defer cancel()
+	l.mu.Lock()
+	l.stopWatch = cancel
+	l.mu.Unlock()
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
 		return err
 	}
@@ -259,20 +291,32 @@ func (l *link) watchOnce(url string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("route api: %s", resp.Status)
 	}
+	idle := time.AfterFunc(watchIdle, cancel)
+	defer idle.Stop()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
 	for sc.Scan() {
+		idle.Reset(watchIdle)
 		var rs connector.RouteSet
 		if err := json.Unmarshal(sc.Bytes(), &rs); err != nil {
 			return fmt.Errorf("route api: %w", err)
 		}
 		l.mu.Lock()
 		changed := !slices.Equal(l.advertised, rs.Routes)
+		domainsChanged := !slices.Equal(l.domainList, rs.Domains)
 		l.advertised = rs.Routes
-		l.domains = connector.NewDomainSet(rs.Domains)
+		if domainsChanged {
+			l.domainList = rs.Domains
+			l.domains = connector.NewDomainSet(rs.Domains)
+		}
 		l.mu.Unlock()
+		if domainsChanged {
+			// Names cached as the host's may be an app's now, or the
+			// reverse.
+			l.c.cache.clear()
+		}
 		l.readyOnce.Do(func() { close(l.ready) })
-		if changed {
+		if changed || domainsChanged {
 			l.c.log.Debug("routes", "peer", l.name, "version", rs.Version, "routes", len(rs.Routes), "domains", strings.Join(rs.Domains, ","))
 		}
 	}
@@ -301,13 +345,30 @@ func (l *link) match(dst netip.Addr, now time.Time) int {
 	return best
 }
 
+// maxPins bounds the pinned addresses of a link.
+const maxPins = 16384
+
 // pin routes addrs through this link until ttl passes: the connector
 // answered them for an app name, so it has (or has refused) the route.
 func (l *link) pin(addrs []netip.Addr, ttl time.Duration) {
-	exp := time.Now().Add(ttl)
+	now := time.Now()
+	exp := now.Add(ttl)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if len(l.pinned)+len(addrs) > maxPins {
+		for a, e := range l.pinned {
+			if now.After(e) {
+				delete(l.pinned, a)
+			}
+		}
+		if len(l.pinned)+len(addrs) > maxPins {
+			clear(l.pinned) // still full: the route API has the live ones
+		}
+	}
 	for _, a := range addrs {
+		if a.IsUnspecified() || a.IsMulticast() {
+			continue
+		}
 		l.pinned[a] = exp
 	}
 }
@@ -329,8 +390,11 @@ func (l *link) routes() []netip.Prefix {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := slices.Concat(l.static, l.advertised)
-	for a := range l.pinned {
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	now := time.Now()
+	for a, exp := range l.pinned {
+		if now.Before(exp) {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
 	}
 	return out
 }
@@ -344,6 +408,12 @@ func (l *link) dial(ctx context.Context, network, addr string) (net.Conn, error)
 	}
 	tc := &trackedConn{Conn: c, l: l}
 	l.mu.Lock()
+	if !l.healthy {
+		// The probe loop closed this link's flows while we dialed.
+		l.mu.Unlock()
+		c.Close()
+		return nil, fmt.Errorf("connector %s went down", l.name)
+	}
 	l.conns[tc] = struct{}{}
 	l.mu.Unlock()
 	return tc, nil
@@ -354,11 +424,38 @@ func (l *link) close() {
 	l.dev.Close() // closes the tun device and the bind
 }
 
+// errTunnelDown is what reads and writes on a flow return after its
+// connector was found dead: a reset, not an end of stream.
+var errTunnelDown = fmt.Errorf("connector down: %w", syscall.ECONNRESET)
+
 // trackedConn is a flow through a link.
 type trackedConn struct {
 	net.Conn
-	l    *link
-	once sync.Once
+	l      *link
+	once   sync.Once
+	killed atomic.Bool
+}
+
+// reset ends the flow because its connector is down.
+func (tc *trackedConn) reset() {
+	tc.killed.Store(true)
+	tc.Close()
+}
+
+func (tc *trackedConn) Read(b []byte) (int, error) {
+	n, err := tc.Conn.Read(b)
+	if err != nil && tc.killed.Load() {
+		err = errTunnelDown
+	}
+	return n, err
+}
+
+func (tc *trackedConn) Write(b []byte) (int, error) {
+	n, err := tc.Conn.Write(b)
+	if err != nil && tc.killed.Load() {
+		err = errTunnelDown
+	}
+	return n, err
 }
 
 func (tc *trackedConn) Close() error {

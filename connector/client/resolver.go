@@ -35,29 +35,57 @@ func (c *Client) exchange(ctx context.Context, req *dns.Msg) *dns.Msg {
 	return r
 }
 
+// maxDNSInFlight bounds the questions the client answers at once; beyond
+// it a question gets SERVFAIL at once, so a program cannot exhaust the
+// client's sockets with questions.
+const maxDNSInFlight = 256
+
+// connectorTry bounds one question to one connector, so a dead one
+// leaves time to ask the next.
+const connectorTry = 1500 * time.Millisecond
+
 // resolve answers one DNS message and says which connector answered it
 // (nil: the host's resolvers, or a local failure).
 func (c *Client) resolve(ctx context.Context, req *dns.Msg) (*dns.Msg, *link) {
 	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery || req.Response {
 		return failure(req, dns.RcodeFormatError), nil
 	}
+	select {
+	case c.dnsSlots <- struct{}{}:
+		defer func() { <-c.dnsSlots }()
+	default:
+		return failure(req, dns.RcodeServerFailure), nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, dnsTimeout)
 	defer cancel()
 	q := req.Question[0]
 	if !c.cfg.IgnoreRoutes {
+		var last *dns.Msg
+		var lastLink *link
 		owned := false
 		for _, l := range c.namesFor(q.Name) {
 			owned = true
 			m := req.Copy()
 			m.Id = dns.Id()
-			r, err := l.exchange(ctx, m)
+			tctx, tcancel := context.WithTimeout(ctx, connectorTry)
+			r, err := l.exchange(tctx, m)
+			tcancel()
 			if err != nil {
 				c.log.Debug("dns through connector failed", "name", q.Name, "peer", l.name, "err", err)
 				continue
 			}
-			l.pin(answerAddrs(r), answerTTL(r))
 			r.Id = req.Id
+			last, lastLink = r, l
+			if r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused {
+				continue // this connector cannot answer; another may
+			}
+			addrs := answerAddrs(r)
+			l.pin(addrs, answerTTL(r))
+			c.remember(q.Name, addrs)
 			return r, l
+		}
+		if last != nil {
+			return last, lastLink
 		}
 		if owned {
 			return failure(req, dns.RcodeServerFailure), nil
@@ -78,7 +106,7 @@ func (c *Client) resolve(ctx context.Context, req *dns.Msg) (*dns.Msg, *link) {
 func (c *Client) namesFor(name string) []*link {
 	var healthy, down []*link
 	for _, l := range c.links {
-		if l.exit || !l.dnsAddr.IsValid() || !l.ownsName(name) {
+		if !l.dnsAddr.IsValid() || !l.ownsName(name) {
 			continue
 		}
 		if ok, _ := l.state(); ok {
@@ -104,22 +132,19 @@ func sortByRTT(ls []*link) {
 	}
 }
 
-// hostExchange asks the host's DNS servers, in order, through host
-// sockets; a truncated UDP answer is asked again over TCP.
+// hostExchange asks the host's DNS servers, in order: through an exit
+// peer if one carries the server's address (so names of no app do not
+// leak around it), else through host sockets. A truncated UDP answer is
+// asked again over TCP.
 func (c *Client) hostExchange(ctx context.Context, req *dns.Msg) (*dns.Msg, error) {
 	if len(c.hostDNS) == 0 {
 		return nil, errors.New("no host DNS servers")
 	}
-	udp := &dns.Client{Net: "udp", UDPSize: dns.DefaultMsgSize, Timeout: 2 * time.Second}
-	tcp := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
 	m := req.Copy()
 	m.Id = dns.Id()
 	var errs []error
 	for _, s := range c.hostDNS {
-		r, _, err := udp.ExchangeContext(ctx, m, s)
-		if err == nil && r.Truncated {
-			r, _, err = tcp.ExchangeContext(ctx, m, s)
-		}
+		r, err := c.ask(ctx, s, m)
 		if err == nil {
 			r.Id = req.Id
 			return r, nil
@@ -130,6 +155,46 @@ func (c *Client) hostExchange(ctx context.Context, req *dns.Msg) (*dns.Msg, erro
 		}
 	}
 	return nil, errors.Join(errs...)
+}
+
+// ask sends m to server ("ip:port") the way a flow to it would go.
+func (c *Client) ask(ctx context.Context, server string, m *dns.Msg) (*dns.Msg, error) {
+	ap, err := netip.ParseAddrPort(server)
+	if err != nil {
+		return nil, err
+	}
+	dial := c.direct.DialContext
+	if l, _ := c.pick(ap.Addr().Unmap()); l != nil {
+		dial = l.stack.DialContext
+	}
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for _, network := range []string{"udp", "tcp"} {
+		conn, err := dial(tctx, network, server)
+		if err != nil {
+			return nil, err
+		}
+		if d, ok := tctx.Deadline(); ok {
+			conn.SetDeadline(d)
+		}
+		co := &dns.Conn{Conn: conn, UDPSize: dns.DefaultMsgSize}
+		err = co.WriteMsg(m)
+		var r *dns.Msg
+		if err == nil {
+			r, err = co.ReadMsg()
+		}
+		conn.Close()
+		if err != nil {
+			return nil, err
+		}
+		if r.Id != m.Id {
+			return nil, errors.New("reply id mismatch")
+		}
+		if !r.Truncated {
+			return r, nil
+		}
+	}
+	return nil, errors.New("truncated over TCP")
 }
 
 func failure(req *dns.Msg, rcode int) *dns.Msg {
@@ -171,10 +236,10 @@ func answerTTL(m *dns.Msg) time.Duration {
 // that will route it.
 func (c *Client) lookup(ctx context.Context, host, network string) ([]netip.Addr, error) {
 	var types []uint16
-	switch network[len(network)-1] {
-	case '4':
+	switch network[len(network)-1:] {
+	case "4":
 		types = []uint16{dns.TypeA}
-	case '6':
+	case "6":
 		types = []uint16{dns.TypeAAAA}
 	default:
 		types = []uint16{dns.TypeA, dns.TypeAAAA}
@@ -244,6 +309,12 @@ func (dc *dnsCache) get(name string, qtype uint16) (cacheEntry, bool) {
 		}
 	}
 	return e, true
+}
+
+func (dc *dnsCache) clear() {
+	dc.mu.Lock()
+	dc.m = nil
+	dc.mu.Unlock()
 }
 
 func (dc *dnsCache) put(name string, qtype uint16, e cacheEntry, ttl time.Duration) {

@@ -21,8 +21,9 @@ import (
 // that is not loopback, whatever the code under test asks for: test
 // traffic must never leave the machine.
 type Dialer struct {
-	// Dials counts DialContext calls, refused ones included.
-	Dials atomic.Int64
+	// Dials counts DialContext calls, refused ones included; TCPDials
+	// those for TCP.
+	Dials, TCPDials atomic.Int64
 	// Hold, if not nil, makes dials wait until it is closed or their
 	// context ends.
 	Hold chan struct{}
@@ -32,6 +33,9 @@ type Dialer struct {
 // DialContext implements netstack.Dialer.
 func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	d.Dials.Add(1)
+	if strings.HasPrefix(network, "tcp") {
+		d.TCPDials.Add(1)
+	}
 	if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().Unmap().IsLoopback() {
 		return nil, fmt.Errorf("test dialer: refusing non-loopback destination %q", addr)
 	}

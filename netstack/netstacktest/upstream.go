@@ -113,3 +113,25 @@ func ClosedPort(tb testing.TB, network, host string) netip.AddrPort {
 	}
 	return ap
 }
+
+// ListenUDPTCP opens a UDP socket and a TCP listener on the same free
+// port of 127.0.0.1 (as a DNS server needs), retrying when another socket
+// holds the TCP side of the port. Both are closed when the test ends.
+func ListenUDPTCP(tb testing.TB) (net.PacketConn, net.Listener) {
+	tb.Helper()
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close()
+			continue
+		}
+		tb.Cleanup(func() { pc.Close(); ln.Close() })
+		return pc, ln
+	}
+	tb.Fatal("no port free for both UDP and TCP")
+	return nil, nil
+}
