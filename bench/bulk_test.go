@@ -1,10 +1,9 @@
-// Package bench measures appconnector's data path against wireguard-go's
-// stock userspace stack and plain loopback.
-//
-// Bulk transfer, median of 5 runs of 256 MiB each:
+// Bulk transfer benchmarks (go test -bench): median of 5 runs of 256 MiB
+// each:
 //
 //	go test ./bench -run X -bench Bulk -benchtime 1x -count 5
-package bench
+
+package main
 
 import (
 	"context"
