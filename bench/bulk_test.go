@@ -12,8 +12,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -27,8 +25,6 @@ import (
 )
 
 const bulkBytes = 256 << 20
-
-var loopback = netip.MustParseAddr("127.0.0.1")
 
 // serveSink accepts connections on ln; each reads to EOF, then answers with
 // the byte count (8 bytes, big endian) and closes first, so TIME_WAIT stays
@@ -163,7 +159,10 @@ func BenchmarkBulkStock(b *testing.B) {
 		b.Fatal(err)
 	}
 	sdev.Up()
-	port := listenPort(b, sdev)
+	port, err := ipcListenPort(sdev)
+	if err != nil {
+		b.Fatal(err)
+	}
 
 	ctun, cnet, err := stocknetstack.CreateNetTUN([]netip.Addr{clientAddr}, nil, 1420)
 	if err != nil {
@@ -189,23 +188,4 @@ func BenchmarkBulkStock(b *testing.B) {
 		defer cancel()
 		return cnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(serverAddr, 5001))
 	})
-}
-
-// listenPort returns the UDP port a device listens on.
-func listenPort(b *testing.B, d *device.Device) uint16 {
-	text, err := d.IpcGet()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(line, "listen_port="); ok {
-			p, err := strconv.ParseUint(v, 10, 16)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return uint16(p)
-		}
-	}
-	b.Fatal("no listen port")
-	return 0
 }

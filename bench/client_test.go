@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -141,40 +140,6 @@ func (l *clientLab) dialers(b *testing.B) map[string]dialFunc {
 			return socks5Connect(ctx, l.socksAddr, addr)
 		},
 	}
-}
-
-// socks5Connect opens a CONNECT to addr (host:port, a name) through the
-// SOCKS5 proxy at proxyAddr and returns the *net.TCPConn, so the bulk
-// test can half-close it.
-func socks5Connect(ctx context.Context, proxyAddr, addr string) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", proxyAddr)
-	if err != nil {
-		return nil, err
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	host, portStr, _ := net.SplitHostPort(addr)
-	port, _ := strconv.Atoi(portStr)
-	req := []byte{5, 1, 0, 5, 1, 0, 3, byte(len(host))}
-	req = append(req, host...)
-	req = append(req, byte(port>>8), byte(port))
-	if _, err := c.Write(req); err != nil {
-		c.Close()
-		return nil, err
-	}
-	var resp [2 + 10]byte // method choice, then a reply with an IPv4 bound address
-	if _, err := io.ReadFull(c, resp[:]); err != nil {
-		c.Close()
-		return nil, err
-	}
-	if resp[1] != 0 || resp[3] != 0 {
-		c.Close()
-		return nil, fmt.Errorf("socks5: method %d, reply %d", resp[1], resp[3])
-	}
-	c.SetDeadline(time.Time{})
-	return c, nil
 }
 
 func BenchmarkClientBulk(b *testing.B) {

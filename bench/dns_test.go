@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -23,16 +22,6 @@ import (
 // the upstream directly. Median of 1,000:
 //
 //	go test ./bench -run X -bench DNS -benchtime 1000x
-
-// benchZone returns n names, each with its own address (never dialed).
-func benchZone(n int) (names []string, records []string) {
-	for i := range n {
-		name := fmt.Sprintf("n%d.bench.example.", i)
-		names = append(names, name)
-		records = append(records, fmt.Sprintf("%s 60 IN A 11.%d.%d.%d", name, i>>16&255, i>>8&255, i&255))
-	}
-	return names, records
-}
 
 func reportLatencies(b *testing.B, d []time.Duration) {
 	slices.Sort(d)

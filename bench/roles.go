@@ -1,0 +1,83 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/client"
+	"github.com/appconnector/appconnector/connector/wgconf"
+)
+
+// The harness runs the connector and the client sidecar as separate
+// processes by running itself in a role. A role prints "READY <address>"
+// when it serves, and stops when its standard input closes.
+
+func runRole(role, dir, dnsUpstream string) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	switch role {
+	case "connector":
+		return connectorRole(dir, dnsUpstream, log)
+	case "client":
+		return clientRole(dir, dnsUpstream, log)
+	}
+	return fmt.Errorf("unknown role %q", role)
+}
+
+func connectorRole(dir, dnsUpstream string, log *slog.Logger) error {
+	conf, _, err := wgconf.Load(filepath.Join(dir, "wg.conf"))
+	if err != nil {
+		return err
+	}
+	policy, err := connector.LoadPolicy(filepath.Join(dir, "policy.json"))
+	if err != nil {
+		return err
+	}
+	c, err := connector.New(connector.Config{
+		WireGuard:    conf,
+		ListenAddr:   loopback,
+		Policy:       policy,
+		DNSUpstreams: []string{dnsUpstream},
+		// Every run learns new names; none may be evicted mid-run.
+		MaxLearned: 10_000_000, MaxLearnedPerApp: 10_000_000,
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	fmt.Printf("READY %d\n", c.Port())
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+func clientRole(dir, dnsUpstream string, log *slog.Logger) error {
+	conf, _, err := wgconf.Load(filepath.Join(dir, "client.conf"))
+	if err != nil {
+		return err
+	}
+	c, err := client.New(client.Config{WireGuard: conf, ListenAddr: loopback, HostDNS: []string{dnsUpstream}, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	s := &client.SOCKS5Server{Dial: c.DialContext, MaxConns: 100_000}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Serve(ln)
+	}()
+	fmt.Printf("READY %s\n", ln.Addr())
+	io.Copy(io.Discard, os.Stdin)
+	s.Close()
+	<-done
+	return nil
+}

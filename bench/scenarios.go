@@ -1,0 +1,397 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/device"
+	stocknetstack "golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/appconnector/appconnector/connector/client"
+	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/wgbind"
+	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
+)
+
+var loopback = netip.MustParseAddr("127.0.0.1")
+
+// appName is the name the connector scenarios reach the services by; only
+// the harness's DNS server knows it, so a flow that did not go through the
+// connector's DNS could not even resolve it.
+const appName = "svc.bench.example"
+
+// scenario is one way of reaching the services.
+type scenario struct {
+	name string
+	// dial opens a connection to service svc.
+	dial func(ctx context.Context, svc string) (net.Conn, error)
+	// resolve asks for a name the way an application would (nil: the
+	// scenario has no DNS of its own).
+	resolve func(ctx context.Context, name string) error
+	// procs are the processes whose CPU and memory are measured; the
+	// harness itself is always measured.
+	procs map[string]int
+	// servers are the services' servers (host or in-stack).
+	servers *servers
+	close   func()
+}
+
+// setup holds what several scenarios share.
+type setup struct {
+	host     *servers        // the services on host loopback
+	dns      *dnstest.Server // the apps' authoritative DNS
+	dnsNames []string        // names in it for the DNS workload
+	dir      string          // scratch directory for configs
+	self     string          // this binary, for the helper processes
+}
+
+// directScenario is loopback TCP to the services: the physical reference.
+func directScenario(s *setup) (*scenario, error) {
+	var d net.Dialer
+	return &scenario{
+		name: "direct",
+		dial: func(ctx context.Context, svc string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", joinHostPort("127.0.0.1", s.host.port(svc)))
+		},
+		servers: s.host,
+		close:   func() {},
+	}, nil
+}
+
+// stockScenario is two wireguard-go devices on wireguard-go's own
+// tun/netstack, peered over UDP on 127.0.0.1, with the services inside
+// the server's stack (nothing forwarded): what users would start from.
+func stockScenario(s *setup) (*scenario, error) {
+	serverKey, _ := netstacktest.NewPrivateKey()
+	clientKey, _ := netstacktest.NewPrivateKey()
+	serverAddr, clientAddr := netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("10.96.0.2")
+	var closers []func()
+	fail := func(err error) (*scenario, error) {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+		return nil, fmt.Errorf("stock: %w", err)
+	}
+	stun, snet, err := stocknetstack.CreateNetTUN([]netip.Addr{serverAddr}, nil, 1420)
+	if err != nil {
+		return fail(err)
+	}
+	sbind, _ := wgbind.New(loopback)
+	sdev := device.NewDevice(stun, sbind, device.NewLogger(device.LogLevelSilent, ""))
+	closers = append(closers, sdev.Close)
+	if err := sdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nallowed_ip=%s/32\n", serverKey[:], clientKey.Public(), clientAddr)); err != nil {
+		return fail(err)
+	}
+	if err := sdev.Up(); err != nil {
+		return fail(err)
+	}
+	port, err := ipcListenPort(sdev)
+	if err != nil {
+		return fail(err)
+	}
+	ctun, cnet, err := stocknetstack.CreateNetTUN([]netip.Addr{clientAddr}, nil, 1420)
+	if err != nil {
+		return fail(err)
+	}
+	cbind, _ := wgbind.New(loopback)
+	cdev := device.NewDevice(ctun, cbind, device.NewLogger(device.LogLevelSilent, ""))
+	closers = append(closers, cdev.Close)
+	if err := cdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nendpoint=127.0.0.1:%d\nallowed_ip=%s/32\n", clientKey[:], serverKey.Public(), port, serverAddr)); err != nil {
+		return fail(err)
+	}
+	if err := cdev.Up(); err != nil {
+		return fail(err)
+	}
+	next := uint16(5000)
+	srv, err := startServers(func() (net.Listener, error) {
+		next++
+		return snet.ListenTCPAddrPort(netip.AddrPortFrom(serverAddr, next))
+	})
+	if err != nil {
+		return fail(err)
+	}
+	closers = append(closers, srv.stop)
+	return &scenario{
+		name: "stock",
+		dial: func(ctx context.Context, svc string) (net.Conn, error) {
+			p, _ := strconv.Atoi(srv.port(svc))
+			return cnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(serverAddr, uint16(p)))
+		},
+		servers: srv,
+		close: func() {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+		},
+	}, nil
+}
+
+// connectorProc is a connector running as a separate process.
+type connectorProc struct {
+	cmd       *exec.Cmd
+	stdin     io.WriteCloser
+	port      uint16
+	tunnel    netip.Addr
+	clientKey wgconf.Key
+	connKey   wgconf.Key
+}
+
+// startConnectorProc runs this binary in the connector role, with a
+// policy that serves *.bench.example (including the loopback services).
+func startConnectorProc(s *setup, n int) (*connectorProc, error) {
+	p := &connectorProc{tunnel: netip.AddrFrom4([4]byte{10, 95, byte(n), 1})}
+	p.connKey, _ = wgconf.GeneratePrivateKey()
+	p.clientKey, _ = wgconf.GeneratePrivateKey()
+	dir := filepath.Join(s.dir, fmt.Sprintf("connector%d", n))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	conf := &wgconf.Config{
+		Interface: wgconf.Interface{PrivateKey: p.connKey, Addresses: []netip.Prefix{netip.PrefixFrom(p.tunnel, 24)}},
+		Peers: []wgconf.Peer{{PublicKey: p.clientKey.PublicKey(), AllowedIPs: []netip.Prefix{
+			netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 95, byte(n), 2}), 32)}}},
+	}
+	if err := writeConf(filepath.Join(dir, "wg.conf"), conf); err != nil {
+		return nil, err
+	}
+	policy := `[{"name": "bench", "connectors": ["*"], "domains": ["*.bench.example"], "allowPrivate": ["127.0.0.1/32"]}]`
+	if err := os.WriteFile(filepath.Join(dir, "policy.json"), []byte(policy), 0o600); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(s.self, "-role", "connector", "-dir", dir, "-dns-upstream", s.dns.Addr)
+	line, stdin, err := startRole(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("connector process: %w", err)
+	}
+	port, err := strconv.ParseUint(strings.TrimPrefix(line, "READY "), 10, 16)
+	if err != nil {
+		stopRole(cmd, stdin)
+		return nil, fmt.Errorf("connector process said %q", line)
+	}
+	p.cmd, p.stdin, p.port = cmd, stdin, uint16(port)
+	return p, nil
+}
+
+func (p *connectorProc) stop() { stopRole(p.cmd, p.stdin) }
+
+// clientConf is the client's configuration for connector p.
+func (p *connectorProc) clientConf(n int) *wgconf.Config {
+	return &wgconf.Config{
+		Interface: wgconf.Interface{
+			PrivateKey: p.clientKey,
+			Addresses:  []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 95, byte(n), 2}), 32)},
+			DNS:        []netip.Addr{p.tunnel},
+		},
+		Peers: []wgconf.Peer{{
+			PublicKey:  p.connKey.PublicKey(),
+			Endpoint:   netip.AddrPortFrom(loopback, p.port).String(),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(p.tunnel, 32)},
+		}},
+	}
+}
+
+// connectorScenario: the library client in this process → WireGuard/UDP
+// on 127.0.0.1 → the connector process → host sockets → the services on
+// 127.0.0.1, reached by name.
+func connectorScenario(s *setup) (*scenario, error) {
+	proc, err := startConnectorProc(s, 1)
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(client.Config{WireGuard: proc.clientConf(1), ListenAddr: loopback, HostDNS: []string{s.dns.Addr}})
+	if err != nil {
+		proc.stop()
+		return nil, fmt.Errorf("connector: client: %w", err)
+	}
+	r := c.Resolver()
+	return &scenario{
+		name: "connector",
+		dial: func(ctx context.Context, svc string) (net.Conn, error) {
+			return c.DialContext(ctx, "tcp", joinHostPort(appName, s.host.port(svc)))
+		},
+		resolve: func(ctx context.Context, name string) error {
+			addrs, err := r.LookupNetIP(ctx, "ip4", name)
+			if err == nil && len(addrs) == 0 {
+				err = errors.New("no address")
+			}
+			return err
+		},
+		procs:   map[string]int{"connector": proc.cmd.Process.Pid},
+		servers: s.host,
+		close: func() {
+			c.Close()
+			proc.stop()
+		},
+	}, nil
+}
+
+// socks5Scenario: the same path, with `appconnector client`'s SOCKS5 proxy
+// in a separate process in front: this process speaks SOCKS5 to it.
+func socks5Scenario(s *setup) (*scenario, error) {
+	proc, err := startConnectorProc(s, 2)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(s.dir, "client")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		proc.stop()
+		return nil, err
+	}
+	if err := writeConf(filepath.Join(dir, "client.conf"), proc.clientConf(2)); err != nil {
+		proc.stop()
+		return nil, err
+	}
+	cmd := exec.Command(s.self, "-role", "client", "-dir", dir, "-dns-upstream", s.dns.Addr)
+	line, stdin, err := startRole(cmd)
+	if err != nil {
+		proc.stop()
+		return nil, fmt.Errorf("client process: %w", err)
+	}
+	socksAddr := strings.TrimPrefix(line, "READY ")
+	return &scenario{
+		name: "socks5",
+		dial: func(ctx context.Context, svc string) (net.Conn, error) {
+			return socks5Connect(ctx, socksAddr, joinHostPort(appName, s.host.port(svc)))
+		},
+		procs:   map[string]int{"connector": proc.cmd.Process.Pid, "client": cmd.Process.Pid},
+		servers: s.host,
+		close: func() {
+			stopRole(cmd, stdin)
+			proc.stop()
+		},
+	}, nil
+}
+
+// startRole starts a helper process and waits for its "READY ..." line.
+func startRole(cmd *exec.Cmd) (string, io.WriteCloser, error) {
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case line, ok := <-lines:
+		if !ok || !strings.HasPrefix(line, "READY ") {
+			stopRole(cmd, stdin)
+			return "", nil, fmt.Errorf("did not start (said %q)", line)
+		}
+		return line, stdin, nil
+	case <-time.After(30 * time.Second):
+		stopRole(cmd, stdin)
+		return "", nil, errors.New("did not start within 30s")
+	}
+}
+
+// stopRole ends a helper process: closing its stdin asks it to stop.
+func stopRole(cmd *exec.Cmd, stdin io.WriteCloser) {
+	stdin.Close()
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+func writeConf(path string, c *wgconf.Config) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := c.WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// ipcListenPort returns the UDP port a device listens on.
+func ipcListenPort(d *device.Device) (uint16, error) {
+	text, err := d.IpcGet()
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, "listen_port="); ok {
+			p, err := strconv.ParseUint(v, 10, 16)
+			return uint16(p), err
+		}
+	}
+	return 0, errors.New("no listen port")
+}
+
+// socks5Connect opens a CONNECT to addr (host:port; the host a name the
+// proxy resolves) through the SOCKS5 proxy at proxyAddr, and returns the
+// *net.TCPConn, so bulk transfers can half-close it.
+func socks5Connect(ctx context.Context, proxyAddr, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", proxyAddr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	host, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	req := []byte{5, 1, 0, 5, 1, 0, 3, byte(len(host))}
+	req = append(req, host...)
+	req = append(req, byte(port>>8), byte(port))
+	if _, err := c.Write(req); err != nil {
+		c.Close()
+		return nil, err
+	}
+	var resp [2 + 10]byte // method choice, then a reply with an IPv4 bound address
+	if _, err := io.ReadFull(c, resp[:]); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if resp[1] != 0 || resp[3] != 0 {
+		c.Close()
+		return nil, fmt.Errorf("socks5: method %d, reply %d", resp[1], resp[3])
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// benchZone returns n names, each with its own address (never dialed),
+// plus the services' name.
+func benchZone(n int) (names []string, records []string) {
+	records = append(records, appName+". 60 IN A 127.0.0.1")
+	for i := range n {
+		name := fmt.Sprintf("n%d.bench.example.", i)
+		names = append(names, name)
+		records = append(records, fmt.Sprintf("%s 60 IN A 11.%d.%d.%d", name, i>>16&255, i>>8&255, i&255))
+	}
+	return names, records
+}
