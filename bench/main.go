@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/appconnector/appconnector/connector/dnstest"
@@ -87,6 +88,7 @@ func main() {
 			os.Exit(2)
 		}
 	}
+	raiseFileLimit()
 	if err := run(o); err != nil {
 		fmt.Fprintf(os.Stderr, "\nbench: %v\n", err)
 		os.Exit(1)
@@ -243,11 +245,14 @@ func runWorkload(o options, s *setup, sc *scenario, w string, runIdx int) ([]mea
 		if w == "conns-32" {
 			p = 32
 		}
-		r, err := connRate(sc, o.duration, p)
+		r, failed, err := connRate(sc, o.duration, p)
 		if err != nil {
 			return nil, err
 		}
-		return []measurement{{metric: w, unit: "conns/s", higher: true, value: r}}, nil
+		return []measurement{
+			{metric: w, unit: "conns/s", higher: true, value: r},
+			{metric: w + "-failed", unit: "conns", value: float64(failed)},
+		}, nil
 	case "dns":
 		if sc.resolve == nil {
 			return nil, nil
@@ -262,7 +267,18 @@ func runWorkload(o options, s *setup, sc *scenario, w string, runIdx int) ([]mea
 			{metric: "dns-learn-rate", unit: "names/s", higher: true, value: rate},
 		}, nil
 	case "idle":
-		per, err := idleFlows(sc, o.idleFlows)
+		// The harness holds sockets of its own per flow (the client side
+		// for direct and socks5, the server side for all but stock): stay
+		// within the open-file limit.
+		fdsPerFlow := map[string]int{"direct": 2, "stock": 0, "connector": 1, "socks5": 2}[sc.name]
+		n := o.idleFlows
+		if fdsPerFlow > 0 {
+			if limit := (fileLimit() - 2000) / fdsPerFlow; n > limit {
+				fmt.Fprintf(os.Stderr, "\n%s idle: %d flows would exceed the open-file limit; holding %d\n", sc.name, n, limit)
+				n = limit
+			}
+		}
+		per, err := idleFlows(sc, n)
 		if err != nil {
 			return nil, err
 		}
@@ -314,4 +330,27 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// raiseFileLimit lifts the open-file limit as far as allowed: the idle
+// workload holds thousands of sockets.
+func raiseFileLimit() {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) != nil {
+		return
+	}
+	want := max(lim.Max, 1<<16)
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}) != nil {
+		lim.Cur = lim.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+}
+
+// fileLimit is the current open-file limit.
+func fileLimit() int {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) != nil {
+		return 1024
+	}
+	return int(min(lim.Cur, 1<<30))
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,7 +16,9 @@ import (
 
 // The harness runs the connector and the client sidecar as separate
 // processes by running itself in a role. A role prints "READY <address>"
-// when it serves, and stops when its standard input closes.
+// when it serves, and stops when its standard input closes. The
+// connector role answers "flows" on stdin with "flows N", the forwarded
+// flows it has open, so the harness can wait for them to drain.
 
 func runRole(role, dir, dnsUpstream string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -51,7 +54,13 @@ func connectorRole(dir, dnsUpstream string, log *slog.Logger) error {
 	}
 	defer c.Close()
 	fmt.Printf("READY %d\n", c.Port())
-	io.Copy(io.Discard, os.Stdin)
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		if sc.Text() == "flows" {
+			st := c.Stats().Netstack
+			fmt.Printf("flows %d\n", st.OpenFlows)
+		}
+	}
 	return nil
 }
 

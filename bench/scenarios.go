@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -45,7 +46,10 @@ type scenario struct {
 	procs map[string]int
 	// servers are the services' servers (host or in-stack).
 	servers *servers
-	close   func()
+	// openFlows reports the flows the connector still holds (nil: no
+	// connector), so workloads can wait for the last one's to drain.
+	openFlows func() int
+	close     func()
 }
 
 // setup holds what several scenarios share.
@@ -142,6 +146,7 @@ func stockScenario(s *setup) (*scenario, error) {
 type connectorProc struct {
 	cmd       *exec.Cmd
 	stdin     io.WriteCloser
+	lines     <-chan string // its stdout after READY
 	port      uint16
 	tunnel    netip.Addr
 	clientKey wgconf.Key
@@ -171,7 +176,7 @@ func startConnectorProc(s *setup, n int) (*connectorProc, error) {
 		return nil, err
 	}
 	cmd := exec.Command(s.self, "-role", "connector", "-dir", dir, "-dns-upstream", s.dns.Addr)
-	line, stdin, err := startRole(cmd)
+	line, stdin, lines, err := startRole(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("connector process: %w", err)
 	}
@@ -180,11 +185,29 @@ func startConnectorProc(s *setup, n int) (*connectorProc, error) {
 		stopRole(cmd, stdin)
 		return nil, fmt.Errorf("connector process said %q", line)
 	}
-	p.cmd, p.stdin, p.port = cmd, stdin, uint16(port)
+	p.cmd, p.stdin, p.lines, p.port = cmd, stdin, lines, uint16(port)
 	return p, nil
 }
 
 func (p *connectorProc) stop() { stopRole(p.cmd, p.stdin) }
+
+// openFlows asks the connector how many forwarded flows it has open; -1
+// if it does not answer.
+func (p *connectorProc) openFlows() int {
+	if _, err := io.WriteString(p.stdin, "flows\n"); err != nil {
+		return -1
+	}
+	select {
+	case line := <-p.lines:
+		n, err := strconv.Atoi(strings.TrimPrefix(line, "flows "))
+		if err != nil {
+			return -1
+		}
+		return n
+	case <-time.After(5 * time.Second):
+		return -1
+	}
+}
 
 // clientConf is the client's configuration for connector p.
 func (p *connectorProc) clientConf(n int) *wgconf.Config {
@@ -210,7 +233,8 @@ func connectorScenario(s *setup) (*scenario, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := client.New(client.Config{WireGuard: proc.clientConf(1), ListenAddr: loopback, HostDNS: []string{s.dns.Addr}})
+	c, err := client.New(client.Config{WireGuard: proc.clientConf(1), ListenAddr: loopback, HostDNS: []string{s.dns.Addr},
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		proc.stop()
 		return nil, fmt.Errorf("connector: client: %w", err)
@@ -228,8 +252,9 @@ func connectorScenario(s *setup) (*scenario, error) {
 			}
 			return err
 		},
-		procs:   map[string]int{"connector": proc.cmd.Process.Pid},
-		servers: s.host,
+		procs:     map[string]int{"connector": proc.cmd.Process.Pid},
+		servers:   s.host,
+		openFlows: proc.openFlows,
 		close: func() {
 			c.Close()
 			proc.stop()
@@ -254,7 +279,7 @@ func socks5Scenario(s *setup) (*scenario, error) {
 		return nil, err
 	}
 	cmd := exec.Command(s.self, "-role", "client", "-dir", dir, "-dns-upstream", s.dns.Addr)
-	line, stdin, err := startRole(cmd)
+	line, stdin, _, err := startRole(cmd)
 	if err != nil {
 		proc.stop()
 		return nil, fmt.Errorf("client process: %w", err)
@@ -265,8 +290,9 @@ func socks5Scenario(s *setup) (*scenario, error) {
 		dial: func(ctx context.Context, svc string) (net.Conn, error) {
 			return socks5Connect(ctx, socksAddr, joinHostPort(appName, s.host.port(svc)))
 		},
-		procs:   map[string]int{"connector": proc.cmd.Process.Pid, "client": cmd.Process.Pid},
-		servers: s.host,
+		procs:     map[string]int{"connector": proc.cmd.Process.Pid, "client": cmd.Process.Pid},
+		servers:   s.host,
+		openFlows: proc.openFlows,
 		close: func() {
 			stopRole(cmd, stdin)
 			proc.stop()
@@ -274,39 +300,39 @@ func socks5Scenario(s *setup) (*scenario, error) {
 	}, nil
 }
 
-// startRole starts a helper process and waits for its "READY ..." line.
-func startRole(cmd *exec.Cmd) (string, io.WriteCloser, error) {
+// startRole starts a helper process and waits for its "READY ..." line;
+// later lines of its stdout arrive on lines.
+func startRole(cmd *exec.Cmd) (string, io.WriteCloser, <-chan string, error) {
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
-	lines := make(chan string, 1)
+	lines := make(chan string, 16)
 	go func() {
+		defer close(lines)
 		sc := bufio.NewScanner(stdout)
-		if sc.Scan() {
+		for sc.Scan() {
 			lines <- sc.Text()
 		}
-		close(lines)
-		io.Copy(io.Discard, stdout)
 	}()
 	select {
 	case line, ok := <-lines:
 		if !ok || !strings.HasPrefix(line, "READY ") {
 			stopRole(cmd, stdin)
-			return "", nil, fmt.Errorf("did not start (said %q)", line)
+			return "", nil, nil, fmt.Errorf("did not start (said %q)", line)
 		}
-		return line, stdin, nil
+		return line, stdin, lines, nil
 	case <-time.After(30 * time.Second):
 		stopRole(cmd, stdin)
-		return "", nil, errors.New("did not start within 30s")
+		return "", nil, nil, errors.New("did not start within 30s")
 	}
 }
 

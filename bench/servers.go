@@ -115,6 +115,16 @@ func (s *servers) handler(name string) func(net.Conn) {
 	panic("unknown service " + name)
 }
 
+// releaseHeld closes every held connection from the server side, so
+// TIME-WAIT stays on the server.
+func (s *servers) releaseHeld() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.held {
+		c.Close()
+	}
+}
+
 // heldCount is the number of open hold connections.
 func (s *servers) heldCount() int {
 	s.mu.Lock()

@@ -111,8 +111,9 @@ func rtt(sc *scenario, d time.Duration, max int) ([]time.Duration, error) {
 }
 
 // connRate opens connections (connect, one byte each way, the server
-// closes) with parallel workers for d and returns connections per second.
-func connRate(sc *scenario, d time.Duration, parallel int) (float64, error) {
+// closes) with parallel workers for d and returns connections per second
+// and how many failed. It is an error only if more than 1% failed.
+func connRate(sc *scenario, d time.Duration, parallel int) (float64, int64, error) {
 	var done, failed atomic.Int64
 	var firstErr atomic.Value
 	start := time.Now()
@@ -143,10 +144,10 @@ func connRate(sc *scenario, d time.Duration, parallel int) (float64, error) {
 		}()
 	}
 	wg.Wait()
-	if f := failed.Load(); f > 0 {
-		return 0, fmt.Errorf("conns-%d: %d of %d connections failed: %v", parallel, f, f+done.Load(), firstErr.Load())
+	if f := failed.Load(); f*100 > done.Load()+f {
+		return 0, f, fmt.Errorf("conns-%d: %d of %d connections failed: %v", parallel, f, f+done.Load(), firstErr.Load())
 	}
-	return float64(done.Load()) / time.Since(start).Seconds(), nil
+	return float64(done.Load()) / time.Since(start).Seconds(), failed.Load(), nil
 }
 
 // dnsLearn asks for names (each new to the connector, so each is learned
@@ -189,6 +190,10 @@ func dnsLearn(sc *scenario, names []string, parallel int) ([]time.Duration, floa
 // server holds them all, and returns each measured process's RSS growth
 // per flow (KiB); then it closes them.
 func idleFlows(sc *scenario, n int) (map[string]float64, error) {
+	drained := func() bool { return sc.openFlows == nil || sc.openFlows() == 0 }
+	if !waitUntil(60*time.Second, drained) {
+		return nil, fmt.Errorf("idle: the connector still holds %d flows from earlier workloads", sc.openFlows())
+	}
 	procs := measuredProcs(sc)
 	before := map[string]int64{}
 	for name, pid := range procs {
@@ -196,10 +201,14 @@ func idleFlows(sc *scenario, n int) (map[string]float64, error) {
 	}
 	conns := make([]net.Conn, 0, n)
 	defer func() {
+		// The server closes first (TIME-WAIT on its side, not on the
+		// dialing side's ports); then the clients.
+		sc.servers.releaseHeld()
+		waitUntil(30*time.Second, func() bool { return sc.servers.heldCount() == 0 })
 		for _, c := range conns {
 			c.Close()
 		}
-		waitUntil(30*time.Second, func() bool { return sc.servers.heldCount() == 0 })
+		waitUntil(60*time.Second, drained)
 	}()
 	// Open them with a few workers; setup rate is measured elsewhere.
 	var mu sync.Mutex
@@ -212,6 +221,12 @@ func idleFlows(sc *scenario, n int) (map[string]float64, error) {
 			defer wg.Done()
 			for next.Add(1) <= int64(n) {
 				c, err := dialSvc(sc, svcHold)
+				if err != nil {
+					// A rare refusal under heavy port reuse (see the
+					// README); this workload measures memory, so try once
+					// more.
+					c, err = dialSvc(sc, svcHold)
+				}
 				mu.Lock()
 				if err != nil {
 					if firstErr == nil {

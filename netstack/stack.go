@@ -48,7 +48,7 @@ const (
 	DefaultMaxFlowsPerPeer         = 16384
 	DefaultUDPIdleTimeout          = 2 * time.Minute
 	DefaultDNSIdleTimeout          = 15 * time.Second
-	DefaultTimeWait                = time.Second
+	DefaultTimeWait                = 50 * time.Millisecond
 )
 
 // Proto is a transport protocol of a Flow.
@@ -125,7 +125,8 @@ type Config struct {
 	DNSIdleTimeout time.Duration
 
 	// TimeWait is how long the stack keeps a closed TCP connection's
-	// 4-tuple (TIME-WAIT). Zero means DefaultTimeWait.
+	// 4-tuple (TIME-WAIT). Zero means DefaultTimeWait (50 ms; see
+	// configure).
 	TimeWait time.Duration
 
 	// Logf logs events that are rare or rate-limited. Nil discards.
@@ -148,6 +149,10 @@ type Stats struct {
 	PeersWithFlows   int    // peers holding at least one flow or dial
 	HandlerFailures  uint64 // flows lost to a stack error after the host dial
 	ForwarderDropped uint64 // SYNs dropped by gVisor's own in-flight limit
+	// Endpoints are the stack's transport endpoints now, including
+	// connections still closing (TIME-WAIT and the like) after their
+	// flow ended.
+	Endpoints int
 }
 
 // Stack is a gVisor network stack attached to a tun.Device.
@@ -268,13 +273,15 @@ func (s *Stack) configure() error {
 	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return fmt.Errorf("netstack: enable sack: %v", err)
 	}
-	// TIME-WAIT. gVisor drops a SYN that reuses the 4-tuple of a
-	// connection in TIME-WAIT unless a listener (not a forwarder) takes
-	// it, so a peer that reuses a source port soon after a forwarded flow
-	// the upstream closed first would wait out the whole TIME-WAIT (60 s
-	// by default) and time out. Inside the tunnel there is one path and
-	// no old duplicates worth that wait: keep TIME-WAIT short, and let
-	// the stack's own dials reuse ports still in it.
+	// TIME-WAIT. gVisor gives a SYN that reuses the 4-tuple of a
+	// connection still in TIME-WAIT to a listener only, never to a
+	// forwarder: a peer that reuses a source port soon after a forwarded
+	// flow the upstream closed first would wait out the TIME-WAIT (60 s
+	// by default), or have its new connection refused. Inside the tunnel
+	// there is one path and no delayed duplicates worth that wait (and a
+	// peer that missed our last ACK gets a RST and closes anyway), so
+	// TIME-WAIT is kept very short; the stack's own dials may reuse ports
+	// still in it.
 	tw := tcpip.TCPTimeWaitTimeoutOption(s.cfg.TimeWait)
 	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); err != nil {
 		return fmt.Errorf("netstack: time-wait timeout: %v", err)
@@ -373,6 +380,7 @@ func (s *Stack) Stats() Stats {
 	st := s.stats.snapshot()
 	st.OpenFlows, st.InFlightDials, st.PeersWithFlows = s.limits.usage()
 	st.ForwarderDropped = s.stack.Stats().TCP.ForwardMaxInFlightDrop.Value()
+	st.Endpoints = len(s.stack.RegisteredEndpoints())
 	return st
 }
 

@@ -151,15 +151,6 @@ func (s *Stack) proxyTCP(fc *flowConn, ep tcpip.Endpoint, pc *gonet.TCPConn, rea
 		return
 	}
 	hc.Close()
-	// Both sides have closed. If the upstream closed first, this side
-	// sent the first FIN and now sits in TIME-WAIT, where a new SYN from
-	// the peer on the same source port would be dropped. The peer's
-	// application has already closed (its FIN came after ours), so
-	// nothing is lost by ending the endpoint at once.
-	if tcp.EndpointState(ep.State()) == tcp.StateTimeWait {
-		ep.Abort()
-		return
-	}
 	pc.Close()
 }
 

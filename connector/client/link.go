@@ -153,12 +153,20 @@ func (l *link) run() {
 func (l *link) probeLoop() {
 	t := time.NewTicker(l.c.cfg.ProbeInterval)
 	defer t.Stop()
+	lastIn := l.tun.Stats().InboundPackets
 	for {
 		start := time.Now()
 		err := l.probe()
+		// A connector that is busy may answer late, but one that sends
+		// anything at all is alive: only silence counts as a miss.
+		in := l.tun.Stats().InboundPackets
+		heard := in != lastIn
+		lastIn = in
 		l.mu.Lock()
 		wasHealthy := l.healthy
-		if err == nil {
+		if err != nil && heard {
+			l.failures = 0
+		} else if err == nil {
 			l.failures = 0
 			l.healthy = true
 			rtt := time.Since(start)

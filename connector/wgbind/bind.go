@@ -75,6 +75,7 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("wgbind: listen %v: %w", laddr, err)
 	}
+	setBuffers(uc)
 	b.uc = uc
 	if network == "udp4" {
 		b.bc = ipv4.NewPacketConn(uc)
