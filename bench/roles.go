@@ -78,7 +78,8 @@ func clientRole(dir, dnsUpstream string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	s := &client.SOCKS5Server{Dial: c.DialContext, MaxConns: 100_000}
+	s := &client.SOCKS5Server{Dial: c.DialContext, MaxConns: 100_000,
+		Logf: func(format string, args ...any) { log.Warn(fmt.Sprintf(format, args...)) }}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
