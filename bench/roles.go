@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/client"
@@ -21,6 +22,16 @@ import (
 // flows it has open, so the harness can wait for them to drain.
 
 func runRole(role, dir, dnsUpstream string) error {
+	// BENCH_CPUPROFILE=prefix writes a CPU profile of each role process
+	// to prefix-<role>.pprof, for finding where the time goes.
+	if prefix := os.Getenv("BENCH_CPUPROFILE"); prefix != "" {
+		f, err := os.Create(prefix + "-" + role + ".pprof")
+		if err != nil {
+			return err
+		}
+		pprof.StartCPUProfile(f)
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	switch role {
 	case "connector":

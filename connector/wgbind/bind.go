@@ -12,10 +12,12 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 )
 
@@ -26,11 +28,31 @@ type batchConn interface {
 	WriteBatch(ms []ipv6.Message, flags int) (int, error)
 }
 
+// msgBatch is a reusable set of messages for one batch call; one backs
+// the single-buffer lists of received messages.
+type msgBatch struct {
+	ms  []ipv6.Message
+	one [][]byte
+}
+
+// reset drops every reference to callers' buffers.
+func (mb *msgBatch) reset() {
+	for i := range mb.ms {
+		mb.ms[i].Buffers, mb.ms[i].Addr = nil, nil
+		mb.ms[i].OOB = mb.ms[i].OOB[:0]
+	}
+	clear(mb.one)
+}
+
 // Bind is a conn.Bind on a single address. It is safe for concurrent use.
 type Bind struct {
 	addr netip.Addr
 
-	msgs sync.Pool // of *[]ipv6.Message, conn.IdealBatchSize long
+	msgs sync.Pool // of *msgBatch
+
+	// txOffload and rxOffload: the socket segments runs of datagrams on
+	// send (UDP_SEGMENT) and coalesces them on receive (UDP_GRO).
+	txOffload, rxOffload atomic.Bool
 
 	mu sync.Mutex // guards the fields after it
 	uc *net.UDPConn
@@ -49,11 +71,11 @@ func New(addr netip.Addr) (*Bind, error) {
 	}
 	b := &Bind{addr: addr.Unmap()}
 	b.msgs.New = func() any {
-		ms := make([]ipv6.Message, conn.IdealBatchSize)
-		for i := range ms {
-			ms[i].Buffers = make([][]byte, 1)
+		mb := &msgBatch{ms: make([]ipv6.Message, conn.IdealBatchSize), one: make([][]byte, conn.IdealBatchSize)}
+		for i := range mb.ms {
+			mb.ms[i].OOB = make([]byte, 0, max(oobSize, 64))
 		}
-		return &ms
+		return mb
 	}
 	return b, nil
 }
@@ -76,6 +98,9 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		return nil, 0, fmt.Errorf("wgbind: listen %v: %w", laddr, err)
 	}
 	setBuffers(uc)
+	tx, rx := enableOffload(uc)
+	b.txOffload.Store(tx)
+	b.rxOffload.Store(rx)
 	b.uc = uc
 	if network == "udp4" {
 		b.bc = ipv4.NewPacketConn(uc)
@@ -91,30 +116,57 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 }
 
 func (b *Bind) receive(bc batchConn, bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-	mp := b.msgs.Get().(*[]ipv6.Message)
-	defer b.msgs.Put(mp)
-	ms := (*mp)[:min(len(bufs), len(*mp))]
+	mb := b.msgs.Get().(*msgBatch)
+	defer func() { mb.reset(); b.msgs.Put(mb) }()
+	gro := b.rxOffload.Load()
+	// With coalescing, one buffer may hold up to maxSegments datagrams:
+	// read into the last few buffers and split into all of them.
+	first := 0
+	if gro {
+		first = len(bufs) - max(len(bufs)/maxSegments, 1)
+	}
+	ms := mb.ms[:min(len(bufs)-first, len(mb.ms))]
 	for i := range ms {
-		ms[i].Buffers[0] = bufs[i]
-		ms[i].N, ms[i].Addr = 0, nil
+		mb.one[i] = bufs[first+i]
+		ms[i].Buffers = mb.one[i : i+1 : i+1]
+		ms[i].OOB = ms[i].OOB[:cap(ms[i].OOB)]
+		ms[i].N, ms[i].NN, ms[i].Addr = 0, 0, nil
 	}
 	n, err := bc.ReadBatch(ms, 0)
 	if err != nil {
 		return 0, err
 	}
-	for i := 0; i < n; i++ {
-		sizes[i] = ms[i].N
+	out := 0
+	for i := 0; i < n && out < len(bufs); i++ {
 		ua, ok := ms[i].Addr.(*net.UDPAddr)
 		if !ok {
-			sizes[i] = 0
 			continue
 		}
-		eps[i] = &Endpoint{ap: ua.AddrPort(), ua: ua}
+		ep := &Endpoint{ap: ua.AddrPort(), ua: ua}
+		data := bufs[first+i][:ms[i].N]
+		seg := 0
+		if gro {
+			seg = groSize(ms[i].OOB[:ms[i].NN])
+		}
+		if seg <= 0 || seg >= len(data) {
+			if out != first+i {
+				copy(bufs[out], data)
+			}
+			sizes[out], eps[out] = len(data), ep
+			out++
+			continue
+		}
+		// Split a coalesced buffer; the datagrams are in order and
+		// earlier buffers are free, so copying forward never overwrites
+		// unread data.
+		for off := 0; off < len(data) && out < len(bufs); off += seg {
+			end := min(off+seg, len(data))
+			sizes[out] = copy(bufs[out], data[off:end])
+			eps[out] = ep
+			out++
+		}
 	}
-	for i := range ms {
-		ms[i].Buffers[0] = nil
-	}
-	return n, nil
+	return out, nil
 }
 
 // Close closes the socket. Receive functions then return net.ErrClosed.
@@ -157,27 +209,51 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if e.ap.Addr().Is4() != b.addr.Is4() {
 		return fmt.Errorf("wgbind: send to %v from %v: %w", e.ap, b.addr, syscall.EAFNOSUPPORT)
 	}
-	mp := b.msgs.Get().(*[]ipv6.Message)
-	defer b.msgs.Put(mp)
+	mb := b.msgs.Get().(*msgBatch)
+	defer func() { mb.reset(); b.msgs.Put(mb) }()
+	err := b.send(bc, mb.ms, bufs, e, b.txOffload.Load())
+	if err != nil && b.txOffload.Load() && errors.Is(err, unix.EIO) {
+		// The kernel or device refused segmentation: do without.
+		b.txOffload.Store(false)
+		err = b.send(bc, mb.ms, bufs, e, false)
+	}
+	return err
+}
+
+// send writes bufs to e with messages from ms; with gso, each run of
+// equal-sized buffers (the last may be shorter) goes as one message.
+func (b *Bind) send(bc batchConn, ms []ipv6.Message, bufs [][]byte, e *Endpoint, gso bool) error {
 	for len(bufs) > 0 {
-		ms := (*mp)[:min(len(bufs), len(*mp))]
-		for i := range ms {
-			ms[i].Buffers[0] = bufs[i]
-			ms[i].Addr = e.ua
+		k := 0
+		for k < len(ms) && len(bufs) > 0 {
+			run := 1
+			if gso {
+				size, total := len(bufs[0]), len(bufs[0])
+				for run < len(bufs) && run < maxSegments && total+len(bufs[run]) <= maxRun && len(bufs[run]) <= size {
+					total += len(bufs[run])
+					run++
+					if len(bufs[run-1]) < size {
+						break // a shorter one ends the run
+					}
+				}
+			}
+			m := &ms[k]
+			m.Buffers = bufs[:run:run]
+			m.Addr = e.ua
+			m.OOB = m.OOB[:0]
+			if run > 1 {
+				m.OOB = putSegmentSize(m.OOB, len(bufs[0]))
+			}
+			bufs = bufs[run:]
+			k++
 		}
-		sent := 0
-		for sent < len(ms) {
-			n, err := bc.WriteBatch(ms[sent:], 0)
+		for sent := 0; sent < k; {
+			n, err := bc.WriteBatch(ms[sent:k], 0)
 			if err != nil {
 				return fmt.Errorf("wgbind: send to %v: %w", e.ap, err)
 			}
 			sent += n
 		}
-		bufs = bufs[len(ms):]
-	}
-	for i := range *mp {
-		(*mp)[i].Buffers[0] = nil
-		(*mp)[i].Addr = nil
 	}
 	return nil
 }
