@@ -67,9 +67,12 @@ func connectorRole(dir, dnsUpstream string, log *slog.Logger) error {
 	fmt.Printf("READY %d\n", c.Port())
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		if sc.Text() == "flows" {
-			st := c.Stats().Netstack
-			fmt.Printf("flows %d\n", st.OpenFlows)
+		switch sc.Text() {
+		case "flows":
+			fmt.Printf("flows %d\n", c.Stats().Netstack.OpenFlows)
+		case "stats":
+			st := c.Stats()
+			fmt.Fprintf(os.Stderr, "connector stats: %+v\n", st.Netstack)
 		}
 	}
 	return nil

@@ -49,7 +49,9 @@ type scenario struct {
 	// openFlows reports the flows the connector still holds (nil: no
 	// connector), so workloads can wait for the last one's to drain.
 	openFlows func() int
-	close     func()
+	// debug asks the connector to report its counters on stderr.
+	debug func()
+	close func()
 }
 
 // setup holds what several scenarios share.
@@ -255,6 +257,7 @@ func connectorScenario(s *setup) (*scenario, error) {
 		procs:     map[string]int{"connector": proc.cmd.Process.Pid},
 		servers:   s.host,
 		openFlows: proc.openFlows,
+		debug:     func() { io.WriteString(proc.stdin, "stats\n"); time.Sleep(200 * time.Millisecond) },
 		close: func() {
 			c.Close()
 			proc.stop()

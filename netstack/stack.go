@@ -48,7 +48,11 @@ const (
 	DefaultMaxFlowsPerPeer         = 16384
 	DefaultUDPIdleTimeout          = 2 * time.Minute
 	DefaultDNSIdleTimeout          = 15 * time.Second
-	DefaultTimeWait                = 50 * time.Millisecond
+	// DefaultForwardTimeWait is the TIME-WAIT of a stack that forwards
+	// (Allow set); DefaultTimeWait that of one that only dials. See
+	// configure.
+	DefaultForwardTimeWait = 50 * time.Millisecond
+	DefaultTimeWait        = 10 * time.Second
 )
 
 // Proto is a transport protocol of a Flow.
@@ -125,8 +129,9 @@ type Config struct {
 	DNSIdleTimeout time.Duration
 
 	// TimeWait is how long the stack keeps a closed TCP connection's
-	// 4-tuple (TIME-WAIT). Zero means DefaultTimeWait (50 ms; see
-	// configure).
+	// 4-tuple (TIME-WAIT). Zero means DefaultForwardTimeWait for a stack
+	// that forwards (Allow set) and DefaultTimeWait for one that only
+	// dials (see configure).
 	TimeWait time.Duration
 
 	// Logf logs events that are rare or rate-limited. Nil discards.
@@ -256,7 +261,7 @@ func (cfg *Config) setDefaults() error {
 		{&cfg.DialTimeout, DefaultDialTimeout, "DialTimeout"},
 		{&cfg.UDPIdleTimeout, DefaultUDPIdleTimeout, "UDPIdleTimeout"},
 		{&cfg.DNSIdleTimeout, DefaultDNSIdleTimeout, "DNSIdleTimeout"},
-		{&cfg.TimeWait, DefaultTimeWait, "TimeWait"},
+		{&cfg.TimeWait, map[bool]time.Duration{true: DefaultForwardTimeWait, false: DefaultTimeWait}[cfg.Allow != nil], "TimeWait"},
 	} {
 		if *f.p < 0 {
 			return fmt.Errorf("netstack: %s %v is negative", f.name, *f.p)
@@ -273,22 +278,18 @@ func (s *Stack) configure() error {
 	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return fmt.Errorf("netstack: enable sack: %v", err)
 	}
-	// TIME-WAIT. gVisor gives a SYN that reuses the 4-tuple of a
-	// connection still in TIME-WAIT to a listener only, never to a
-	// forwarder: a peer that reuses a source port soon after a forwarded
-	// flow the upstream closed first would wait out the TIME-WAIT (60 s
-	// by default), or have its new connection refused. Inside the tunnel
-	// there is one path and no delayed duplicates worth that wait (and a
-	// peer that missed our last ACK gets a RST and closes anyway), so
-	// TIME-WAIT is kept very short; the stack's own dials may reuse ports
-	// still in it.
+	// TIME-WAIT. On a forwarding stack, TIME-WAIT only keeps a peer from
+	// reusing its source port: gVisor hands a SYN for a 4-tuple still in
+	// TIME-WAIT to a listener, never to a forwarder, so the peer's new
+	// connection would wait out the TIME-WAIT (60 s by default). Inside
+	// the tunnel there is one path and no delayed duplicates worth that
+	// wait (and a peer that missed the last ACK gets a RST and closes
+	// anyway), so it is kept very short there. A stack that dials keeps
+	// a real TIME-WAIT: the port it would reuse too early may still be
+	// closing at the far end, which answers a new SYN with a reset.
 	tw := tcpip.TCPTimeWaitTimeoutOption(s.cfg.TimeWait)
 	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); err != nil {
 		return fmt.Errorf("netstack: time-wait timeout: %v", err)
-	}
-	reuse := tcpip.TCPTimeWaitReuseGlobal
-	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &reuse); err != nil {
-		return fmt.Errorf("netstack: time-wait reuse: %v", err)
 	}
 	if err := s.stack.CreateNIC(nicID, s.dev.LinkEndpoint()); err != nil {
 		return fmt.Errorf("netstack: create nic: %v", err)
