@@ -56,6 +56,11 @@ type Config struct {
 	BatchSize int
 	// Name is what Name returns. Empty means "appconnector".
 	Name string
+	// NoOffload makes the stack build every TCP segment itself and
+	// deliver inbound segments one by one, instead of handing Read large
+	// packets to segment and having Write coalesce runs of segments. It
+	// exists for comparison; offload is cheaper.
+	NoOffload bool
 }
 
 // Stats are counters of a Device. Every packet that does not reach its
@@ -106,6 +111,13 @@ type Device struct {
 	outPackets, outBytes, outDropped atomic.Uint64
 	outBlocked                       atomic.Uint64
 
+	// readMu serializes Reads; it guards seg, the offloaded packet being
+	// cut into segments, which may span Reads.
+	readMu sync.Mutex
+	seg    segmenter
+	// noOffload turns off segmentation and receive coalescing.
+	noOffload bool
+
 	link linkEndpoint
 }
 
@@ -145,6 +157,7 @@ func New(cfg Config) (*Device, error) {
 		events:    make(chan wgtun.Event, 1),
 		out:       make(chan *stack.PacketBuffer, qlen),
 		closed:    make(chan struct{}),
+		noOffload: cfg.NoOffload,
 	}
 	d.link.d = d
 	d.events <- wgtun.EventUp
@@ -169,50 +182,82 @@ func (d *Device) BatchSize() int { return d.batchSize }
 func (d *Device) Events() <-chan wgtun.Event { return d.events }
 
 // Read blocks until the stack has sent at least one packet, then copies up
-// to min(len(bufs), BatchSize()) queued packets into bufs[i][offset:] and
-// their lengths into sizes[i]. len(sizes) must be >= len(bufs). After Close
-// it returns os.ErrClosed. Read may be called from one goroutine at a time
-// per caller-owned bufs; concurrent Reads are safe but split the queue.
+// to min(len(bufs), BatchSize()) packets into bufs[i][offset:] and their
+// lengths into sizes[i]. len(sizes) must be >= len(bufs), and each buffer
+// should hold at least MTU bytes after offset. A large TCP packet the stack
+// handed over for segmentation comes out as MTU-sized segments, possibly
+// spread over several Reads. After Close it returns os.ErrClosed. Reads
+// are serialized.
 func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil
 	}
 	limit := min(len(bufs), d.batchSize)
+	d.readMu.Lock()
+	defer d.readMu.Unlock()
 	select {
 	case <-d.closed:
 		return 0, os.ErrClosed
 	default:
 	}
-	var pkt *stack.PacketBuffer
-	select {
-	case pkt = <-d.out:
-	case <-d.closed:
-		return 0, os.ErrClosed
-	}
 	n := 0
-	for {
+	for n < limit {
+		if d.seg.pkt != nil {
+			n += d.segmentOut(bufs[n:limit], sizes[n:limit], offset)
+			continue
+		}
+		var pkt *stack.PacketBuffer
+		if n == 0 {
+			// Nothing to return yet (or every packet so far was
+			// dropped): wait.
+			select {
+			case pkt = <-d.out:
+			case <-d.closed:
+				return 0, os.ErrClosed
+			}
+		} else {
+			select {
+			case pkt = <-d.out:
+			default:
+				return n, nil
+			}
+		}
+		if offloaded(pkt) {
+			if !d.seg.start(pkt, d.mtu) {
+				pkt.DecRef()
+				d.outDropped.Add(1)
+			}
+			continue
+		}
 		if d.copyOut(pkt, bufs[n], offset, &sizes[n]) {
 			n++
 		}
-		if n == limit {
-			return n, nil
-		}
-		select {
-		case pkt = <-d.out:
-		default:
-			if n == 0 {
-				// Every packet taken so far was dropped; wait for more
-				// rather than report an empty batch.
-				select {
-				case pkt = <-d.out:
-				case <-d.closed:
-					return 0, os.ErrClosed
-				}
-				continue
-			}
-			return n, nil
-		}
 	}
+	return n, nil
+}
+
+// segmentOut emits the pending offloaded packet's next segments into bufs
+// and returns how many it wrote, releasing the packet once all are out.
+// The caller holds readMu.
+func (d *Device) segmentOut(bufs [][]byte, sizes []int, offset int) int {
+	n := 0
+	for n < len(bufs) && !d.seg.done() {
+		b := bufs[n][offset:]
+		if len(b) < d.seg.hdrLen+min(d.seg.mss, d.seg.total-d.seg.next) {
+			// The rest of the packet cannot be delivered.
+			d.outDropped.Add(1)
+			d.seg.release()
+			return n
+		}
+		sizes[n] = d.seg.emit(b)
+		d.outPackets.Add(1)
+		d.outBytes.Add(uint64(sizes[n]))
+		n++
+	}
+	if d.seg.done() {
+		d.seg.release()
+	}
+	return n
 }
 
 // copyOut copies pkt into buf[offset:], releases pkt and reports whether it
@@ -223,10 +268,7 @@ func (d *Device) copyOut(pkt *stack.PacketBuffer, buf []byte, offset int, size *
 		d.outDropped.Add(1)
 		return false
 	}
-	n := 0
-	for _, s := range pkt.AsSlices() {
-		n += copy(buf[offset+n:], s)
-	}
+	n := readAt(pkt, buf[offset:], 0)
 	*size = n
 	d.outPackets.Add(1)
 	d.outBytes.Add(uint64(n))
@@ -247,6 +289,16 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	d.mu.RLock()
 	disp := d.dispatcher
 	d.mu.RUnlock()
+	var coalesce *coalescer
+	if disp != nil && !d.noOffload {
+		coalesce = coalescers.Get().(*coalescer)
+		coalesce.disp = disp
+		defer func() {
+			coalesce.flush()
+			coalesce.disp = nil
+			coalescers.Put(coalesce)
+		}()
+	}
 	var firstErr error
 	for _, b := range bufs {
 		if len(b) <= offset {
@@ -273,7 +325,12 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{
 			Payload: buffer.MakeWithData(pkt),
 		})
-		disp.DeliverNetworkPacket(proto, pb)
+		if coalesce != nil {
+			pb.NetworkProtocolNumber = proto
+			coalesce.gro.Enqueue(pb)
+		} else {
+			disp.DeliverNetworkPacket(proto, pb)
+		}
 		pb.DecRef()
 		d.inPackets.Add(1)
 		d.inBytes.Add(uint64(len(pkt)))
@@ -296,6 +353,12 @@ func (d *Device) Close() error {
 				pkt.DecRef()
 				d.outDropped.Add(1)
 			default:
+				d.readMu.Lock() // a Read in progress sees closed and returns
+				if d.seg.pkt != nil {
+					d.outDropped.Add(1)
+					d.seg.release()
+				}
+				d.readMu.Unlock()
 				return
 			}
 		}
