@@ -12,6 +12,11 @@
 // BatchSize packets per call so its batched encryption and UDP paths engage.
 // Packets from WireGuard to the stack are delivered synchronously in the
 // caller's goroutine.
+//
+// TCP is offloaded in both directions unless Config.NoOffload is set: the
+// stack sends large TCP packets that Read cuts into MTU-sized segments, and
+// Write joins consecutive segments of a flow before the stack sees them
+// (see offload.go).
 package tun
 
 import (
