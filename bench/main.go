@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -71,6 +72,20 @@ func main() {
 		fmt.Printf("%s: well formed\n", o.validate)
 		return
 	}
+	// BENCH_CPUPROFILE=prefix also profiles this process (the harness, and
+	// the test client of the connector scenario) to prefix-harness.pprof.
+	if prefix := os.Getenv("BENCH_CPUPROFILE"); prefix != "" {
+		f, err := os.Create(prefix + "-harness.pprof")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			os.Exit(1)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	if o.quick {
 		o.runs, o.duration, o.idleFlows, o.dnsNames = 1, 200*time.Millisecond, 300, 100
 	}
@@ -90,6 +105,7 @@ func main() {
 	}
 	raiseFileLimit()
 	if err := run(o); err != nil {
+		pprof.StopCPUProfile() // os.Exit skips the deferred flush
 		fmt.Fprintf(os.Stderr, "\nbench: %v\n", err)
 		os.Exit(1)
 	}
