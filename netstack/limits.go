@@ -98,19 +98,21 @@ type counters struct {
 	tcpForwarded, tcpDialFailed, tcpRefused, tcpLimited atomic.Uint64
 	udpForwarded, udpRefused, udpLimited                atomic.Uint64
 	udpHostRefused, udpIdleClosed, handlerFailures      atomic.Uint64
+	timeWaitRecycled                                    atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
-		TCPForwarded:    c.tcpForwarded.Load(),
-		TCPDialFailed:   c.tcpDialFailed.Load(),
-		TCPRefused:      c.tcpRefused.Load(),
-		TCPLimited:      c.tcpLimited.Load(),
-		UDPForwarded:    c.udpForwarded.Load(),
-		UDPRefused:      c.udpRefused.Load(),
-		UDPLimited:      c.udpLimited.Load(),
-		UDPHostRefused:  c.udpHostRefused.Load(),
-		UDPIdleClosed:   c.udpIdleClosed.Load(),
-		HandlerFailures: c.handlerFailures.Load(),
+		TCPForwarded:     c.tcpForwarded.Load(),
+		TCPDialFailed:    c.tcpDialFailed.Load(),
+		TCPRefused:       c.tcpRefused.Load(),
+		TCPLimited:       c.tcpLimited.Load(),
+		UDPForwarded:     c.udpForwarded.Load(),
+		UDPRefused:       c.udpRefused.Load(),
+		UDPLimited:       c.udpLimited.Load(),
+		UDPHostRefused:   c.udpHostRefused.Load(),
+		UDPIdleClosed:    c.udpIdleClosed.Load(),
+		HandlerFailures:  c.handlerFailures.Load(),
+		TimeWaitRecycled: c.timeWaitRecycled.Load(),
 	}
 }

@@ -154,6 +154,7 @@ type Stats struct {
 	PeersWithFlows   int    // peers holding at least one flow or dial
 	HandlerFailures  uint64 // flows lost to a stack error after the host dial
 	ForwarderDropped uint64 // SYNs dropped by gVisor's own in-flight limit
+	TimeWaitRecycled uint64 // connections in TIME-WAIT ended by a new SYN for their 4-tuple
 	// Endpoints are the stack's transport endpoints now, including
 	// connections still closing (TIME-WAIT and the like) after their
 	// flow ended.
@@ -278,20 +279,19 @@ func (s *Stack) configure() error {
 	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return fmt.Errorf("netstack: enable sack: %v", err)
 	}
-	// TIME-WAIT. On a forwarding stack, TIME-WAIT only keeps a peer from
-	// reusing its source port: gVisor hands a SYN for a 4-tuple still in
-	// TIME-WAIT to a listener, never to a forwarder, so the peer's new
-	// connection would wait out the TIME-WAIT (60 s by default). Inside
-	// the tunnel there is one path and no delayed duplicates worth that
-	// wait (and a peer that missed the last ACK gets a RST and closes
-	// anyway), so it is kept very short there. A stack that dials keeps
-	// a real TIME-WAIT: the port it would reuse too early may still be
-	// closing at the far end, which answers a new SYN with a reset.
+	// TIME-WAIT. On a forwarding stack, a new SYN for a 4-tuple still in
+	// TIME-WAIT ends it (twRecycler), and otherwise TIME-WAIT only holds
+	// an endpoint: inside the tunnel there is one path and no delayed
+	// duplicates worth the wait (a peer that missed the last ACK gets a
+	// RST and closes anyway), so it is kept very short there. A stack
+	// that dials keeps a real TIME-WAIT: the port it would reuse too
+	// early may still be closing at the far end, which answers a new SYN
+	// with a reset.
 	tw := tcpip.TCPTimeWaitTimeoutOption(s.cfg.TimeWait)
 	if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); err != nil {
 		return fmt.Errorf("netstack: time-wait timeout: %v", err)
 	}
-	if err := s.stack.CreateNIC(nicID, s.dev.LinkEndpoint()); err != nil {
+	if err := s.stack.CreateNIC(nicID, newTWRecycler(s.dev.LinkEndpoint(), s)); err != nil {
 		return fmt.Errorf("netstack: create nic: %v", err)
 	}
 	// Promiscuous: accept packets for any destination, not only ours.
