@@ -47,13 +47,8 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 		s.flowLog("%v: refused: %v", f, err)
 		return false
 	}
-	var (
-		wq   waiter.Queue
-		ep   tcpip.Endpoint
-		terr tcpip.Error
-	)
-	fwd := udp.NewForwarder(s.stack, func(r *udp.ForwarderRequest) { ep, terr = r.CreateEndpoint(&wq) })
-	fwd.HandlePacket(id, pkt)
+	var wq waiter.Queue
+	ep, terr := udp.NewForwarderRequest(s.stack, id, pkt).CreateEndpoint(&wq)
 	if terr != nil {
 		hc.Close()
 		s.limits.flowDone(peer, f.Dst.Addr())

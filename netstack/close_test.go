@@ -1,0 +1,155 @@
+package netstack
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/appconnector/appconnector/tun"
+)
+
+// TestSimultaneousCloseFinishes closes thousands of forwarded flows from
+// both ends at once: the upstream closes (the gateway sends FIN) while the
+// peer closes too. Every connection must finish closing on both stacks.
+// gVisor before 2026-06 moved an endpoint to FIN-WAIT-1 only when its FIN
+// left, not when it was queued, so a peer FIN processed in between was
+// forgotten: the endpoint sat in FIN-WAIT-2 for the 60 s linger timeout
+// (about 1 flow in 1,000 here), and a new SYN from the same port was
+// refused meanwhile.
+func TestSimultaneousCloseFinishes(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	const flows = 4000
+
+	gwTun, _ := tun.New(tun.Config{})
+	clTun, _ := tun.New(tun.Config{})
+	gw, err := New(gwTun, Config{Addresses: []netip.Prefix{netip.MustParsePrefix("10.5.0.1/32")},
+		Allow: func(f Flow) bool { return f.Dst.Addr().IsLoopback() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := New(clTun, Config{Addresses: []netip.Prefix{netip.MustParsePrefix("10.5.0.2/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	pipe := func(from, to *tun.Device) {
+		defer wg.Done()
+		bufs, sizes := make([][]byte, tun.DefaultBatchSize), make([]int, tun.DefaultBatchSize)
+		for i := range bufs {
+			bufs[i] = make([]byte, 65535)
+		}
+		out := make([][]byte, tun.DefaultBatchSize)
+		for {
+			n, err := from.Read(bufs, sizes, 0)
+			if err != nil {
+				return
+			}
+			for i := range n {
+				out[i] = bufs[i][:sizes[i]]
+			}
+			if _, err := to.Write(out[:n], 0); err == os.ErrClosed {
+				return
+			}
+		}
+	}
+	wg.Add(2)
+	go pipe(gwTun, clTun)
+	go pipe(clTun, gwTun)
+	defer func() { cl.Close(); gw.Close(); gwTun.Close(); clTun.Close(); wg.Wait() }()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, flows)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held <- c
+		}
+	}()
+	conns := make([]net.Conn, 0, flows)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range flows {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := cl.DialContext(ctx, "tcp", ln.Addr().String())
+		cancel()
+		if err != nil {
+			t.Fatalf("flow %d: %v", len(conns)+1, err)
+		}
+		conns = append(conns, c)
+	}
+	ups := make([]net.Conn, 0, flows)
+	for range flows {
+		select {
+		case c := <-held:
+			ups = append(ups, c)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("upstream accepted %d of %d flows", len(ups), flows)
+		}
+	}
+	// Both ends close at once.
+	done := make(chan struct{})
+	go func() {
+		for _, c := range ups {
+			c.Close()
+		}
+		close(done)
+	}()
+	for _, c := range conns {
+		c.Close()
+	}
+	<-done
+
+	// The gateway keeps closed flows 50 ms in TIME-WAIT; the client
+	// (which only dials) keeps them 10 s, so there only TIME-WAIT may
+	// remain.
+	settled := func() bool {
+		return len(tcpStates(gw)) == 0 && gw.Stats().OpenFlows == 0 && onlyTimeWait(tcpStates(cl))
+	}
+	for end := time.Now().Add(20 * time.Second); !settled(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("20 s after closing: gateway endpoints %v, open flows %d; client endpoints %v",
+				tcpStates(gw), gw.Stats().OpenFlows, tcpStates(cl))
+		}
+	}
+}
+
+// tcpStates counts the stack's TCP endpoints by state.
+func tcpStates(s *Stack) map[string]int {
+	m := map[string]int{}
+	for _, e := range s.stack.RegisteredEndpoints() {
+		if te, ok := e.(*tcp.Endpoint); ok {
+			m[te.EndpointState().String()]++
+		} else {
+			m[fmt.Sprintf("%T", e)]++
+		}
+	}
+	return m
+}
+
+func onlyTimeWait(m map[string]int) bool {
+	for st := range m {
+		if st != tcp.StateTimeWait.String() {
+			return false
+		}
+	}
+	return true
+}
