@@ -221,13 +221,6 @@ func idleFlows(sc *scenario, n int) (map[string]float64, error) {
 			defer wg.Done()
 			for next.Add(1) <= int64(n) {
 				c, err := dialSvc(sc, svcHold)
-				for try := 0; err != nil && try < 3; try++ {
-					// Rare refusals under heavy source-port reuse are a
-					// known issue (bench/README.md); this workload
-					// measures memory, so try again.
-					time.Sleep(100 * time.Millisecond)
-					c, err = dialSvc(sc, svcHold)
-				}
 				mu.Lock()
 				if err != nil {
 					if firstErr == nil {
