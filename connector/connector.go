@@ -256,6 +256,7 @@ func (c *Connector) startDNS(cfg Config) error {
 		udp:       &dns.Client{Net: "udp", UDPSize: ednsSize, Timeout: upstreamTryTimeout},
 		tcp:       &dns.Client{Net: "tcp", Timeout: upstreamTryTimeout},
 		logf:      netstack.RateLimit(func(f string, a ...any) { dlog.Info(fmt.Sprintf(f, a...)) }, 5, 10),
+		warnf:     func(f string, a ...any) { dlog.Warn(fmt.Sprintf(f, a...)) },
 	}
 	var pcs []net.PacketConn
 	var lns, apiLns []net.Listener

@@ -54,7 +54,13 @@ type dnsService struct {
 	timeout   time.Duration
 	udp, tcp  *dns.Client
 	logf      func(format string, args ...any) // rate-limited
-	stats     dnsStats
+	// warnf logs an upstream starting or stopping to fail: once per
+	// change, not once per question.
+	warnf func(format string, args ...any)
+	stats dnsStats
+
+	failingMu sync.Mutex
+	failing   map[string]bool // upstreams whose last exchange failed
 
 	mu       sync.Mutex // guards the fields after it
 	servers  []*dns.Server
@@ -185,8 +191,8 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	up, err := d.exchange(ctx, q, req)
 	d.release(p.key)
 	if err != nil {
+		// Each failing upstream was logged when it started failing.
 		d.stats.ServFail.Add(1)
-		d.logf("dns: %s %s: %v", q.Name, dns.TypeToString[q.Qtype], err)
 		return reply(req, dns.RcodeServerFailure)
 	}
 	if !known {
@@ -238,14 +244,49 @@ func (d *dnsService) exchange(ctx context.Context, q dns.Question, req *dns.Msg)
 		}
 		cancel()
 		if err == nil && r.Rcode != dns.RcodeServerFailure && r.Rcode != dns.RcodeRefused {
+			d.upstreamOK(up)
 			return r, nil
 		}
 		if err == nil {
+			// The upstream answered: it is up, even if this name fails.
+			d.upstreamOK(up)
 			err = fmt.Errorf("rcode %s", dns.RcodeToString[r.Rcode])
+		} else if ctx.Err() == nil {
+			// Failed on its own, not because the question ran out of time.
+			d.upstreamFailed(up, q, err)
 		}
 		errs = append(errs, fmt.Errorf("upstream %s: %w", up, err))
 	}
 	return nil, errors.Join(errs...)
+}
+
+// upstreamFailed records that up failed to answer q, logging only the
+// first failure of a run.
+func (d *dnsService) upstreamFailed(up string, q dns.Question, err error) {
+	d.failingMu.Lock()
+	first := !d.failing[up]
+	if first {
+		if d.failing == nil {
+			d.failing = make(map[string]bool)
+		}
+		d.failing[up] = true
+	}
+	d.failingMu.Unlock()
+	if first {
+		d.warnf("dns: upstream %s failing (questions get SERVFAIL; logged again when it answers): %s %s: %v",
+			up, q.Name, dns.TypeToString[q.Qtype], err)
+	}
+}
+
+// upstreamOK records that up answered, logging the end of a failure run.
+func (d *dnsService) upstreamOK(up string) {
+	d.failingMu.Lock()
+	was := d.failing[up]
+	delete(d.failing, up)
+	d.failingMu.Unlock()
+	if was {
+		d.warnf("dns: upstream %s answering again", up)
+	}
 }
 
 // reply is an empty answer to req with rcode.
