@@ -58,6 +58,13 @@ type Config struct {
 	// DNSTimeout bounds the upstream resolution of one question. Zero
 	// means 5 seconds.
 	DNSTimeout time.Duration
+	// DNSTCPIdleTimeout closes a DNS-over-TCP connection from a peer that
+	// sends no question for this long. Zero means 10 seconds.
+	DNSTCPIdleTimeout time.Duration
+	// MaxDNSTCPConns and MaxDNSTCPConnsPerPeer cap the open DNS-over-TCP
+	// connections; beyond either a new one is closed at once (UDP
+	// questions are not affected). Zero means the Defaults.
+	MaxDNSTCPConns, MaxDNSTCPConnsPerPeer int
 
 	// RouteTTL is how long a learned route lives after the last DNS
 	// answer that named it (routes with an open flow never expire). Zero
@@ -257,6 +264,11 @@ func (c *Connector) startDNS(cfg Config) error {
 		tcp:       &dns.Client{Net: "tcp", Timeout: upstreamTryTimeout},
 		logf:      netstack.RateLimit(func(f string, a ...any) { dlog.Info(fmt.Sprintf(f, a...)) }, 5, 10),
 		warnf:     func(f string, a ...any) { dlog.Warn(fmt.Sprintf(f, a...)) },
+		tcpIdle:   orDefault(cfg.DNSTCPIdleTimeout, defaultDNSTCPIdle),
+		tcpConns: connLimit{
+			max:     orDefault(cfg.MaxDNSTCPConns, DefaultMaxDNSTCPConns),
+			perPeer: orDefault(cfg.MaxDNSTCPConnsPerPeer, DefaultMaxDNSTCPConnsPerPeer),
+		},
 	}
 	var pcs []net.PacketConn
 	var lns, apiLns []net.Listener
@@ -399,7 +411,10 @@ type Stats struct {
 	Tun      tun.Stats
 	Netstack netstack.Stats
 	Routes   tableStats
-	DNS      struct{ Answered, Refused, ServFail, Forwarded, FormErr, Limited uint64 }
+	DNS      struct {
+		Answered, Refused, ServFail, Forwarded, FormErr, Limited uint64
+		TCPConns, TCPConnsRefused                                uint64 // DNS-over-TCP connections open now, and closed at a cap
+	}
 }
 
 // Stats returns a snapshot of the counters.
@@ -408,6 +423,7 @@ func (c *Connector) Stats() Stats {
 	d := &c.dns.stats
 	st.DNS.Answered, st.DNS.Refused, st.DNS.ServFail = d.Answered.Load(), d.Refused.Load(), d.ServFail.Load()
 	st.DNS.Forwarded, st.DNS.FormErr, st.DNS.Limited = d.Forwarded.Load(), d.FormErr.Load(), d.Limited.Load()
+	st.DNS.TCPConns, st.DNS.TCPConnsRefused = c.dns.tcpConns.openNow(), c.dns.tcpConns.refused.Load()
 	return st
 }
 

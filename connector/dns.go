@@ -29,8 +29,16 @@ const (
 	// ednsSize is the UDP payload size we advertise and accept (the DNS
 	// flag day 2020 value, which avoids fragmentation).
 	ednsSize = 1232
-	// dnsTCPIdle closes idle DNS-over-TCP connections from peers.
-	dnsTCPIdle = 10 * time.Second
+	// defaultDNSTCPIdle closes idle DNS-over-TCP connections from peers.
+	defaultDNSTCPIdle = 10 * time.Second
+)
+
+// Defaults for the DNS-over-TCP connection caps. An idle connection costs
+// a goroutine and a userspace TCP endpoint (~20 KiB) until the idle
+// timeout closes it.
+const (
+	DefaultMaxDNSTCPConns        = 4096
+	DefaultMaxDNSTCPConnsPerPeer = 1024
 )
 
 // Questions being resolved upstream at once, over all peers and per peer.
@@ -61,6 +69,9 @@ type dnsService struct {
 
 	failingMu sync.Mutex
 	failing   map[string]bool // upstreams whose last exchange failed
+
+	tcpIdle  time.Duration
+	tcpConns connLimit
 
 	mu       sync.Mutex // guards the fields after it
 	servers  []*dns.Server
@@ -122,10 +133,10 @@ func (d *dnsService) start(pcs []net.PacketConn, lns []net.Listener) {
 	}
 	for _, ln := range lns {
 		serve(&dns.Server{
-			Listener: ln, Handler: d,
-			IdleTimeout:   func() time.Duration { return dnsTCPIdle },
-			ReadTimeout:   dnsTCPIdle,
-			WriteTimeout:  dnsTCPIdle,
+			Listener: &limitListener{Listener: ln, d: d}, Handler: d,
+			IdleTimeout:   func() time.Duration { return d.tcpIdle },
+			ReadTimeout:   d.tcpIdle,
+			WriteTimeout:  d.tcpIdle,
 			MaxTCPQueries: 1000,
 		})
 	}
@@ -359,4 +370,80 @@ func SystemResolvers(path string) ([]string, error) {
 		return nil, fmt.Errorf("%s lists no name servers", path)
 	}
 	return out, nil
+}
+
+// connLimit counts open connections, over all peers and per peer.
+type connLimit struct {
+	max, perPeer int
+
+	mu      sync.Mutex
+	open    int
+	byPeer  map[string]int
+	refused atomic.Uint64
+}
+
+func (l *connLimit) take(peer string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open >= l.max || l.byPeer[peer] >= l.perPeer {
+		return false
+	}
+	if l.byPeer == nil {
+		l.byPeer = make(map[string]int)
+	}
+	l.open++
+	l.byPeer[peer]++
+	return true
+}
+
+func (l *connLimit) openNow() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return uint64(l.open)
+}
+
+func (l *connLimit) give(peer string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open--
+	if l.byPeer[peer]--; l.byPeer[peer] == 0 {
+		delete(l.byPeer, peer)
+	}
+}
+
+// limitListener closes connections beyond the dnsService's caps as soon as
+// they are accepted, so a peer holding many idle ones cannot starve the
+// others (and the server never sees them).
+type limitListener struct {
+	net.Listener
+	d *dnsService
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		peer := l.d.c.peers.lookup(addrOf(c.RemoteAddr())).key
+		if l.d.tcpConns.take(peer) {
+			return &limitConn{Conn: c, release: func() { l.d.tcpConns.give(peer) }}, nil
+		}
+		l.d.tcpConns.refused.Add(1)
+		l.d.logf("dns: %v: too many DNS-over-TCP connections; closed", c.RemoteAddr())
+		c.Close()
+	}
+}
+
+// limitConn gives its slot back once, on the first Close.
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }

@@ -2,6 +2,7 @@ package connector_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // Upstream behaviours of faultyUpstream.
@@ -193,4 +195,92 @@ func queryWithin(t *testing.T, e *env, name string, qtype uint16, d time.Duratio
 		t.Fatalf("%s: no reply within %v: %v", name, d, err)
 	}
 	return r
+}
+
+// TestDNSOverTCPIdleConnections: 1,000 idle DNS-over-TCP connections from
+// a peer do not delay its next question, over UDP or TCP; the connector
+// closes them after the idle timeout; and beyond the per-peer cap a new
+// connection is closed at once while UDP questions still get answers.
+func TestDNSOverTCPIdleConnections(t *testing.T) {
+	checkLeaks(t)
+	real := dnstest.New(t, "a1.example.com. 60 IN A 127.0.0.1")
+	const idle = 1000
+	// Long enough to open them all (with -race) before the first is
+	// closed.
+	const idleTimeout = 5 * time.Second
+	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{real.Addr},
+		DNSTCPIdleTimeout: idleTimeout, MaxDNSTCPConnsPerPeer: idle + 1},
+		`[{"name": "web", "connectors": ["*"], "domains": ["*.example.com"], "allowPrivate": ["127.0.0.1/32"]}]`)
+	dnsAddr := net.JoinHostPort(connV4.Addr().String(), "53")
+
+	// dialIdle opens n connections, 32 at a time.
+	dialIdle := func(n int) []net.Conn {
+		t.Helper()
+		start := time.Now()
+		conns := make([]net.Conn, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for w := range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < n; i += 32 {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					conns[i], errs[i] = e.client.DialContext(ctx, "tcp", dnsAddr)
+					cancel()
+				}
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("idle connection %d: %v", i+1, err)
+			}
+		}
+		t.Logf("%d connections opened in %v", n, time.Since(start))
+		return conns
+	}
+	// waitClosed waits until the connector has closed every conn (a read
+	// sees EOF or a reset, not a timeout).
+	waitClosed := func(conns []net.Conn, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for i, c := range conns {
+			c.SetReadDeadline(deadline)
+			var b [1]byte
+			_, err := c.Read(b[:])
+			var ne net.Error
+			if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+				t.Fatalf("connection %d still open after %v (read: %v)", i+1, within, err)
+			}
+			c.Close()
+		}
+	}
+
+	conns := dialIdle(idle)
+	netstacktest.WaitFor(t, func() bool { return e.conn.Stats().DNS.TCPConns == idle })
+	if r := queryWithin(t, e, "a1.example.com.", dns.TypeA, 5*time.Second); r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("UDP question beside %d idle TCP connections: %v", idle, r)
+	}
+	if r := query(t, e, "a1.example.com.", dns.TypeA, true); r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("TCP question beside %d idle TCP connections: %v", idle, r)
+	}
+	waitClosed(conns, 2*idleTimeout)
+	netstacktest.WaitFor(t, func() bool { return e.conn.Stats().DNS.TCPConns == 0 })
+
+	// At the cap: the next connection is closed at once.
+	conns = dialIdle(idle + 1)
+	netstacktest.WaitFor(t, func() bool { return e.conn.Stats().DNS.TCPConns == idle+1 })
+	over := dialIdle(1)
+	waitClosed(over, idleTimeout/2) // before any idle timeout could
+	if n := e.conn.Stats().DNS.TCPConnsRefused; n != 1 {
+		t.Errorf("%d connections refused at the cap, want 1", n)
+	}
+	if r := queryWithin(t, e, "a1.example.com.", dns.TypeA, 5*time.Second); r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("UDP question at the TCP cap: %v", r)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	netstacktest.WaitFor(t, func() bool { return e.conn.Stats().DNS.TCPConns == 0 })
 }
