@@ -231,7 +231,9 @@ func New(cfg Config) (*Connector, error) {
 	}
 	wlog := log.With("component", "wireguard")
 	c.wg = device.NewDevice(c.tun, bind, &device.Logger{
-		Verbosef: func(format string, args ...any) { wlog.Debug(fmt.Sprintf(format, args...)) },
+		// wireguard-go logs some events per packet (a bad MAC1, a
+		// packet from an unknown peer): a flood must not flood the log.
+		Verbosef: netstack.RateLimit(func(format string, args ...any) { wlog.Debug(fmt.Sprintf(format, args...)) }, 10, 50),
 		Errorf:   func(format string, args ...any) { wlog.Error(fmt.Sprintf(format, args...)) },
 	})
 	if err := c.start(cfg); err != nil {
