@@ -52,7 +52,7 @@ func newEnv(t *testing.T, nc netstack.Config) *env {
 
 // newEnvWith starts a connector with cfg (WireGuard, listen address,
 // dialer and policy filled in from policyJSON) and a client peer.
-func newEnvWith(t *testing.T, cfg connector.Config, policyJSON string) *env {
+func newEnvWith(t testing.TB, cfg connector.Config, policyJSON string) *env {
 	t.Helper()
 	serverKey, err := wgconf.GeneratePrivateKey()
 	if err != nil {

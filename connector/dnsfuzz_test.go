@@ -1,0 +1,141 @@
+package connector_test
+
+import (
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/appconnector/appconnector/connector"
+)
+
+// scriptedUpstream is a UDP DNS "server" on 127.0.0.1 that answers every
+// question with the bytes it was last given (with the question's ID), or
+// not at all if they are empty.
+type scriptedUpstream struct {
+	pc     net.PacketConn
+	mu     sync.Mutex
+	answer []byte
+	wg     sync.WaitGroup
+}
+
+func startScriptedUpstream(tb testing.TB) *scriptedUpstream {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := &scriptedUpstream{pc: pc}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			a := append([]byte(nil), s.answer...)
+			s.mu.Unlock()
+			if len(a) >= 2 && n >= 2 {
+				copy(a, buf[:2])
+			}
+			if len(a) > 0 {
+				pc.WriteTo(a, from)
+			}
+		}
+	}()
+	tb.Cleanup(func() { pc.Close(); s.wg.Wait() })
+	return s
+}
+
+func (s *scriptedUpstream) set(answer []byte) {
+	s.mu.Lock()
+	s.answer = answer
+	s.mu.Unlock()
+}
+
+// FuzzDNSInterceptor sends arbitrary bytes as a question to the
+// connector's DNS port through the tunnel, while its upstream answers
+// anything with arbitrary bytes. The connector must keep answering
+// (a well-formed question for a name of no app gets REFUSED right after),
+// and must never learn a route to an address the policy does not allow
+// (loopback, private, link-local, multicast, unspecified).
+//
+//	go test ./connector -run X -fuzz FuzzDNSInterceptor -fuzztime 60s
+func FuzzDNSInterceptor(f *testing.F) {
+	up := startScriptedUpstream(f)
+	e := newEnvWith(f, connector.Config{DNSUpstreams: []string{up.pc.LocalAddr().String()}, DNSTimeout: 300 * time.Millisecond},
+		`[{"name": "web", "connectors": ["*"], "domains": ["*.example.com"]}]`)
+	dnsAddr := net.JoinHostPort(connV4.Addr().String(), "53")
+
+	pack := func(m *dns.Msg) []byte {
+		b, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	q := new(dns.Msg).SetQuestion("a.example.com.", dns.TypeA)
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return r
+	}
+	good := new(dns.Msg).SetReply(q)
+	good.Answer = []dns.RR{rr("a.example.com. 60 IN CNAME b.example.net."), rr("b.example.net. 60 IN A 192.0.2.1")}
+	unsafe := new(dns.Msg).SetReply(q)
+	unsafe.Answer = []dns.RR{rr("a.example.com. 60 IN A 127.0.0.1"), rr("a.example.com. 60 IN A 10.1.2.3")}
+	q6 := new(dns.Msg).SetQuestion("v6.example.com.", dns.TypeAAAA)
+	good6 := new(dns.Msg).SetReply(q6)
+	good6.Answer = []dns.RR{rr("v6.example.com. 60 IN AAAA 2001:db8::1"), rr("v6.example.com. 60 IN AAAA fe80::1")}
+	f.Add(pack(q), pack(good))
+	f.Add(pack(q), pack(unsafe))
+	f.Add(pack(q6), pack(good6))
+	f.Add(pack(q), []byte("junk"))
+	f.Add([]byte("junk"), pack(good))
+	f.Add(pack(q), []byte(nil))
+
+	f.Fuzz(func(t *testing.T, question, answer []byte) {
+		up.set(answer)
+		c, err := e.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", dnsAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(question)
+		// Whatever comes back for it, if anything, is not judged; wait
+		// for it briefly so the next question does not race it.
+		c.SetReadDeadline(time.Now().Add(400 * time.Millisecond))
+		c.Read(make([]byte, 65535))
+		c.Close()
+
+		// Still answering.
+		c, err = e.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", dnsAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		co := &dns.Conn{Conn: c}
+		probe := new(dns.Msg).SetQuestion("not-an-app.test.", dns.TypeA)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := co.WriteMsg(probe); err != nil {
+			t.Fatal(err)
+		}
+		r, err := co.ReadMsg()
+		if err != nil || r.Id != probe.Id || r.Rcode != dns.RcodeRefused {
+			t.Fatalf("after the input, a question for a name of no app: %v %v", r, err)
+		}
+
+		for _, rt := range e.conn.Routes() {
+			a := rt.Prefix.Addr()
+			if a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsUnspecified() {
+				t.Fatalf("learned a route to %v (%+v)", rt.Prefix, rt)
+			}
+		}
+	})
+}
