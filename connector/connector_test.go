@@ -67,6 +67,11 @@ func newEnvWith(t testing.TB, cfg connector.Config, policyJSON string) *env {
 		t.Fatal(err)
 	}
 	e := &env{dialer: &netstacktest.Dialer{}}
+	logf := t.Logf
+	if _, fuzz := t.(*testing.F); fuzz {
+		// A fuzz target may not log through F while it runs.
+		logf = func(string, ...any) {}
+	}
 	cfg.Netstack.Dialer = e.dialer
 	cfg.WireGuard = &wgconf.Config{
 		Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4, connV6}},
@@ -91,7 +96,7 @@ func newEnvWith(t testing.TB, cfg connector.Config, policyJSON string) *env {
 			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), e.conn.Port()),
 			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 		}},
-		Logf: t.Logf,
+		Logf: logf,
 	})
 	if err != nil {
 		t.Fatal(err)
