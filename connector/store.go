@@ -86,6 +86,17 @@ func saveRoutes(path string, rs []storedRoute) error {
 	return writeFileAtomic(path, append(data, '\n'), 0o600)
 }
 
+// removeStaleTemps removes the temporary files writeFileAtomic leaves
+// behind for path when the process dies between creating and renaming one
+// (kill -9, power loss). Only a starting connector calls it, before it
+// writes anything itself.
+func removeStaleTemps(path string) {
+	stale, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp*"))
+	for _, f := range stale {
+		os.Remove(f)
+	}
+}
+
 // errRoutesUnreadable marks a routes file that exists but cannot be read:
 // it must not be overwritten either.
 var errRoutesUnreadable = errors.New("routes file unreadable")
@@ -95,6 +106,7 @@ var errRoutesUnreadable = errors.New("routes file unreadable")
 // so that it is kept for inspection and not overwritten; the error says
 // where it went.
 func loadRoutes(path string, now time.Time) ([]storedRoute, error) {
+	removeStaleTemps(path)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
