@@ -127,6 +127,8 @@ type Connector struct {
 	cancel context.CancelFunc
 	bg     sync.WaitGroup // background goroutines (expiry, flushing)
 	closed atomic.Bool
+	// draining is set by Shutdown: app names get SERVFAIL.
+	draining atomic.Bool
 }
 
 // New starts a Connector: WireGuard is listening and DNS is served when
@@ -427,6 +429,30 @@ func (c *Connector) Stats() Stats {
 	st.DNS.Forwarded, st.DNS.FormErr, st.DNS.Limited = d.Forwarded.Load(), d.FormErr.Load(), d.Limited.Load()
 	st.DNS.TCPConns, st.DNS.TCPConnsRefused = c.dns.tcpConns.openNow(), c.dns.tcpConns.refused.Load()
 	return st
+}
+
+// Shutdown drains the connector, then closes it. New flows are refused at
+// once (TCP with a RST, UDP with ICMP port unreachable) and questions for
+// app names get SERVFAIL, so clients move to another connector; open TCP
+// flows go on until they end or ctx is done. Then Close resets what is
+// left, UDP flows included (they have no end to wait for), and saves the
+// learned routes. It returns ctx's error if TCP flows were still open at
+// its end.
+func (c *Connector) Shutdown(ctx context.Context) error {
+	c.draining.Store(true)
+	c.stack.StopAccepting()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	var err error
+	for err == nil && c.stack.Stats().OpenTCPFlows > 0 {
+		select {
+		case <-ctx.Done():
+			err = fmt.Errorf("shutdown: %d TCP flows still open: %w", c.stack.Stats().OpenTCPFlows, ctx.Err())
+		case <-t.C:
+		}
+	}
+	c.Close()
+	return err
 }
 
 // Close stops DNS and forwarding, aborts open flows, closes the WireGuard

@@ -193,6 +193,11 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	case !known && !d.forward:
 		d.stats.Refused.Add(1)
 		return reply(req, dns.RcodeRefused)
+	case known && d.c.draining.Load():
+		// Shutting down: flows to the answer would be refused, so send
+		// the client to another connector now.
+		d.stats.ServFail.Add(1)
+		return reply(req, dns.RcodeServerFailure)
 	}
 	if !d.admit(p.key) {
 		d.stats.Limited.Add(1)

@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -150,6 +151,7 @@ type Stats struct {
 	UDPHostRefused   uint64 // host reported port unreachable (peer got ICMP)
 	UDPIdleClosed    uint64 // UDP flows closed by the idle timer
 	OpenFlows        int    // TCP and UDP flows open now, dials in progress included
+	OpenTCPFlows     int    // the TCP ones among them
 	InFlightDials    int    // host TCP dials in progress now
 	PeersWithFlows   int    // peers holding at least one flow or dial
 	HandlerFailures  uint64 // flows lost to a stack error after the host dial
@@ -176,6 +178,9 @@ type Stack struct {
 
 	limits limiter
 	stats  counters
+	// draining is set by StopAccepting: no new flow is admitted.
+	draining atomic.Bool
+	openTCP  atomic.Int64 // TCP flows from admission to their end
 
 	mu sync.Mutex // guards the fields after it
 	// closed is set by Close; no goroutine starts after it is set.
@@ -376,10 +381,17 @@ func (s *Stack) goLocked(fn func()) bool {
 	return true
 }
 
+// StopAccepting makes the stack refuse every new flow (TCP with a RST,
+// UDP with ICMP port unreachable) while the open ones go on: the first
+// step of a graceful shutdown. Listeners on the stack's own addresses are
+// not affected.
+func (s *Stack) StopAccepting() { s.draining.Store(true) }
+
 // Stats returns a snapshot of the forwarding counters.
 func (s *Stack) Stats() Stats {
 	st := s.stats.snapshot()
 	st.OpenFlows, st.InFlightDials, st.PeersWithFlows = s.limits.usage()
+	st.OpenTCPFlows = int(s.openTCP.Load())
 	st.ForwarderDropped = s.stack.Stats().TCP.ForwardMaxInFlightDrop.Value()
 	st.Endpoints = len(s.stack.RegisteredEndpoints())
 	return st
@@ -452,6 +464,9 @@ func (s *Stack) peerOf(a netip.Addr) string {
 func (s *Stack) allow(f Flow) bool {
 	d := f.Dst.Addr()
 	switch {
+	case s.draining.Load():
+		s.flowLog("%v: refused: draining", f)
+		return false
 	case s.isLocal(d), d.IsUnspecified(), d.Is4In6(), d.IsMulticast(), d == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 	case s.cfg.Allow != nil && s.cfg.Allow(f):
 		return true

@@ -60,6 +60,8 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
+	s.openTCP.Add(1)
+	defer s.openTCP.Add(-1)
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 	hc, err := s.dialer.DialContext(ctx, "tcp", f.Dst.String())
 	cancel()

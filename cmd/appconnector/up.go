@@ -25,7 +25,7 @@ type upFlags struct {
 	config, policy, state, listen, logLevel string
 	dnsUpstream, tags, admin                string
 	forwardUnknown                          bool
-	routeTTL                                time.Duration
+	routeTTL, drainTimeout                  time.Duration
 	maxRoutes, maxRoutesPerApp              int
 }
 
@@ -43,6 +43,7 @@ func up(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.tags, "tags", connector.DefaultTag, "this connector's `tags`, comma-separated: it serves the apps whose connectors name one of them")
 	fs.StringVar(&f.admin, "admin", "", "admin API `address`: a loopback IP:port, or a unix socket path (default: admin.sock in --state)")
 	fs.DurationVar(&f.routeTTL, "route-ttl", connector.DefaultRouteTTL, "a learned route expires this long after DNS last named it (never while a flow uses it)")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, refuse new flows and wait this long for open ones to end before resetting them")
 	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxLearned, "most learned routes in all")
 	fs.IntVar(&f.maxRoutesPerApp, "max-routes-per-app", connector.DefaultMaxLearnedPerApp, "most learned routes per app")
 	if err := fs.Parse(args); err != nil {
@@ -194,7 +195,16 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 	for {
 		select {
 		case <-ctx.Done():
-			log.Info("shutting down")
+			st := c.Stats().Netstack
+			log.Info("shutting down: refusing new flows, draining open TCP flows", "tcp", st.OpenTCPFlows,
+				"udp", st.OpenFlows-st.OpenTCPFlows, "timeout", f.drainTimeout)
+			dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
+			defer cancel()
+			if err := c.Shutdown(dctx); err != nil {
+				log.Warn("drain timeout: open flows reset", "err", err)
+			} else {
+				log.Info("drained")
+			}
 			return nil
 		case <-reload:
 			if policyFile != nil {
