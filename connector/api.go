@@ -164,6 +164,8 @@ func routeSet(v uint64, adv advertisement) RouteSet {
 //	GET  /v1/routes?format=allowed-ips   the advertised prefixes as one AllowedIPs line
 //	POST /v1/routes/approve?prefix=P     approve pending routes inside P
 //	POST /v1/routes/approve?all=1        approve every pending route
+//	GET  /metrics                        Prometheus metrics
+//	GET  /healthz                        200 "ok" while serving; 503 while draining or closed
 //
 // Requests from web browsers are refused (any Origin or Sec-Fetch-Site
 // header, or a Host that is not a loopback address or "admin"), so a web
@@ -198,6 +200,18 @@ func (c *Connector) AdminHandler() http.Handler {
 			Version uint64  `json:"version"`
 			Routes  []Route `json:"routes"`
 		}{v, nonNilRoutes(rs)})
+	})
+	mux.Handle("GET /metrics", newMetrics(c).handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		switch {
+		case c.closed.Load():
+			http.Error(w, "closed", http.StatusServiceUnavailable)
+		case c.draining.Load():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ok")
+		}
 	})
 	mux.HandleFunc("POST /v1/routes/approve", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()

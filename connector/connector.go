@@ -129,6 +129,8 @@ type Connector struct {
 	closed atomic.Bool
 	// draining is set by Shutdown: app names get SERVFAIL.
 	draining atomic.Bool
+	// stateWrites and stateWriteErrors count saves of the learned routes.
+	stateWrites, stateWriteErrors atomic.Uint64
 }
 
 // New starts a Connector: WireGuard is listening and DNS is served when
@@ -379,9 +381,12 @@ func (c *Connector) flush() {
 		return
 	}
 	if err := saveRoutes(c.routesPath, rs); err != nil {
+		c.stateWriteErrors.Add(1)
 		c.table.markDirty() // try again next time
 		c.log.Error(err.Error())
+		return
 	}
+	c.stateWrites.Add(1)
 }
 
 // Port returns the UDP port WireGuard listens on.

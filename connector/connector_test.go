@@ -35,10 +35,13 @@ var (
 const testPolicy = `[{"name": "loopback", "connectors": ["*"], "domains": [], "routes": ["127.0.0.1/32", "::1/128"]}]`
 
 type env struct {
-	conn   *connector.Connector
-	client *netstacktest.Peer
-	dialer *netstacktest.Dialer
+	conn      *connector.Connector
+	client    *netstacktest.Peer
+	dialer    *netstacktest.Dialer
+	clientPub wgconf.Key // the client peer's public key
 }
+
+func (e *env) clientKey() string { return e.clientPub.String() }
 
 func checkLeaks(t *testing.T) {
 	opt := goleak.IgnoreCurrent()
@@ -66,7 +69,7 @@ func newEnvWith(t testing.TB, cfg connector.Config, policyJSON string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dialer: &netstacktest.Dialer{}}
+	e := &env{dialer: &netstacktest.Dialer{}, clientPub: wgconf.Key(clientKey.Public())}
 	logf := t.Logf
 	if _, fuzz := t.(*testing.F); fuzz {
 		// A fuzz target may not log through F while it runs.

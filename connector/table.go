@@ -498,6 +498,47 @@ func (t *routeTable) routes() (uint64, []Route) {
 	return t.version, out
 }
 
+// routeCount is the number of routes of one app, source and state.
+type routeCount struct {
+	app, source string
+	state       RouteState
+	n           int
+}
+
+// countRoutes counts the routes as routes would list them, without
+// building the list (for metrics, with up to 100,000 learned routes).
+func (t *routeTable) countRoutes() []routeCount {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var out []routeCount
+	for _, a := range t.apps {
+		if len(a.Routes) > 0 {
+			out = append(out, routeCount{a.Name, "configured", StateAdvertised, len(a.Routes)})
+		}
+		var adv, pending, coalesced int
+		for e := a.claims.Front(); e != nil; e = e.Next() {
+			c := e.Value.(*claim)
+			switch {
+			case !c.approved:
+				pending++
+			case a.covers.Contains(c.route.addr):
+				coalesced++
+			default:
+				adv++
+			}
+		}
+		for _, x := range []struct {
+			st RouteState
+			n  int
+		}{{StateAdvertised, adv}, {StatePending, pending}, {StateCoalesced, coalesced}} {
+			if x.n > 0 {
+				out = append(out, routeCount{a.Name, "learned", x.st, x.n})
+			}
+		}
+	}
+	return out
+}
+
 // watch returns the current version and a channel closed when it changes.
 func (t *routeTable) watch() (uint64, <-chan struct{}) {
 	t.mu.RLock()

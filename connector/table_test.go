@@ -360,3 +360,37 @@ func TestTableReloadAndRestoreRecheck(t *testing.T) {
 		t.Error("a future-dated route did not expire")
 	}
 }
+
+// TestCountRoutes: the metrics' counts agree with the listing, for
+// configured, advertised, pending and coalesced routes.
+func TestCountRoutes(t *testing.T) {
+	tbl, _ := newTestTable(t, 100, 100, nil)
+	tbl.setApps([]App{
+		{Name: "m", Domains: []string{"m.com"}, Approval: "manual"},
+		{Name: "c", Domains: []string{"c.com"}, Routes: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/64")}},
+	})
+	learnName(t, tbl, "m.com", "192.0.2.1", "192.0.2.2")
+	tbl.approve(netip.MustParsePrefix("192.0.2.1/32"))
+	learnName(t, tbl, "c.com", "198.51.100.7", "203.0.113.5", "203.0.113.6")
+	want := map[routeCount]bool{}
+	counts := map[[3]string]int{}
+	_, rs := tbl.routes()
+	for _, r := range rs {
+		counts[[3]string{r.App, r.Source, string(r.State)}]++
+	}
+	for k, n := range counts {
+		want[routeCount{k[0], k[1], RouteState(k[2]), n}] = true
+	}
+	got := tbl.countRoutes()
+	if len(got) != len(want) {
+		t.Fatalf("countRoutes = %v, want %v", got, want)
+	}
+	for _, rc := range got {
+		if !want[rc] {
+			t.Errorf("countRoutes has %+v, not in %v", rc, want)
+		}
+	}
+	if len(want) != 5 {
+		t.Errorf("the fixture should have 5 kinds of routes, has %v", want)
+	}
+}

@@ -99,6 +99,7 @@ type counters struct {
 	udpForwarded, udpRefused, udpLimited                atomic.Uint64
 	udpHostRefused, udpIdleClosed, handlerFailures      atomic.Uint64
 	timeWaitRecycled                                    atomic.Uint64
+	dialFailed                                          [numDialFailures]atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -114,5 +115,7 @@ func (c *counters) snapshot() Stats {
 		UDPIdleClosed:    c.udpIdleClosed.Load(),
 		HandlerFailures:  c.handlerFailures.Load(),
 		TimeWaitRecycled: c.timeWaitRecycled.Load(),
+		DialFailures: [numDialFailures]uint64{c.dialFailed[0].Load(), c.dialFailed[1].Load(),
+			c.dialFailed[2].Load(), c.dialFailed[3].Load()},
 	}
 }

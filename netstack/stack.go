@@ -141,8 +141,11 @@ type Config struct {
 
 // Stats are counters of a Stack's forwarding.
 type Stats struct {
-	TCPForwarded     uint64 // flows whose host dial succeeded and handshake completed
-	TCPDialFailed    uint64 // host dials that failed or timed out (peer got RST)
+	TCPForwarded  uint64 // flows whose host dial succeeded and handshake completed
+	TCPDialFailed uint64 // host dials that failed or timed out (peer got RST)
+	// DialFailures splits TCPDialFailed by reason, indexed by DialRefused,
+	// DialTimeout, DialUnreachable and DialOther.
+	DialFailures     [numDialFailures]uint64
 	TCPRefused       uint64 // SYNs refused by Allow (peer got RST, no dial)
 	TCPLimited       uint64 // SYNs refused by a dial or flow limit (peer got RST, no dial)
 	UDPForwarded     uint64 // UDP flows opened

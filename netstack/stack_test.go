@@ -156,8 +156,8 @@ func TestTCPHostRefusedIsReset(t *testing.T) {
 	if err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("dial to a closed host port: err = %v, want a reset", err)
 	}
-	if st := p.gw.Stats(); st.TCPDialFailed != 1 || st.OpenFlows != 0 {
-		t.Errorf("stats = %+v, want one failed dial and no open flows", st)
+	if st := p.gw.Stats(); st.TCPDialFailed != 1 || st.DialFailures[netstack.DialRefused] != 1 || st.OpenFlows != 0 {
+		t.Errorf("stats = %+v, want one failed dial (refused) and no open flows", st)
 	}
 }
 
@@ -212,8 +212,8 @@ func TestTCPDialTimeoutReleasesSlot(t *testing.T) {
 			t.Fatalf("dial %d to a blackhole: err = %v, want a reset after the dial timeout", i, err)
 		}
 	}
-	if st := p.gw.Stats(); st.TCPDialFailed != 3 || st.TCPLimited != 0 || st.InFlightDials != 0 {
-		t.Errorf("stats = %+v, want 3 failed dials, none limited, none in flight", st)
+	if st := p.gw.Stats(); st.TCPDialFailed != 3 || st.DialFailures[netstack.DialTimeout] != 3 || st.TCPLimited != 0 || st.InFlightDials != 0 {
+		t.Errorf("stats = %+v, want 3 failed dials (timeouts), none limited, none in flight", st)
 	}
 }
 

@@ -2,8 +2,10 @@ package netstack
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -69,6 +71,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		s.limits.dialDone(peer)
 		s.limits.flowDone(peer, f.Dst.Addr())
 		s.stats.tcpDialFailed.Add(1)
+		s.stats.dialFailed[dialFailure(err)].Add(1)
 		s.flowLog("%v: reset: %v", f, err)
 		r.Complete(true)
 		return
@@ -181,4 +184,29 @@ func (s *Stack) untrack(f *flowConn) {
 	s.mu.Lock()
 	delete(s.flows, f)
 	s.mu.Unlock()
+}
+
+// Reasons a host dial fails, as counted in Stats.DialFailures.
+const (
+	DialRefused     = iota // the host answered with a reset (ECONNREFUSED)
+	DialTimeout            // no answer within the dial timeout
+	DialUnreachable        // no route, or ICMP unreachable (EHOSTUNREACH, ENETUNREACH)
+	DialOther              // anything else
+	numDialFailures
+)
+
+// DialFailureNames name the DialRefused... reasons, for metrics and logs.
+var DialFailureNames = [numDialFailures]string{"refused", "timeout", "unreachable", "other"}
+
+func dialFailure(err error) int {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return DialRefused
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return DialTimeout
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return DialUnreachable
+	}
+	return DialOther
 }

@@ -1,0 +1,198 @@
+package connector
+
+import (
+	"bufio"
+	"encoding/hex"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/netstack"
+)
+
+// metrics exports a Connector's counters in the Prometheus format. Nothing
+// is counted twice: every value is read from the counters the data path
+// keeps anyway (Stats, the route table, WireGuard's device state) when
+// the metrics are scraped, so the hot paths carry no metrics code.
+type metrics struct {
+	c *Connector
+
+	peers, peerHandshake, peerRx, peerTx          *prometheus.Desc
+	tunPackets, tunBytes, tunDropped, tunBlocked  *prometheus.Desc
+	flowsOpen, flows, flowsRefused, dialsInFlight *prometheus.Desc
+	dialsFailed, udpHostRefused, handlerFailures  *prometheus.Desc
+	dnsQueries, dnsTCPConns, dnsTCPRefused        *prometheus.Desc
+	routes, unsafeRefused, evictions, expired     *prometheus.Desc
+	capRefused, chainRefused, stateWrites         *prometheus.Desc
+	draining                                      *prometheus.Desc
+}
+
+func newMetrics(c *Connector) *metrics {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("appconnector_"+name, help, labels, nil)
+	}
+	return &metrics{
+		c:               c,
+		peers:           d("wireguard_peers", "Configured WireGuard peers."),
+		peerHandshake:   d("wireguard_peer_last_handshake_timestamp_seconds", "Unix time of the peer's last completed handshake; 0 if none.", "peer"),
+		peerRx:          d("wireguard_peer_receive_bytes_total", "Bytes received from the peer over WireGuard.", "peer"),
+		peerTx:          d("wireguard_peer_transmit_bytes_total", "Bytes sent to the peer over WireGuard.", "peer"),
+		tunPackets:      d("tunnel_packets_total", "IP packets between WireGuard and the userspace stack; in is from peers.", "direction"),
+		tunBytes:        d("tunnel_bytes_total", "IP-level bytes of tunnel_packets_total.", "direction"),
+		tunDropped:      d("tunnel_dropped_packets_total", "Packets dropped between WireGuard and the stack (malformed, oversized, or at close).", "direction"),
+		tunBlocked:      d("tunnel_backpressure_waits_total", "Times the stack waited for WireGuard to take packets."),
+		flowsOpen:       d("flows_open", "Forwarded flows open now (TCP dials in progress included).", "proto"),
+		flows:           d("flows_total", "Forwarded flows opened.", "proto"),
+		flowsRefused:    d("flows_refused_total", "Flows refused: by the policy (or while draining), or at a flow or dial cap.", "proto", "reason"),
+		dialsInFlight:   d("dials_in_flight", "Host TCP dials in progress."),
+		dialsFailed:     d("dials_failed_total", "Host TCP dials that failed (the peer got a reset).", "reason"),
+		udpHostRefused:  d("udp_host_unreachable_total", "UDP datagrams the host reported unreachable (the peer got ICMP)."),
+		handlerFailures: d("flow_setup_failures_total", "Flows lost after the host dial (the peer's handshake failed)."),
+		dnsQueries:      d("dns_queries_total", "DNS questions from peers, by result.", "result"),
+		dnsTCPConns:     d("dns_tcp_connections", "Open DNS-over-TCP connections from peers."),
+		dnsTCPRefused:   d("dns_tcp_connections_refused_total", "DNS-over-TCP connections closed at a cap."),
+		routes:          d("routes", "Routes by app, source (configured, learned) and state (advertised, pending, coalesced).", "app", "source", "state"),
+		unsafeRefused:   d("dns_unsafe_answers_refused_total", "Answer addresses not learned because they are unsafe (loopback, private, ...)."),
+		evictions:       d("route_evictions_total", "Learned routes evicted at a cap."),
+		expired:         d("routes_expired_total", "Learned routes expired."),
+		capRefused:      d("routes_cap_refused_total", "Answers not learned: at the cap with every route in use."),
+		chainRefused:    d("dns_chain_refused_total", "Answers whose CNAME chain was a loop, too long or ambiguous."),
+		stateWrites:     d("state_writes_total", "Writes of the learned routes to the state directory.", "result"),
+		draining:        d("draining", "1 while shutting down (new flows refused)."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.peers, m.peerHandshake, m.peerRx, m.peerTx, m.tunPackets, m.tunBytes,
+		m.tunDropped, m.tunBlocked, m.flowsOpen, m.flows, m.flowsRefused, m.dialsInFlight, m.dialsFailed,
+		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.routes,
+		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.draining} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	st := m.c.Stats()
+
+	peers := m.c.wireguardPeers()
+	gauge(m.peers, float64(len(peers)))
+	for _, p := range peers {
+		gauge(m.peerHandshake, float64(p.handshakeSec), p.key)
+		counter(m.peerRx, p.rx, p.key)
+		counter(m.peerTx, p.tx, p.key)
+	}
+
+	counter(m.tunPackets, st.Tun.InboundPackets, "in")
+	counter(m.tunPackets, st.Tun.OutboundPackets, "out")
+	counter(m.tunBytes, st.Tun.InboundBytes, "in")
+	counter(m.tunBytes, st.Tun.OutboundBytes, "out")
+	counter(m.tunDropped, st.Tun.InboundDropped, "in")
+	counter(m.tunDropped, st.Tun.OutboundDropped, "out")
+	counter(m.tunBlocked, st.Tun.OutboundBlocked)
+
+	ns := st.Netstack
+	gauge(m.flowsOpen, float64(ns.OpenTCPFlows), "tcp")
+	gauge(m.flowsOpen, float64(ns.OpenFlows-ns.OpenTCPFlows), "udp")
+	counter(m.flows, ns.TCPForwarded, "tcp")
+	counter(m.flows, ns.UDPForwarded, "udp")
+	counter(m.flowsRefused, ns.TCPRefused, "tcp", "policy")
+	counter(m.flowsRefused, ns.TCPLimited, "tcp", "limit")
+	counter(m.flowsRefused, ns.UDPRefused, "udp", "policy")
+	counter(m.flowsRefused, ns.UDPLimited, "udp", "limit")
+	gauge(m.dialsInFlight, float64(ns.InFlightDials))
+	for i, name := range netstack.DialFailureNames {
+		counter(m.dialsFailed, ns.DialFailures[i], name)
+	}
+	counter(m.udpHostRefused, ns.UDPHostRefused)
+	counter(m.handlerFailures, ns.HandlerFailures)
+
+	counter(m.dnsQueries, st.DNS.Answered, "answered")
+	counter(m.dnsQueries, st.DNS.Forwarded, "forwarded")
+	counter(m.dnsQueries, st.DNS.Refused, "refused")
+	counter(m.dnsQueries, st.DNS.ServFail, "servfail")
+	counter(m.dnsQueries, st.DNS.FormErr, "formerr")
+	counter(m.dnsQueries, st.DNS.Limited, "limited")
+	gauge(m.dnsTCPConns, float64(st.DNS.TCPConns))
+	counter(m.dnsTCPRefused, st.DNS.TCPConnsRefused)
+
+	for _, rc := range m.c.table.countRoutes() {
+		gauge(m.routes, float64(rc.n), rc.app, rc.source, string(rc.state))
+	}
+	counter(m.unsafeRefused, st.Routes.UnsafeRefused)
+	counter(m.evictions, st.Routes.Evicted)
+	counter(m.expired, st.Routes.Expired)
+	counter(m.capRefused, st.Routes.CapRefused)
+	counter(m.chainRefused, st.Routes.ChainRefused)
+	counter(m.stateWrites, m.c.stateWrites.Load(), "ok")
+	counter(m.stateWrites, m.c.stateWriteErrors.Load(), "error")
+	var draining float64
+	if m.c.draining.Load() {
+		draining = 1
+	}
+	gauge(m.draining, draining)
+}
+
+// handler serves the metrics.
+func (m *metrics) handler() http.Handler {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(m)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+// peerState is one WireGuard peer as the device reports it.
+type peerState struct {
+	key          string // base64 public key
+	handshakeSec int64
+	rx, tx       uint64
+}
+
+// wireguardPeers reads the peers' state from the WireGuard device (its
+// UAPI "get" output: a public_key line starts each peer).
+func (c *Connector) wireguardPeers() []peerState {
+	dump, err := c.wg.IpcGet()
+	if err != nil {
+		return nil
+	}
+	var out []peerState
+	sc := bufio.NewScanner(strings.NewReader(dump))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		if k == "public_key" {
+			b, err := hex.DecodeString(v)
+			if err != nil || len(b) != len(wgconf.Key{}) {
+				continue
+			}
+			out = append(out, peerState{key: wgconf.Key(b).String()})
+			continue
+		}
+		if len(out) == 0 {
+			continue // interface lines
+		}
+		p := &out[len(out)-1]
+		n, _ := strconv.ParseUint(v, 10, 64)
+		switch k {
+		case "last_handshake_time_sec":
+			p.handshakeSec = int64(n)
+		case "rx_bytes":
+			p.rx = n
+		case "tx_bytes":
+			p.tx = n
+		}
+	}
+	return out
+}
