@@ -2,6 +2,8 @@ package netstack_test
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"runtime"
@@ -55,6 +57,98 @@ func TestPeerResetReachesIdleHost(t *testing.T) {
 		t.Fatalf("upstream connection still open 10s after the peer reset; stats %+v", p.gw.Stats())
 	}
 	netstacktest.WaitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
+}
+
+// The upstream resets its connection in the middle of a download: the
+// peer must see a reset (not a clean end it could mistake for a complete
+// response), promptly, after the bytes that came before it.
+func TestHostResetReachesPeer(t *testing.T) {
+	checkLeaks(t)
+	p := newPair(t, netstack.Config{Allow: allowLoopback})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const sent = 256 << 10
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write(make([]byte, sent))
+		// Let the bytes reach the gateway, then reset.
+		time.Sleep(100 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}()
+	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, c)
+	var ne net.Error
+	switch {
+	case err == nil:
+		t.Fatalf("the peer saw a clean end after %d bytes; want a reset", n)
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Fatalf("no reset within 10 s (read %d bytes)", n)
+	}
+	if n > sent {
+		t.Errorf("read %d bytes, more than the %d sent", n, sent)
+	}
+	netstacktest.WaitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
+}
+
+// A peer floods SYNs to a destination that never answers: its dials hold
+// at most its per-peer share of dial slots, the excess is refused and
+// counted, another peer's flow connects meanwhile, and every slot comes
+// back when the dial timeout passes.
+func TestSYNFloodToBlackhole(t *testing.T) {
+	checkLeaks(t)
+	blackhole := netip.MustParseAddrPort("127.0.0.9:80")
+	d := &netstacktest.Dialer{Blackhole: func(a string) bool { return a == blackhole.String() }}
+	const perPeer, flood = 32, 500
+	p := newPair(t, netstack.Config{Allow: allowLoopback, Dialer: d, DialTimeout: time.Second,
+		MaxInFlightDials: 4 * perPeer, MaxInFlightDialsPerPeer: perPeer})
+	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
+
+	// The flooder is another address (so another peer) on the client's
+	// side; the gateway's answers to it go nowhere.
+	flooder := netip.MustParseAddr("10.9.9.9")
+	for i := range flood {
+		if err := p.client.WriteRawPacket(synPacket(netip.AddrPortFrom(flooder, uint16(20000+i)), blackhole)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// (gVisor's own in-flight limit may drop some SYNs before ours sees
+	// them: those are counted as ForwarderDropped.)
+	netstacktest.WaitFor(t, func() bool {
+		st := p.gw.Stats()
+		return uint64(st.InFlightDials)+st.TCPLimited+st.ForwarderDropped >= flood
+	})
+	if st := p.gw.Stats(); st.InFlightDials > perPeer || st.TCPLimited+st.ForwarderDropped < flood-perPeer {
+		t.Fatalf("during the flood: %d dials in flight (cap %d per peer), %d refused, %d dropped",
+			st.InFlightDials, perPeer, st.TCPLimited, st.ForwarderDropped)
+	}
+
+	// Another peer connects while the flood's dials are still held.
+	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", echo.String())
+	if err != nil {
+		t.Fatalf("legitimate flow during the flood: %v", err)
+	}
+	netstacktest.EchoTCP(t, c, 4096)
+	c.Close()
+	if st := p.gw.Stats(); st.InFlightDials == 0 {
+		t.Fatal("the flood's dials ended before the legitimate flow was tried; the test proves nothing")
+	}
+
+	netstacktest.WaitFor(t, func() bool { return p.gw.Stats().InFlightDials == 0 })
+	if st := p.gw.Stats(); st.DialFailures[netstack.DialTimeout] != flood-st.TCPLimited-st.ForwarderDropped {
+		t.Errorf("%d dial timeouts, want one per admitted SYN (%d)", st.DialFailures[netstack.DialTimeout], flood-st.TCPLimited-st.ForwarderDropped)
+	}
 }
 
 // synPacket is a bare IPv4 SYN from src to dst.

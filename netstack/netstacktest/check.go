@@ -27,7 +27,10 @@ type Dialer struct {
 	// Hold, if not nil, makes dials wait until it is closed or their
 	// context ends.
 	Hold chan struct{}
-	d    net.Dialer
+	// Blackhole, if set, names destinations ("ip:port") that never
+	// answer: dials to them wait until their context ends.
+	Blackhole func(addr string) bool
+	d         net.Dialer
 }
 
 // DialContext implements netstack.Dialer.
@@ -38,6 +41,10 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	}
 	if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().Unmap().IsLoopback() {
 		return nil, fmt.Errorf("test dialer: refusing non-loopback destination %q", addr)
+	}
+	if d.Blackhole != nil && d.Blackhole(addr) {
+		<-ctx.Done()
+		return nil, ctx.Err()
 	}
 	if d.Hold != nil {
 		select {
