@@ -3,8 +3,11 @@ package connector_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -283,4 +286,57 @@ func TestDNSOverTCPIdleConnections(t *testing.T) {
 		c.Close()
 	}
 	netstacktest.WaitFor(t, func() bool { return e.conn.Stats().DNS.TCPConns == 0 })
+}
+
+// TestDNSManyNamesEvictOldest asks for 2,000 distinct names under a
+// wildcard app, each answered with its own address, against a cap of 500
+// learned routes: every answer comes back, the cap holds, and the routes
+// left are those of the newest names.
+func TestDNSManyNamesEvictOldest(t *testing.T) {
+	checkLeaks(t)
+	const names, capacity = 2000, 500
+	records := make([]string, names)
+	addr := func(i int) netip.Addr {
+		return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 13: 7, 14: byte(i >> 8), 15: byte(i)})
+	}
+	for i := range names {
+		records[i] = fmt.Sprintf("n%d.w.example.com. 60 IN AAAA %s", i, addr(i))
+	}
+	up := dnstest.New(t, records...)
+	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}, MaxLearned: capacity, MaxLearnedPerApp: capacity},
+		`[{"name": "w", "connectors": ["*"], "domains": ["*.w.example.com"]}]`)
+	c, err := e.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", net.JoinHostPort(connV4.Addr().String(), "53"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	co := &dns.Conn{Conn: c}
+	for i := range names {
+		m := new(dns.Msg).SetQuestion(fmt.Sprintf("n%d.w.example.com.", i), dns.TypeAAAA)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := co.WriteMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		r, err := co.ReadMsg()
+		if err != nil || r.Id != m.Id || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+			t.Fatalf("name %d: %v %v", i, r, err)
+		}
+	}
+	var learned []netip.Addr
+	for _, r := range e.conn.Routes() {
+		if r.Source == "learned" {
+			learned = append(learned, r.Prefix.Addr())
+		}
+	}
+	if len(learned) != capacity {
+		t.Fatalf("%d learned routes at a cap of %d", len(learned), capacity)
+	}
+	for i := names - capacity; i < names; i++ {
+		if !slices.Contains(learned, addr(i)) {
+			t.Fatalf("route of name %d (one of the %d newest) is missing", i, capacity)
+		}
+	}
+	if st := e.conn.Stats(); st.Routes.Evicted != names-capacity {
+		t.Errorf("Evicted = %d, want %d", st.Routes.Evicted, names-capacity)
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -392,5 +394,58 @@ func TestCountRoutes(t *testing.T) {
 	}
 	if len(want) != 5 {
 		t.Errorf("the fixture should have 5 kinds of routes, has %v", want)
+	}
+}
+
+// TestTable100kNamesUnderWildcard learns 100,000 distinct names under one
+// wildcard app, each with its own address, against a cap of 10,000: the
+// cap holds, the oldest unused routes go first (the 10,000 newest are the
+// ones left, but a route with an open flow survives however old), the
+// table's memory stays that of 10,000 routes, and nothing panics.
+func TestTable100kNamesUnderWildcard(t *testing.T) {
+	const names, capacity = 100000, 10000
+	addrOf := func(i int) netip.Addr {
+		return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 11: 1, 12: byte(i >> 24), 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)})
+	}
+	oldInUse := addrOf(0) // the very first name's address, with a flow open
+	inUse := map[netip.Addr]bool{oldInUse: true}
+	tbl, clk := newTestTable(t, capacity, capacity, inUse)
+	tbl.setApps([]App{{Name: "w", Domains: []string{"*.w.example"}, Approval: "auto"}})
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range names {
+		clk.t = clk.t.Add(time.Millisecond)
+		name := "n" + strconv.Itoa(i) + ".w.example"
+		if refused := tbl.learn(anyPeer, name, []netip.Addr{addrOf(i)}); len(refused) > 0 {
+			t.Fatalf("%s: refused %v", name, refused)
+		}
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+
+	_, rs := tbl.routes()
+	if len(rs) != capacity {
+		t.Fatalf("%d routes after %d names at a cap of %d", len(rs), names, capacity)
+	}
+	if st := tbl.statsSnapshot(); st.Evicted != names-capacity {
+		t.Errorf("Evicted = %d, want %d", st.Evicted, names-capacity)
+	}
+	if !tbl.allow(anyPeer, oldInUse) {
+		t.Error("the oldest route, in use by a flow, was evicted")
+	}
+	for _, i := range []int{1, 2, names / 2, names - capacity} {
+		if tbl.allow(anyPeer, addrOf(i)) {
+			t.Errorf("route %d of %d still there: the oldest unused should have gone", i, names)
+		}
+	}
+	for _, i := range []int{names - capacity + 2, names - 2, names - 1} {
+		if !tbl.allow(anyPeer, addrOf(i)) {
+			t.Errorf("route %d of %d evicted: only older ones should have been", i, names)
+		}
+	}
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > capacity*2048 {
+		t.Errorf("heap grew %d KiB for %d routes (%d B each)", grew>>10, capacity, grew/capacity)
 	}
 }
