@@ -22,7 +22,7 @@ type clientFlags struct {
 	config, listen, socks5, http, dns, logLevel string
 	socksUser, socksPass                        string
 	acceptRoutes                                bool
-	hostDNS                                     string
+	hostDNS, uapi                               string
 }
 
 // runClient is `appconnector client`: the sidecar.
@@ -39,6 +39,7 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&f.acceptRoutes, "accept-routes", true, "route app traffic through the connectors; false sends everything directly")
 	fs.StringVar(&f.hostDNS, "host-dns", "", "DNS `servers` for names of no app, ip[:port],... (default: /etc/resolv.conf)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME` (one peer per connector): a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -118,6 +119,11 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 			stops[i]()
 		}
 	}()
+	stopUAPI, err := serveUAPI(c.ServeUAPI, f.uapi, log)
+	if err != nil {
+		return err
+	}
+	stops = append(stops, func() error { stopUAPI(); return nil })
 	if f.dns != "" {
 		pc, err := listenLoopback("udp", f.dns)
 		if err != nil {

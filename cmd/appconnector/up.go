@@ -23,7 +23,7 @@ import (
 
 type upFlags struct {
 	config, policy, state, listen, logLevel string
-	dnsUpstream, tags, admin                string
+	dnsUpstream, tags, admin, uapi          string
 	forwardUnknown                          bool
 	routeTTL, drainTimeout                  time.Duration
 	maxRoutes, maxRoutesPerApp              int
@@ -43,6 +43,7 @@ func up(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.tags, "tags", connector.DefaultTag, "this connector's `tags`, comma-separated: it serves the apps whose connectors name one of them")
 	fs.StringVar(&f.admin, "admin", "", "admin API `address`: a loopback IP:port, or a unix socket path (default: admin.sock in --state)")
 	fs.DurationVar(&f.routeTTL, "route-ttl", connector.DefaultRouteTTL, "a learned route expires this long after DNS last named it (never while a flow uses it)")
+	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME`: a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, refuse new flows and wait this long for open ones to end before resetting them")
 	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxLearned, "most learned routes in all")
 	fs.IntVar(&f.maxRoutesPerApp, "max-routes-per-app", connector.DefaultMaxLearnedPerApp, "most learned routes per app")
@@ -184,6 +185,11 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 		return err
 	}
 	defer stopAdmin()
+	stopUAPI, err := serveUAPI(c.ServeUAPI, f.uapi, log)
+	if err != nil {
+		return err
+	}
+	defer stopUAPI()
 	log.Info("serving", "apps", len(policy.AppsFor(tags)), "dns-upstreams", strings.Join(upstreams, ","))
 
 	var poll <-chan time.Time
@@ -253,6 +259,40 @@ func serveAdmin(c *connector.Connector, addr, dir string, log *slog.Logger) (fun
 	return func() {
 		srv.Close()
 		<-done
+	}, nil
+}
+
+// serveUAPI serves the read-only WireGuard UAPI on nameOrPath: a name
+// becomes /var/run/wireguard/NAME.sock, where wireguard-tools look. It
+// returns a function that stops it.
+func serveUAPI(serve func(net.Listener) error, nameOrPath string, log *slog.Logger) (func(), error) {
+	if nameOrPath == "" {
+		return func() {}, nil
+	}
+	path := nameOrPath
+	if !strings.Contains(path, "/") {
+		dir := "/var/run/wireguard"
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("--uapi %s: %w (give a socket path instead of a name to put it elsewhere)", nameOrPath, err)
+		}
+		path = filepath.Join(dir, nameOrPath+".sock")
+	}
+	ln, err := listenUnixPrivate(path)
+	if err != nil {
+		return nil, fmt.Errorf("--uapi: %w", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := serve(ln); err != nil {
+			log.Error("uapi", "err", err)
+		}
+	}()
+	log.Info("WireGuard UAPI (read only)", "socket", path)
+	return func() {
+		ln.Close()
+		<-done
+		os.Remove(path)
 	}, nil
 }
 

@@ -1,0 +1,68 @@
+package client_test
+
+import (
+	"bufio"
+	"encoding/hex"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestUAPIShowsEveryConnector: the client's read-only UAPI socket lists
+// each connector as a peer of one interface, and refuses changes.
+func TestUAPIShowsEveryConnector(t *testing.T) {
+	checkLeaks(t)
+	s := newSetup(t, 2, nil)
+	path := filepath.Join(t.TempDir(), "client.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.client.ServeUAPI(ln) }()
+	defer func() {
+		ln.Close()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	ask := func(req string) string {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte(req))
+		var b strings.Builder
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("reply so far %q: %v", b.String(), err)
+			}
+			b.WriteString(line)
+			if strings.HasPrefix(line, "errno=") {
+				return b.String()
+			}
+		}
+	}
+	get := ask("get=1\n\n")
+	if n := strings.Count(get, "private_key="); n != 1 {
+		t.Errorf("%d interface sections, want 1:\n%s", n, get)
+	}
+	for _, tc := range s.connectors {
+		pub := tc.key.PublicKey()
+		if !strings.Contains(get, "public_key="+hex.EncodeToString(pub[:])+"\n") {
+			t.Errorf("connector %s not listed:\n%s", pub, get)
+		}
+	}
+	if !strings.HasSuffix(get, "errno=0\n") {
+		t.Errorf("get did not end with errno=0:\n%s", get)
+	}
+	if set := ask("set=1\nprivate_key=" + strings.Repeat("00", 32) + "\n\n"); set != "errno=1\n" {
+		t.Errorf("set: %q, want errno=1 (EPERM)", set)
+	}
+}
