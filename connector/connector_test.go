@@ -57,6 +57,13 @@ func newEnv(t *testing.T, nc netstack.Config) *env {
 // dialer and policy filled in from policyJSON) and a client peer.
 func newEnvWith(t testing.TB, cfg connector.Config, policyJSON string) *env {
 	t.Helper()
+	return newEnvVia(t, cfg, policyJSON, func(a netip.AddrPort) netip.AddrPort { return a })
+}
+
+// newEnvVia is newEnvWith with the client sending its WireGuard packets to
+// via(the connector's address) instead, e.g. a relay in between.
+func newEnvVia(t testing.TB, cfg connector.Config, policyJSON string, via func(netip.AddrPort) netip.AddrPort) *env {
+	t.Helper()
 	serverKey, err := wgconf.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +103,7 @@ func newEnvWith(t testing.TB, cfg connector.Config, policyJSON string) *env {
 		Addresses:  []netip.Prefix{clientV4, clientV6},
 		Remotes: []netstacktest.RemotePeer{{
 			PublicKey:  netstacktest.Key(serverKey.PublicKey()),
-			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), e.conn.Port()),
+			Endpoint:   via(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), e.conn.Port())),
 			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 		}},
 		Logf: logf,
