@@ -275,6 +275,7 @@ func (c *Connector) startDNS(cfg Config) error {
 			max:     orDefault(cfg.MaxDNSTCPConns, DefaultMaxDNSTCPConns),
 			perPeer: orDefault(cfg.MaxDNSTCPConnsPerPeer, DefaultMaxDNSTCPConnsPerPeer),
 		},
+		questions: connLimit{max: maxDNSInFlight, perPeer: maxDNSInFlightPerPeer},
 	}
 	var pcs []net.PacketConn
 	var lns, apiLns []net.Listener

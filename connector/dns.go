@@ -72,36 +72,12 @@ type dnsService struct {
 
 	tcpIdle  time.Duration
 	tcpConns connLimit
+	// questions are the questions being resolved upstream.
+	questions connLimit
 
-	mu       sync.Mutex // guards the fields after it
-	servers  []*dns.Server
-	inFlight int
-	perPeer  map[string]int
-	wg       sync.WaitGroup
-}
-
-// admit takes an upstream slot for peer, or reports false.
-func (d *dnsService) admit(peer string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.inFlight >= maxDNSInFlight || d.perPeer[peer] >= maxDNSInFlightPerPeer {
-		return false
-	}
-	if d.perPeer == nil {
-		d.perPeer = map[string]int{}
-	}
-	d.inFlight++
-	d.perPeer[peer]++
-	return true
-}
-
-func (d *dnsService) release(peer string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.inFlight--
-	if d.perPeer[peer]--; d.perPeer[peer] == 0 {
-		delete(d.perPeer, peer)
-	}
+	mu      sync.Mutex // guards the fields after it
+	servers []*dns.Server
+	wg      sync.WaitGroup
 }
 
 // start serves on conns and listeners (one of each per tunnel address).
@@ -199,13 +175,13 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 		d.stats.ServFail.Add(1)
 		return reply(req, dns.RcodeServerFailure)
 	}
-	if !d.admit(p.key) {
+	if !d.questions.take(p.key) {
 		d.stats.Limited.Add(1)
 		d.logf("dns: %s: too many questions in flight; SERVFAIL", q.Name)
 		return reply(req, dns.RcodeServerFailure)
 	}
 	up, err := d.exchange(ctx, q, req)
-	d.release(p.key)
+	d.questions.give(p.key)
 	if err != nil {
 		// Each failing upstream was logged when it started failing.
 		d.stats.ServFail.Add(1)
@@ -377,7 +353,8 @@ func SystemResolvers(path string) ([]string, error) {
 	return out, nil
 }
 
-// connLimit counts open connections, over all peers and per peer.
+// connLimit counts what is open (connections, questions in flight), over
+// all peers and per peer, against a cap for each.
 type connLimit struct {
 	max, perPeer int
 

@@ -1,7 +1,6 @@
 package connector_test
 
 import (
-	"bufio"
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
@@ -16,33 +15,6 @@ import (
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
-
-// uapiExchange sends one UAPI request and returns the reply up to and
-// including its errno line.
-func uapiExchange(t *testing.T, path, req string) string {
-	t.Helper()
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte(req)); err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	r := bufio.NewReader(c)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("reply so far %q: %v", b.String(), err)
-		}
-		b.WriteString(line)
-		if strings.HasPrefix(line, "errno=") {
-			return b.String()
-		}
-	}
-}
 
 // TestUAPIReadOnly: the UAPI socket reports the device as wireguard-go
 // does (the peer, its handshake and traffic), refuses changes, and
@@ -73,7 +45,7 @@ func TestUAPIReadOnly(t *testing.T) {
 	}()
 
 	keyHex := hex.EncodeToString(e.clientPub[:])
-	get := uapiExchange(t, path, "get=1\n\n")
+	get := netstacktest.UAPIExchange(t, path, "get=1\n\n")
 	for _, want := range []string{"public_key=" + keyHex + "\n", "last_handshake_time_sec=", "rx_bytes=", "errno=0\n"} {
 		if !strings.Contains(get, want) {
 			t.Errorf("get: no %q in\n%s", want, get)
@@ -82,10 +54,10 @@ func TestUAPIReadOnly(t *testing.T) {
 	if strings.Contains(get, "last_handshake_time_sec=0\n") {
 		t.Error("get: no handshake reported after traffic")
 	}
-	if set := uapiExchange(t, path, "set=1\nlisten_port=1\n\n"); set != "errno=1\n" {
+	if set := netstacktest.UAPIExchange(t, path, "set=1\nlisten_port=1\n\n"); set != "errno=1\n" {
 		t.Errorf("set: %q, want errno=1 (EPERM)", set)
 	}
-	if again := uapiExchange(t, path, "get=1\n\n"); !strings.Contains(again, "listen_port="+fmt.Sprint(e.conn.Port())+"\n") {
+	if again := netstacktest.UAPIExchange(t, path, "get=1\n\n"); !strings.Contains(again, "listen_port="+fmt.Sprint(e.conn.Port())+"\n") {
 		t.Errorf("the refused set changed the port, or get broke:\n%s", again)
 	}
 

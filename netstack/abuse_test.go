@@ -151,16 +151,29 @@ func TestSYNFloodToBlackhole(t *testing.T) {
 	}
 }
 
-// synPacket is a bare IPv4 SYN from src to dst.
+// synPacket is a bare TCP SYN from src to dst (IPv4 or IPv6) with valid
+// checksums.
 func synPacket(src, dst netip.AddrPort) []byte {
-	b := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize)
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber),
-		SrcAddr: tcpip.AddrFrom4(src.Addr().As4()), DstAddr: tcpip.AddrFrom4(dst.Addr().As4())})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	tc := header.TCP(b[header.IPv4MinimumSize:])
-	tc.Encode(&header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: 1000,
-		DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagSyn, WindowSize: 65535})
+	tcpFields := header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: 1000,
+		DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagSyn, WindowSize: 65535}
+	if src.Addr().Is4() {
+		b := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize)
+		ip := header.IPv4(b)
+		ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber),
+			SrcAddr: tcpip.AddrFrom4(src.Addr().As4()), DstAddr: tcpip.AddrFrom4(dst.Addr().As4())})
+		ip.SetChecksum(^ip.CalculateChecksum())
+		tc := header.TCP(b[header.IPv4MinimumSize:])
+		tc.Encode(&tcpFields)
+		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tc)))
+		tc.SetChecksum(^tc.CalculateChecksum(xsum))
+		return b
+	}
+	b := make([]byte, header.IPv6MinimumSize+header.TCPMinimumSize)
+	ip := header.IPv6(b)
+	ip.Encode(&header.IPv6Fields{PayloadLength: header.TCPMinimumSize, TransportProtocol: header.TCPProtocolNumber, HopLimit: 64,
+		SrcAddr: tcpip.AddrFrom16(src.Addr().As16()), DstAddr: tcpip.AddrFrom16(dst.Addr().As16())})
+	tc := header.TCP(b[header.IPv6MinimumSize:])
+	tc.Encode(&tcpFields)
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tc)))
 	tc.SetChecksum(^tc.CalculateChecksum(xsum))
 	return b

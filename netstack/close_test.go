@@ -29,42 +29,9 @@ func TestSimultaneousCloseFinishes(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
 	const flows = 4000
 
-	gwTun, _ := tun.New(tun.Config{})
-	clTun, _ := tun.New(tun.Config{})
-	gw, err := New(gwTun, Config{Addresses: []netip.Prefix{netip.MustParsePrefix("10.5.0.1/32")},
-		Allow: func(f Flow) bool { return f.Dst.Addr().IsLoopback() }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := New(clTun, Config{Addresses: []netip.Prefix{netip.MustParsePrefix("10.5.0.2/32")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	pipe := func(from, to *tun.Device) {
-		defer wg.Done()
-		bufs, sizes := make([][]byte, tun.DefaultBatchSize), make([]int, tun.DefaultBatchSize)
-		for i := range bufs {
-			bufs[i] = make([]byte, 65535)
-		}
-		out := make([][]byte, tun.DefaultBatchSize)
-		for {
-			n, err := from.Read(bufs, sizes, 0)
-			if err != nil {
-				return
-			}
-			for i := range n {
-				out[i] = bufs[i][:sizes[i]]
-			}
-			if _, err := to.Write(out[:n], 0); err == os.ErrClosed {
-				return
-			}
-		}
-	}
-	wg.Add(2)
-	go pipe(gwTun, clTun)
-	go pipe(clTun, gwTun)
-	defer func() { cl.Close(); gw.Close(); gwTun.Close(); clTun.Close(); wg.Wait() }()
+	gw, cl := joinedStacks(t,
+		Config{Addresses: []netip.Prefix{netip.MustParsePrefix("10.5.0.1/32")}, Allow: func(f Flow) bool { return f.Dst.Addr().IsLoopback() }},
+		Config{Addresses: []netip.Prefix{netip.MustParsePrefix("10.5.0.2/32")}})
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -152,4 +119,51 @@ func onlyTimeWait(m map[string]int) bool {
 		}
 	}
 	return true
+}
+
+// joinedStacks starts a gateway stack and a client stack on their own
+// devices, joined by two goroutines that copy each device's packets into
+// the other (batches at a time), all closed at the test's cleanup.
+func joinedStacks(t *testing.T, gwCfg, clCfg Config) (gw, cl *Stack) {
+	t.Helper()
+	gwTun, err := tun.New(tun.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clTun, err := tun.New(tun.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gw, err = New(gwTun, gwCfg); err != nil {
+		t.Fatal(err)
+	}
+	if cl, err = New(clTun, clCfg); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	pipe := func(from, to *tun.Device) {
+		defer wg.Done()
+		bufs, sizes := make([][]byte, tun.DefaultBatchSize), make([]int, tun.DefaultBatchSize)
+		for i := range bufs {
+			bufs[i] = make([]byte, 65535)
+		}
+		out := make([][]byte, tun.DefaultBatchSize)
+		for {
+			n, err := from.Read(bufs, sizes, 0)
+			if err != nil {
+				return
+			}
+			for i := range n {
+				out[i] = bufs[i][:sizes[i]]
+			}
+			if _, err := to.Write(out[:n], 0); err == os.ErrClosed {
+				return
+			}
+		}
+	}
+	wg.Add(2)
+	go pipe(gwTun, clTun)
+	go pipe(clTun, gwTun)
+	t.Cleanup(func() { cl.Close(); gw.Close(); gwTun.Close(); clTun.Close(); wg.Wait() })
+	return gw, cl
 }

@@ -1,4 +1,4 @@
-package netstack
+package netstack_test
 
 import (
 	"net/netip"
@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/tun"
 )
 
@@ -23,9 +23,9 @@ func FuzzStackPackets(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	s, err := New(dev, Config{Addresses: []netip.Prefix{netip.MustParsePrefix("10.7.0.1/32"), netip.MustParsePrefix("fd07::1/128")},
+	s, err := netstack.New(dev, netstack.Config{Addresses: []netip.Prefix{netip.MustParsePrefix("10.7.0.1/32"), netip.MustParsePrefix("fd07::1/128")},
 		// Nothing is forwarded: the fuzzer must not make the test dial.
-		Allow: func(Flow) bool { return false }})
+		Allow: func(netstack.Flow) bool { return false }})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -48,9 +48,9 @@ func FuzzStackPackets(f *testing.F) {
 
 	peer := netip.MustParseAddrPort("10.7.0.2:40000")
 	refused := netip.MustParseAddrPort("192.0.2.9:443")
-	syn := fuzzSYN(peer, refused)
+	syn := synPacket(peer, refused)
 	f.Add(syn)
-	f.Add(fuzzSYN(netip.MustParseAddrPort("[fd07::2]:40000"), netip.MustParseAddrPort("[2001:db8::9]:443")))
+	f.Add(synPacket(netip.MustParseAddrPort("[fd07::2]:40000"), netip.MustParseAddrPort("[2001:db8::9]:443")))
 	f.Add([]byte{0x45})
 	f.Add([]byte{0x60, 0, 0, 0, 0, 8, 17, 64})
 
@@ -64,7 +64,7 @@ func FuzzStackPackets(f *testing.F) {
 			<-out
 		}
 		port := uint16(1024 + time.Now().UnixNano()%60000)
-		probe := fuzzSYN(netip.AddrPortFrom(peer.Addr(), port), refused)
+		probe := synPacket(netip.AddrPortFrom(peer.Addr(), port), refused)
 		if _, err := dev.Write([][]byte{probe}, 0); err != nil {
 			t.Fatal(err)
 		}
@@ -83,31 +83,4 @@ func FuzzStackPackets(f *testing.F) {
 			}
 		}
 	})
-}
-
-// fuzzSYN is a bare TCP SYN from src to dst with valid checksums.
-func fuzzSYN(src, dst netip.AddrPort) []byte {
-	tcpFields := header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: 1000,
-		DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagSyn, WindowSize: 65535}
-	if src.Addr().Is4() {
-		b := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize)
-		ip := header.IPv4(b)
-		ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber),
-			SrcAddr: tcpip.AddrFrom4(src.Addr().As4()), DstAddr: tcpip.AddrFrom4(dst.Addr().As4())})
-		ip.SetChecksum(^ip.CalculateChecksum())
-		tc := header.TCP(b[header.IPv4MinimumSize:])
-		tc.Encode(&tcpFields)
-		xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tc)))
-		tc.SetChecksum(^tc.CalculateChecksum(xsum))
-		return b
-	}
-	b := make([]byte, header.IPv6MinimumSize+header.TCPMinimumSize)
-	ip := header.IPv6(b)
-	ip.Encode(&header.IPv6Fields{PayloadLength: header.TCPMinimumSize, TransportProtocol: header.TCPProtocolNumber, HopLimit: 64,
-		SrcAddr: tcpip.AddrFrom16(src.Addr().As16()), DstAddr: tcpip.AddrFrom16(dst.Addr().As16())})
-	tc := header.TCP(b[header.IPv6MinimumSize:])
-	tc.Encode(&tcpFields)
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tc)))
-	tc.SetChecksum(^tc.CalculateChecksum(xsum))
-	return b
 }

@@ -5,8 +5,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,8 +14,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	"github.com/appconnector/appconnector/tun"
 )
 
 // TestSourcePortReuseAfterUpstreamClose: the upstream closes first, so the
@@ -44,35 +40,10 @@ func TestSourcePortReuseAfterUpstreamClose(t *testing.T) {
 }
 
 func testSourcePortReuse(t *testing.T, gwAddr, clAddr netip.Addr, upstream string) {
-	gwTun, _ := tun.New(tun.Config{})
-	clTun, _ := tun.New(tun.Config{})
-	gw, err := New(gwTun, Config{Addresses: []netip.Prefix{netip.PrefixFrom(gwAddr, gwAddr.BitLen())},
-		TimeWait: 10 * time.Minute,
-		Allow:    func(f Flow) bool { return f.Dst.Addr().IsLoopback() }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := New(clTun, Config{Addresses: []netip.Prefix{netip.PrefixFrom(clAddr, clAddr.BitLen())}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	pipe := func(from, to *tun.Device) {
-		defer wg.Done()
-		bufs, sizes := [][]byte{make([]byte, 65535)}, []int{0}
-		for {
-			if _, err := from.Read(bufs, sizes, 0); err != nil {
-				return
-			}
-			if _, err := to.Write([][]byte{bufs[0][:sizes[0]]}, 0); err == os.ErrClosed {
-				return
-			}
-		}
-	}
-	wg.Add(2)
-	go pipe(gwTun, clTun)
-	go pipe(clTun, gwTun)
-	defer func() { cl.Close(); gw.Close(); gwTun.Close(); clTun.Close(); wg.Wait() }()
+	gw, cl := joinedStacks(t,
+		Config{Addresses: []netip.Prefix{netip.PrefixFrom(gwAddr, gwAddr.BitLen())}, TimeWait: 10 * time.Minute,
+			Allow: func(f Flow) bool { return f.Dst.Addr().IsLoopback() }},
+		Config{Addresses: []netip.Prefix{netip.PrefixFrom(clAddr, clAddr.BitLen())}})
 
 	// The upstream answers one byte and closes first.
 	ln, err := net.Listen("tcp", net.JoinHostPort(upstream, "0"))

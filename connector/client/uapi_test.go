@@ -1,13 +1,13 @@
 package client_test
 
 import (
-	"bufio"
 	"encoding/hex"
 	"net"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // TestUAPIShowsEveryConnector: the client's read-only UAPI socket lists
@@ -28,28 +28,7 @@ func TestUAPIShowsEveryConnector(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	ask := func(req string) string {
-		c, err := net.Dial("unix", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		c.Write([]byte(req))
-		var b strings.Builder
-		r := bufio.NewReader(c)
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatalf("reply so far %q: %v", b.String(), err)
-			}
-			b.WriteString(line)
-			if strings.HasPrefix(line, "errno=") {
-				return b.String()
-			}
-		}
-	}
-	get := ask("get=1\n\n")
+	get := netstacktest.UAPIExchange(t, path, "get=1\n\n")
 	if n := strings.Count(get, "private_key="); n != 1 {
 		t.Errorf("%d interface sections, want 1:\n%s", n, get)
 	}
@@ -62,7 +41,7 @@ func TestUAPIShowsEveryConnector(t *testing.T) {
 	if !strings.HasSuffix(get, "errno=0\n") {
 		t.Errorf("get did not end with errno=0:\n%s", get)
 	}
-	if set := ask("set=1\nprivate_key=" + strings.Repeat("00", 32) + "\n\n"); set != "errno=1\n" {
+	if set := netstacktest.UAPIExchange(t, path, "set=1\nprivate_key="+strings.Repeat("00", 32)+"\n\n"); set != "errno=1\n" {
 		t.Errorf("set: %q, want errno=1 (EPERM)", set)
 	}
 }

@@ -1,6 +1,7 @@
 package netstacktest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -110,4 +111,31 @@ func RSSKiB() int64 {
 		}
 	}
 	return 0
+}
+
+// UAPIExchange sends one request to the WireGuard UAPI socket at path and
+// returns the reply up to and including its errno line.
+func UAPIExchange(tb testing.TB, path, req string) string {
+	tb.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(req)); err != nil {
+		tb.Fatal(err)
+	}
+	var b strings.Builder
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			tb.Fatalf("UAPI reply so far %q: %v", b.String(), err)
+		}
+		b.WriteString(line)
+		if strings.HasPrefix(line, "errno=") {
+			return b.String()
+		}
+	}
 }
