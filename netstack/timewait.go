@@ -47,10 +47,16 @@ func (r *twRecycler) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt
 
 // newSYN reports whether pkt, an IP packet not yet parsed, is a TCP
 // segment with SYN set and ACK and RST clear, and returns its 4-tuple as
-// the endpoint ID it would be delivered to. Fragments and IPv6 packets
-// with extension headers before TCP are not looked at.
+// the endpoint ID it would be delivered to. Fragments, IPv6 packets with
+// extension headers before TCP, and SYNs with data are not looked at.
 func newSYN(pkt *stack.PacketBuffer) (tcpip.NetworkProtocolNumber, stack.TransportEndpointID, bool) {
 	var id stack.TransportEndpointID
+	// A SYN carries headers only (data on a SYN, TCP Fast Open, is not
+	// looked at): anything longer than the longest IP header and the
+	// longest TCP header is not one, and costs no more than this.
+	if pkt.Data().Size() > header.IPv4MaximumHeaderSize+header.TCPHeaderMaximumSize {
+		return 0, id, false
+	}
 	b, ok := pkt.Data().PullUp(1)
 	if !ok {
 		return 0, id, false

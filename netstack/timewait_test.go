@@ -131,6 +131,7 @@ func TestNewSYN(t *testing.T) {
 		{"v4 fragment", tcp4(syn, 8, tcpNum), false},
 		{"v4 udp", tcp4(syn, 0, udpNum), false},
 		{"v4 truncated", tcp4(syn, 0, tcpNum)[:header.IPv4MinimumSize+12], false},
+		{"v4 syn with data", append(tcp4(syn, 0, tcpNum), make([]byte, 100)...), false},
 		{"v6 syn", tcp6(syn, tcpNum), true},
 		{"v6 syn-ack", tcp6(syn|ack, tcpNum), false},
 		{"v6 extension header", tcp6(syn, uint8(header.IPv6HopByHopOptionsExtHdrIdentifier)), false},
