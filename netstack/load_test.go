@@ -318,6 +318,14 @@ func TestTenThousandFlows(t *testing.T) {
 	if grew := int64(openMem.HeapInuse) - int64(baseMem.HeapInuse); !raceEnabled && left > grew/4 {
 		t.Errorf("%d KiB of heap still in use after the flows closed, of %d KiB they took", left>>10, grew>>10)
 	}
+	// The runtime returns freed memory to the system lazily; asked to,
+	// most of what the flows took must go back.
+	debug.FreeOSMemory()
+	rssLeft := netstacktest.RSSKiB() - baseRSS
+	t.Logf("after closing: RSS %d KiB above the start, of %d KiB at 10,000 flows", rssLeft, rss-baseRSS)
+	if !raceEnabled && rssLeft > (rss-baseRSS)/2 {
+		t.Errorf("RSS %d KiB above the start after the flows closed, of %d KiB they took", rssLeft, rss-baseRSS)
+	}
 }
 
 // isRefused reports whether a dial through a stack ended with a reset.
