@@ -15,8 +15,8 @@ import (
 // only: `get=1` returns the device's state (what `wg show` prints);
 // `set=1` is refused with EPERM, since the configuration comes from the
 // connector's own files and a change made here would be lost or, worse,
-// disagree with the policy. It returns when ln is closed, after the
-// connections it serves are done.
+// disagree with the policy. It returns when ln is closed, after closing
+// the connections it serves.
 //
 // Serve it only where the operator alone can reach it: the answer holds
 // the interface's private key, as it does for wireguard-go and the
@@ -28,8 +28,20 @@ func (c *Connector) ServeUAPI(ln net.Listener) error {
 // ServeUAPI serves the read-only UAPI described at Connector.ServeUAPI on
 // ln, answering `get=1` with what get writes (key=value lines).
 func ServeUAPI(ln net.Listener, get func(io.Writer) error) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+	)
+	defer func() {
+		// Do not wait for idle clients: close them.
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}()
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -38,11 +50,17 @@ func ServeUAPI(ln net.Listener, get func(io.Writer) error) error {
 			}
 			return err
 		}
+		mu.Lock()
+		conns[conn] = struct{}{}
+		mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer conn.Close()
 			serveUAPIConn(conn, get)
+			conn.Close()
+			mu.Lock()
+			delete(conns, conn)
+			mu.Unlock()
 		}()
 	}
 }
