@@ -103,6 +103,10 @@ type counters struct {
 }
 
 func (c *counters) snapshot() Stats {
+	var dialFailures [numDialFailures]uint64
+	for i := range dialFailures {
+		dialFailures[i] = c.dialFailed[i].Load()
+	}
 	return Stats{
 		TCPForwarded:     c.tcpForwarded.Load(),
 		TCPDialFailed:    c.tcpDialFailed.Load(),
@@ -115,7 +119,6 @@ func (c *counters) snapshot() Stats {
 		UDPIdleClosed:    c.udpIdleClosed.Load(),
 		HandlerFailures:  c.handlerFailures.Load(),
 		TimeWaitRecycled: c.timeWaitRecycled.Load(),
-		DialFailures: [numDialFailures]uint64{c.dialFailed[0].Load(), c.dialFailed[1].Load(),
-			c.dialFailed[2].Load(), c.dialFailed[3].Load()},
+		DialFailures:     dialFailures,
 	}
 }

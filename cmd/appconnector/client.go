@@ -59,12 +59,11 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	f.socksPass = os.Getenv("APPCONNECTOR_SOCKS5_PASSWORD")
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		fmt.Fprintf(stderr, "appconnector client: --log-level %q: want debug, info, warn or error\n", f.logLevel)
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "appconnector client: %v\n", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := serveClient(ctx, f, log); err != nil {

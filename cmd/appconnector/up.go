@@ -57,12 +57,11 @@ func up(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "appconnector up: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		fmt.Fprintf(stderr, "appconnector up: --log-level %q: want debug, info, warn or error\n", f.logLevel)
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "appconnector up: %v\n", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -399,4 +398,13 @@ func listenUnixPrivate(path string) (net.Listener, error) {
 	ln, err := net.Listen("unix", path)
 	syscall.Umask(old)
 	return ln, err
+}
+
+// newLogger logs text to w at the --log-level named level.
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
