@@ -475,13 +475,7 @@ func (t *routeTable) routes() (uint64, []Route) {
 		}
 		for e := a.claims.Front(); e != nil; e = e.Next() {
 			c := e.Value.(*claim)
-			st := StateAdvertised
-			switch {
-			case !c.approved:
-				st = StatePending
-			case a.covers.Contains(c.route.addr):
-				st = StateCoalesced
-			}
+			st := a.claimState(c)
 			out = append(out, Route{
 				Prefix: netip.PrefixFrom(c.route.addr, c.route.addr.BitLen()),
 				App:    a.Name, Domain: c.domain, Source: "learned", State: st,
@@ -496,6 +490,18 @@ func (t *routeTable) routes() (uint64, []Route) {
 		return x.Prefix.Bits() - y.Prefix.Bits()
 	})
 	return t.version, out
+}
+
+// claimState is the state of a learned route as routes and countRoutes
+// report it.
+func (a *servedApp) claimState(c *claim) RouteState {
+	switch {
+	case !c.approved:
+		return StatePending
+	case a.covers.Contains(c.route.addr):
+		return StateCoalesced
+	}
+	return StateAdvertised
 }
 
 // routeCount is the number of routes of one app, source and state.
@@ -515,24 +521,13 @@ func (t *routeTable) countRoutes() []routeCount {
 		if len(a.Routes) > 0 {
 			out = append(out, routeCount{a.Name, "configured", StateAdvertised, len(a.Routes)})
 		}
-		var adv, pending, coalesced int
+		n := map[RouteState]int{}
 		for e := a.claims.Front(); e != nil; e = e.Next() {
-			c := e.Value.(*claim)
-			switch {
-			case !c.approved:
-				pending++
-			case a.covers.Contains(c.route.addr):
-				coalesced++
-			default:
-				adv++
-			}
+			n[a.claimState(e.Value.(*claim))]++
 		}
-		for _, x := range []struct {
-			st RouteState
-			n  int
-		}{{StateAdvertised, adv}, {StatePending, pending}, {StateCoalesced, coalesced}} {
-			if x.n > 0 {
-				out = append(out, routeCount{a.Name, "learned", x.st, x.n})
+		for _, st := range []RouteState{StateAdvertised, StatePending, StateCoalesced} {
+			if n[st] > 0 {
+				out = append(out, routeCount{a.Name, "learned", st, n[st]})
 			}
 		}
 	}
