@@ -277,7 +277,10 @@ func TestUnprivilegedProcess(t *testing.T) {
 	os.Chown(state, 65534, 65534)
 
 	args := append(prefix, bin, "up", "--config", filepath.Join(dir, "wg0.conf"), "--policy", filepath.Join(dir, "policy.json"),
-		"--state", state, "--listen", "127.0.0.1:0", "--log-level", "debug", "--dns-upstream", upstream.Addr)
+		"--state", state, "--listen", "127.0.0.1:0", "--log-level", "debug", "--dns-upstream", upstream.Addr,
+		// A flow still closing at SIGTERM may hold the exit this long;
+		// well inside the 10 s the test allows.
+		"--drain-timeout", "3s")
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), mainEnv+"=1")
 	stderr, err := cmd.StderrPipe()
@@ -450,6 +453,9 @@ func TestUnprivilegedProcess(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("connector did not exit within 10s of SIGTERM")
+		cmd.Process.Kill()
+		<-waitErr // Wait is running already: the cleanup must not call it again
+		exited = true
 	}
 }
 
