@@ -28,7 +28,7 @@ type metrics struct {
 	dnsQueries, dnsTCPConns, dnsTCPRefused        *prometheus.Desc
 	routes, unsafeRefused, evictions, expired     *prometheus.Desc
 	capRefused, chainRefused, stateWrites         *prometheus.Desc
-	draining                                      *prometheus.Desc
+	tcpTimeouts, tcpRetransmits, draining         *prometheus.Desc
 }
 
 func newMetrics(c *Connector) *metrics {
@@ -62,6 +62,8 @@ func newMetrics(c *Connector) *metrics {
 		capRefused:      d("routes_cap_refused_total", "Answers not learned: at the cap with every route in use."),
 		chainRefused:    d("dns_chain_refused_total", "Answers whose CNAME chain was a loop, too long or ambiguous."),
 		stateWrites:     d("state_writes_total", "Writes of the learned routes to the state directory.", "result"),
+		tcpTimeouts:     d("tcp_retransmission_timeouts_total", "Retransmission timeouts of the userspace stack's TCP senders: losses found only by the timer."),
+		tcpRetransmits:  d("tcp_retransmitted_segments_total", "TCP segments the userspace stack sent again."),
 		draining:        d("draining", "1 while shutting down (new flows refused)."),
 	}
 }
@@ -71,7 +73,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.peers, m.peerHandshake, m.peerRx, m.peerTx, m.tunPackets, m.tunBytes,
 		m.tunDropped, m.tunBlocked, m.flowsOpen, m.flows, m.flowsRefused, m.dialsInFlight, m.dialsFailed,
 		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.routes,
-		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.draining} {
+		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.draining} {
 		ch <- d
 	}
 }
@@ -117,6 +119,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(m.udpHostRefused, ns.UDPHostRefused)
 	counter(m.handlerFailures, ns.HandlerFailures)
+	counter(m.tcpTimeouts, ns.TCPTimeouts)
+	counter(m.tcpRetransmits, ns.TCPRetransmits)
 
 	counter(m.dnsQueries, st.DNS.Answered, "answered")
 	counter(m.dnsQueries, st.DNS.Forwarded, "forwarded")
