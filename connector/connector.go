@@ -498,10 +498,10 @@ func (c *Connector) Close() error {
 	c.dns.close()
 	c.api.close()
 	c.stack.Close()
-	// The device forgets its peers when it closes.
+	c.bg.Wait()
+	// The device forgets its peers when it closes: read them first.
 	peers, perr := c.readPeers()
 	c.wg.Close() // closes the tun device and the bind
-	c.bg.Wait()
 	c.flush()
 	c.flushEndpoints(peers, perr)
 	return nil

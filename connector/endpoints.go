@@ -127,12 +127,15 @@ type endpointMemory struct {
 // cfg, which it returns for the device. For each configured peer with a
 // remembered endpoint:
 //
-//   - the remembered endpoint is used if the peer has no Endpoint in the
-//     config, or the same Endpoint it had when the endpoint was learned
-//     (the peer roamed since the config was written: what was learned is
-//     newer); if the config's Endpoint changed since, the config is newer
-//     and wins, and the remembered endpoint is forgotten;
-//   - a handshake is initiated on start if its last handshake is within
+//   - if the peer has no Endpoint in the config, the remembered one is
+//     used;
+//   - if it has one, the remembered endpoint is used only when the config
+//     still says what it said when that endpoint was learned (the peer
+//     roamed since the config was written: what was learned is newer)
+//     and the session there is recent (last handshake within
+//     handshakeWindow); otherwise the config's Endpoint, resolved anew,
+//     is used and the remembered endpoint is forgotten;
+//   - a handshake is initiated on start if the last handshake is within
 //     handshakeWindow of now, to whichever endpoint the peer then has.
 //
 // Remembered peers that are no longer configured are forgotten: saved is
@@ -158,11 +161,12 @@ func newEndpointMemory(path string, cfg *wgconf.Config, stored []storedEndpoint,
 		if !ok {
 			continue
 		}
-		if p.Endpoint == "" || p.Endpoint == s.Configured {
+		recent := now.Sub(s.LastHandshake) < handshakeWindow
+		if p.Endpoint == "" || p.Endpoint == s.Configured && recent {
 			p.Endpoint = s.Endpoint.String()
 			m.restored[p.PublicKey] = s
 		}
-		if now.Sub(s.LastHandshake) < handshakeWindow {
+		if recent {
 			m.handshake = append(m.handshake, p.PublicKey)
 		}
 	}
@@ -186,7 +190,7 @@ func (m *endpointMemory) current(peers []peerState) []storedEndpoint {
 			if ep, err := netip.ParseAddrPort(p.endpoint); err == nil {
 				out = append(out, storedEndpoint{
 					PublicKey:     k,
-					Endpoint:      netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port()),
+					Endpoint:      ep,
 					Configured:    m.configured[k],
 					LastHandshake: time.Unix(p.handshakeSec, 0).UTC(),
 				})
