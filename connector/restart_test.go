@@ -3,6 +3,7 @@ package connector_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -130,9 +131,18 @@ func (r *restartRig) lastHandshake(c *rigClient) time.Time {
 // to "ip:port".
 func (r *restartRig) storedEndpoints() map[string]string {
 	r.t.Helper()
-	data, err := os.ReadFile(filepath.Join(r.state, "endpoints.json"))
+	eps, err := r.readEndpoints()
 	if err != nil {
 		r.t.Fatal(err)
+	}
+	return eps
+}
+
+// readEndpoints is storedEndpoints with an error for a missing file.
+func (r *restartRig) readEndpoints() (map[string]string, error) {
+	data, err := os.ReadFile(filepath.Join(r.state, "endpoints.json"))
+	if err != nil {
+		return nil, err
 	}
 	var f struct {
 		Peers []struct {
@@ -141,13 +151,13 @@ func (r *restartRig) storedEndpoints() map[string]string {
 		} `json:"peers"`
 	}
 	if err := json.Unmarshal(data, &f); err != nil {
-		r.t.Fatalf("endpoints.json: %v\n%s", err, data)
+		return nil, fmt.Errorf("endpoints.json: %w\n%s", err, data)
 	}
 	out := map[string]string{}
 	for _, p := range f.Peers {
 		out[p.PublicKey] = p.Endpoint
 	}
-	return out
+	return out, nil
 }
 
 // openFlow opens a TCP connection from c to echo through the connector and
@@ -208,10 +218,14 @@ func TestRestartStockClientBackAtOnce(t *testing.T) {
 	defer old.Close()
 	before := r.lastHandshake(a)
 
+	// Saved while the connector runs (a crash would not lose it), and
+	// again on Close.
+	key, want := wgconf.Key(a.key.Public()).String(), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.Port).String()
+	netstacktest.WaitFor(t, func() bool { eps, _ := r.readEndpoints(); return eps[key] == want })
 	if err := c1.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := r.storedEndpoints()[wgconf.Key(a.key.Public()).String()], netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.Port).String(); got != want {
+	if got := r.storedEndpoints()[key]; got != want {
 		t.Fatalf("stored endpoint of the client %q, want %q", got, want)
 	}
 
@@ -245,6 +259,8 @@ func TestRestartForgetsRemovedPeer(t *testing.T) {
 	if at := r.lastHandshake(b); !at.Equal(bBefore) {
 		t.Errorf("the removed peer had a handshake at %v (before the restart: %v)", at, bBefore)
 	}
+	// Dropped while the connector runs, and not written back on Close.
+	netstacktest.WaitFor(t, func() bool { eps, _ := r.readEndpoints(); return len(eps) == 1 })
 	c2.Close()
 	stored := r.storedEndpoints()
 	if _, ok := stored[wgconf.Key(b.key.Public()).String()]; ok || len(stored) != 1 {
