@@ -410,9 +410,13 @@ func (c *Connector) flushEndpoints(peers []peerState, err error) {
 		c.log.Error("save peer endpoints: " + err.Error())
 		return
 	}
-	if err := c.endpoints.flush(peers); err != nil {
+	wrote, err := c.endpoints.flush(peers)
+	switch {
+	case err != nil:
 		c.stateWriteErrors.Add(1)
 		c.log.Error(err.Error())
+	case wrote:
+		c.stateWrites.Add(1)
 	}
 }
 

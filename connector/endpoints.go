@@ -222,20 +222,18 @@ func stale(saved, cur []storedEndpoint) bool {
 }
 
 // flush writes the endpoints the device reports in peers if the file
-// is stale. Only one goroutine at a time may call it.
-func (m *endpointMemory) flush(peers []peerState) error {
-	if m == nil || m.path == "" {
-		return nil
-	}
+// is stale, and reports whether it wrote. Only one goroutine at a time may
+// call it.
+func (m *endpointMemory) flush(peers []peerState) (bool, error) {
 	cur := m.current(peers)
 	if !stale(m.saved, cur) {
-		return nil
+		return false, nil
 	}
 	if err := saveEndpoints(m.path, cur); err != nil {
-		return err
+		return false, err
 	}
 	m.saved = cur
-	return nil
+	return true, nil
 }
 
 // loadEndpoints reads the remembered endpoints from path and returns the

@@ -221,8 +221,8 @@ func TestEndpointsWrittenWhenStale(t *testing.T) {
 	path := filepath.Join(t.TempDir(), endpointsFileName)
 	m, _ := newEndpointMemory(path, &wgconf.Config{Peers: []wgconf.Peer{{PublicKey: a}}}, nil, now)
 	peers := []peerState{{key: a.String(), endpoint: ep.String(), handshakeSec: now.Unix()}}
-	if err := m.flush(peers); err != nil {
-		t.Fatal(err)
+	if wrote, err := m.flush(peers); err != nil || !wrote {
+		t.Fatalf("first flush: wrote %v, %v", wrote, err)
 	}
 	got, err := loadEndpoints(path, now)
 	if err != nil || !slices.Equal(got, base) {
@@ -230,8 +230,8 @@ func TestEndpointsWrittenWhenStale(t *testing.T) {
 	}
 	os.Remove(path)
 	peers[0].handshakeSec += 10
-	if err := m.flush(peers); err != nil {
-		t.Fatal(err)
+	if wrote, err := m.flush(peers); err != nil || wrote {
+		t.Fatalf("flush for a handshake 10 s newer: wrote %v, %v", wrote, err)
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("written again for a handshake 10 s newer: %v", err)
