@@ -3,6 +3,7 @@ package connector
 import (
 	"bufio"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -61,7 +62,7 @@ func newMetrics(c *Connector) *metrics {
 		expired:         d("routes_expired_total", "Learned routes expired."),
 		capRefused:      d("routes_cap_refused_total", "Answers not learned: at the cap with every route in use."),
 		chainRefused:    d("dns_chain_refused_total", "Answers whose CNAME chain was a loop, too long or ambiguous."),
-		stateWrites:     d("state_writes_total", "Writes of the learned routes to the state directory.", "result"),
+		stateWrites:     d("state_writes_total", "Writes of the state directory's files (learned routes, peer endpoints).", "result"),
 		tcpTimeouts:     d("tcp_retransmission_timeouts_total", "Retransmission timeouts of the userspace stack's TCP senders: losses found only by the timer."),
 		tcpRetransmits:  d("tcp_retransmitted_segments_total", "TCP segments the userspace stack sent again."),
 		draining:        d("draining", "1 while shutting down (new flows refused)."),
@@ -158,6 +159,7 @@ func (m *metrics) handler() http.Handler {
 // peerState is one WireGuard peer as the device reports it.
 type peerState struct {
 	key          string // base64 public key
+	endpoint     string // "ip:port" of its last authenticated packet, or as configured; "" if none
 	handshakeSec int64
 	rx, tx       uint64
 }
@@ -165,11 +167,18 @@ type peerState struct {
 // wireguardPeers reads the peers' state from the WireGuard device (its
 // UAPI "get" output: a public_key line starts each peer).
 func (c *Connector) wireguardPeers() []peerState {
+	ps, _ := c.readPeers()
+	return ps
+}
+
+// readPeers is wireguardPeers with the device's error, if it could not
+// report its state.
+func (c *Connector) readPeers() ([]peerState, error) {
 	dump, err := c.wg.IpcGet()
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("read wireguard state: %w", err)
 	}
-	var out []peerState
+	out := []peerState{}
 	sc := bufio.NewScanner(strings.NewReader(dump))
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), "=")
@@ -190,6 +199,8 @@ func (c *Connector) wireguardPeers() []peerState {
 		p := &out[len(out)-1]
 		n, _ := strconv.ParseUint(v, 10, 64)
 		switch k {
+		case "endpoint":
+			p.endpoint = v
 		case "last_handshake_time_sec":
 			p.handshakeSec = int64(n)
 		case "rx_bytes":
@@ -198,5 +209,5 @@ func (c *Connector) wireguardPeers() []peerState {
 			p.tx = n
 		}
 	}
-	return out
+	return out, nil
 }
