@@ -293,9 +293,9 @@ func TestTenThousandFlows(t *testing.T) {
 	}
 	// The clients keep their closed connections 1 s in TIME-WAIT.
 	endpoints := func() []int {
-		n := []int{gw.Stats().Endpoints}
+		n := []int{gw.Endpoints()}
 		for _, c := range clients {
-			n = append(n, c.st.Stats().Endpoints)
+			n = append(n, c.st.Endpoints())
 		}
 		return n
 	}
