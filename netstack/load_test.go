@@ -155,6 +155,7 @@ func TestTenThousandFlows(t *testing.T) {
 	for _, c := range clients {
 		writer(c.dev)
 	}
+	var droppedToGW atomic.Int64
 	pump := func(from *tun.Device, to func([]byte) chan []byte) {
 		defer wg.Done()
 		n := tun.DefaultBatchSize
@@ -173,6 +174,9 @@ func TestTenThousandFlows(t *testing.T) {
 					case ch <- append([]byte(nil), bufs[i][:sizes[i]]...):
 					default:
 						dropped.Add(1)
+						if from != gwTun {
+							droppedToGW.Add(1)
+						}
 					}
 				}
 			}
@@ -280,28 +284,89 @@ func TestTenThousandFlows(t *testing.T) {
 		t.Errorf("%.1f KiB of heap per open flow, want at most 64 for both ends", heapPerFlow)
 	}
 
+	dialed := map[netip.AddrPort]bool{}
+	for _, c := range conns {
+		dialed[netip.MustParseAddrPort(c.LocalAddr().String())] = true
+	}
 	for _, c := range conns {
 		c.Close()
 	}
 	conns = nil
+	clientEndpoints := func() string {
+		var b strings.Builder
+		for _, c := range clients {
+			fmt.Fprintf(&b, "%v: %s\n", c.addr, netstack.EndpointStates(c.st))
+		}
+		return b.String()
+	}
+	// twins, for a failure message: each client stack's TCP counters, a
+	// few gateway endpoints still established next to their client-side
+	// counterparts (state, RTO, counters), and how many established
+	// gateway endpoints have no counterpart left at all.
+	twins := func() string {
+		var b strings.Builder
+		cl := map[netip.AddrPort]netstack.TCPEndpoint{}
+		for _, c := range clients {
+			for _, e := range netstack.TCPEndpoints(c.st) {
+				cl[e.Local] = e
+			}
+			fmt.Fprintf(&b, "client %v: %s\n", c.addr, netstack.StackTCPStats(c.st))
+		}
+		n, ghosts, ghostsDialed := 0, 0, 0
+		for _, g := range netstack.TCPEndpoints(gw) {
+			if g.State != "ESTABLISHED" {
+				continue
+			}
+			e, ok := cl[g.Remote]
+			if !ok {
+				ghosts++
+				if dialed[g.Remote] {
+					ghostsDialed++
+				}
+			}
+			if ok && n > 3 || !ok && ghosts > 5 {
+				continue
+			}
+			n++
+			fmt.Fprintf(&b, "gw %v<-%v %s %s (dialed %v)\n", g.Local, g.Remote, g.State, g.Detail(), dialed[g.Remote])
+			if ok {
+				fmt.Fprintf(&b, "   client %s %s\n", e.State, e.Detail())
+			}
+		}
+		fmt.Fprintf(&b, "%d established at the gateway without a client endpoint, %d of them dialed\n", ghosts, ghostsDialed)
+		return b.String()
+	}
 	// Closing 10,000 at once overflows the queues between the stacks
-	// (see above), and TCP's retransmission backoff can take its time.
+	// (see above), and TCP's retransmission backoff can take its time. On
+	// failure, the message shows where each side of the flows left is.
+	closed := time.Now()
+	t.Logf("closing: %d packets dropped between the stacks so far", dropped.Load())
+	nextLog := closed.Add(10 * time.Second)
 	for end := time.Now().Add(60 * time.Second); gw.Stats().OpenFlows > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(nextLog) {
+			t.Logf("%v after closing: %d flows open; %d packets dropped (%d towards the gateway)", time.Since(closed).Round(time.Second), gw.Stats().OpenFlows,
+				dropped.Load(), droppedToGW.Load())
+			nextLog = nextLog.Add(10 * time.Second)
+		}
 		if time.Now().After(end) {
-			t.Fatalf("60 s after closing, %d flows still open (gateway %+v)", gw.Stats().OpenFlows, gw.Stats())
+			t.Fatalf("60 s after closing, %d flows still open (gateway %+v)\n%s\ngateway: %s\nclients: %s\nhost sockets: %s",
+				gw.Stats().OpenFlows, gw.Stats(), twins(), netstack.DumpTCP(gw), clientEndpoints(), hostSockets(up))
 		}
 	}
 	// The clients keep their closed connections 1 s in TIME-WAIT.
 	endpoints := func() []int {
-		n := []int{gw.Stats().Endpoints}
+		n := []int{gw.Endpoints()}
 		for _, c := range clients {
-			n = append(n, c.st.Stats().Endpoints)
+			n = append(n, c.st.Endpoints())
 		}
 		return n
 	}
-	for end := time.Now().Add(60 * time.Second); slices.Max(endpoints()) > 0; time.Sleep(10 * time.Millisecond) {
+	// (Counting endpoints holds each stack's lock while it walks them all:
+	// poll at a pace that leaves the stacks time to finish closing.)
+	for end := time.Now().Add(60 * time.Second); slices.Max(endpoints()) > 0; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(end) {
-			t.Fatalf("60 s after the flows ended, endpoints left (gateway, clients): %v", endpoints())
+			t.Fatalf("60 s after the flows ended, endpoints left (gateway, clients): %v\ngateway: %s\nclients: %s",
+				endpoints(), netstack.DumpTCP(gw), clientEndpoints())
 		}
 	}
 	netstacktest.WaitFor(t, func() bool { return runtime.NumGoroutine() <= baseGoroutines+5 })
@@ -326,6 +391,30 @@ func TestTenThousandFlows(t *testing.T) {
 	if !raceEnabled && rssLeft > (rss-baseRSS)/2 {
 		t.Errorf("RSS %d KiB above the start after the flows closed, of %d KiB they took", rssLeft, rss-baseRSS)
 	}
+}
+
+// hostSockets counts the kernel's TCP sockets to or from up by state and
+// lists up to 10 of each state other than established, listening and
+// TIME-WAIT, for a failure message.
+func hostSockets(up netip.AddrPort) string {
+	out, err := exec.Command("ss", "-tano", fmt.Sprintf("( dport = :%d or sport = :%d )", up.Port(), up.Port())).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("ss: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	states := map[string]int{}
+	var b strings.Builder
+	for i, l := range lines {
+		if i == 0 {
+			continue
+		}
+		f := strings.Fields(l)
+		states[f[0]]++
+		if f[0] != "ESTAB" && f[0] != "LISTEN" && f[0] != "TIME-WAIT" && states[f[0]] <= 10 {
+			b.WriteString(l + "\n")
+		}
+	}
+	return fmt.Sprintf("%v\n%s", states, b.String())
 }
 
 // isRefused reports whether a dial through a stack ended with a reset.

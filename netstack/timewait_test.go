@@ -79,8 +79,8 @@ func testSourcePortReuse(t *testing.T, gwAddr, clAddr netip.Addr, upstream strin
 		c.Close()
 		// The client was the passive closer: once its endpoint is gone,
 		// the port is free for it and the gateway's side is in TIME-WAIT.
-		waitFor(t, 5*time.Second, "client endpoint closed", func() bool { return cl.Stats().Endpoints == 0 })
-		if n := gw.Stats().Endpoints; n != 1 {
+		waitFor(t, 5*time.Second, "client endpoint closed", func() bool { return cl.Endpoints() == 0 })
+		if n := gw.Endpoints(); n != 1 {
 			t.Fatalf("after connection %d the gateway has %d endpoints, want 1 in TIME-WAIT", i+1, n)
 		}
 	}
