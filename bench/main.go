@@ -225,7 +225,7 @@ func run(o options) error {
 	}
 	fmt.Fprintf(os.Stderr, "wrote %s/results.{md,json,svg}\n", o.out)
 	if stalls := rep.findStalls(); len(stalls) > 0 {
-		fmt.Fprintf(os.Stderr, "bench: %d stalled runs (listed under the table); -validate fails on them\n", len(stalls))
+		fmt.Fprintf(os.Stderr, "bench: stalled runs: %d (listed under the table); -validate fails on them\n", len(stalls))
 	}
 	return nil
 }
