@@ -43,14 +43,14 @@ func main() {
 	var o options
 	var scen, work string
 	flag.DurationVar(&o.duration, "duration", time.Second, "length of each timed measurement (bulk, rtt, connection rate)")
-	flag.IntVar(&o.runs, "runs", 5, "runs; every figure is the median of the runs (min–max shown)")
+	flag.IntVar(&o.runs, "runs", 5, "runs; every figure is the median of the runs (min–max shown); a run far worse than its median is reported as a stall")
 	flag.StringVar(&scen, "scenarios", strings.Join(allScenarios, ","), "scenarios to run, comma-separated")
 	flag.StringVar(&work, "workloads", strings.Join(allWorkloads, ","), "workloads to run, comma-separated")
 	flag.IntVar(&o.idleFlows, "idle-flows", 10000, "idle TCP flows held for the memory figure")
 	flag.IntVar(&o.dnsNames, "dns-names", 1000, "new names asked per run for the DNS figures")
 	flag.IntVar(&o.rttMax, "rtt-max", 20000, "most round trips per RTT measurement")
 	flag.StringVar(&o.out, "out", "bench-results", "output `directory` for results.json, results.md and results.svg")
-	flag.BoolVar(&o.quick, "quick", false, "a fast smoke run: 1 run, 200 ms measurements, 300 idle flows, 100 names")
+	flag.BoolVar(&o.quick, "quick", false, "a fast smoke run: 1 run (unless -runs is given), 200 ms measurements, 300 idle flows, 100 names")
 	flag.StringVar(&o.validate, "validate", "", "check that `directory` holds a well-formed report, and exit")
 	flag.StringVar(&o.role, "role", "", "internal: run as the connector or client process")
 	flag.StringVar(&o.dir, "dir", "", "internal: the role's configuration directory")
@@ -69,7 +69,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 			os.Exit(1)
 		}
-		fmt.Printf("%s: well formed\n", o.validate)
+		fmt.Printf("%s: well formed, no stalled runs\n", o.validate)
 		return
 	}
 	// BENCH_CPUPROFILE=prefix also profiles this process (the harness, and
@@ -87,7 +87,14 @@ func main() {
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	if o.quick {
-		o.runs, o.duration, o.idleFlows, o.dnsNames = 1, 200*time.Millisecond, 300, 100
+		// One run cannot show a stall (its median is itself): -quick
+		// -runs 3 is a quick look at the tail.
+		runsGiven := false
+		flag.Visit(func(f *flag.Flag) { runsGiven = runsGiven || f.Name == "runs" })
+		if !runsGiven {
+			o.runs = 1
+		}
+		o.duration, o.idleFlows, o.dnsNames = 200*time.Millisecond, 300, 100
 	}
 	o.scenarios = splitList(scen)
 	o.workloads = splitList(work)
@@ -217,6 +224,9 @@ func run(o options) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "wrote %s/results.{md,json,svg}\n", o.out)
+	if stalls := rep.findStalls(); len(stalls) > 0 {
+		fmt.Fprintf(os.Stderr, "bench: stalled runs: %d (listed under the table); -validate fails on them\n", len(stalls))
+	}
 	return nil
 }
 

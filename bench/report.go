@@ -57,6 +57,9 @@ type Meta struct {
 type Report struct {
 	Meta    Meta     `json:"meta"`
 	Results []Result `json:"results"`
+	// Stalls lists the stalled runs in Results (see findStalls). It is
+	// derived: WriteJSON fills it from the samples, Validate checks it.
+	Stalls []Stall `json:"stalls"`
 }
 
 // summary returns pick applied to the sorted samples, or NaN if there are
@@ -248,17 +251,19 @@ func formatSig3(v float64) string {
 	return b.String()
 }
 
-// summaryCell formats res as "median (min–max)", or just the median for a
-// single sample; "—" if res is nil.
+// summaryCell formats res as "median (min–max)", followed by " ⚠" if a run
+// stalled; "—" if res is nil. A single sample is shown the same way, as
+// "7.00 (7.00–7.00)", so that every cell of every row has its min in the
+// same place whatever the number of runs.
 func summaryCell(res *Result) string {
 	if res == nil {
 		return "—"
 	}
-	med := formatSig3(res.Median())
-	if len(res.Samples) <= 1 {
-		return med
+	s := formatSig3(res.Median()) + " (" + formatSig3(res.Min()) + "–" + formatSig3(res.Max()) + ")"
+	if len(res.stalledRuns()) > 0 {
+		s += " ⚠"
 	}
-	return med + " (" + formatSig3(res.Min()) + "–" + formatSig3(res.Max()) + ")"
+	return s
 }
 
 // betterArrow is "↑" if higher is better, else "↓".
@@ -308,10 +313,12 @@ func markdownCode(s string) string {
 // Markdown writes the report as Markdown: a heading, a line describing the
 // run and the command, then one table with a row per metric (and process)
 // and a column per scenario, in the order given followed by any scenario
-// not given but present in the results. Each cell is "median (min–max)".
-// Extra columns hold the ratio of medians of each scenario to "stock" and
-// to "direct" (stock itself only to direct), marked ✓ or ✗ when better or
-// worse than 1×.
+// not given but present in the results, then the stalls. Each cell is
+// "median (min–max)", marked ⚠ if a run stalled. Extra columns hold the
+// ratio of medians of each scenario to "stock" and to "direct" (stock itself
+// only to direct), marked ✓ or ✗ when better or worse than 1×. After the
+// table, every stalled run (see findStalls) is listed with its scenario,
+// metric, run, value and median, or a line says there were none.
 func (r *Report) Markdown(w io.Writer, scenarios []string) error {
 	scens := r.scenarioOrder(scenarios)
 	cols := ratioColumns(scens)
@@ -321,8 +328,9 @@ func (r *Report) Markdown(w io.Writer, scenarios []string) error {
 	if r.Meta.Command != "" {
 		b.WriteString("Command: " + markdownCode(r.Meta.Command) + "\n\n")
 	}
-	b.WriteString("Cells are median (min–max) over the runs; ratios are median ÷ median. " +
-		"↑ higher is better, ↓ lower is better; ✓ better than the baseline, ✗ worse.\n\n")
+	b.WriteString("Cells are median (min–max) over the runs; ratios are median ÷ median, so read the min beside them. " +
+		"↑ higher is better, ↓ lower is better; ✓ better than the baseline, ✗ worse; " +
+		"⚠ a run stalled (listed below the table).\n\n")
 
 	b.WriteString("| Metric | Unit |")
 	for _, s := range scens {
@@ -342,6 +350,7 @@ func (r *Report) Markdown(w io.Writer, scenarios []string) error {
 		}
 		b.WriteString("\n")
 	}
+	writeStallsMarkdown(&b, r.findStalls())
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -355,7 +364,8 @@ func (r *Report) WriteMarkdown(path string, scenarios []string) error {
 	return writeFileAtomic(path, buf.Bytes())
 }
 
-// WriteJSON writes r to path as indented JSON, atomically. JSON has no NaN or
+// WriteJSON writes r to path as indented JSON, atomically, with Stalls
+// filled from the samples (r itself is not changed). JSON has no NaN or
 // infinity, so a non-finite sample is an error that names its result.
 func (r *Report) WriteJSON(path string) error {
 	for _, res := range r.Results {
@@ -365,7 +375,9 @@ func (r *Report) WriteJSON(path string) error {
 			}
 		}
 	}
-	data, err := json.MarshalIndent(r, "", "  ")
+	out := *r
+	out.Stalls = r.findStalls()
+	data, err := json.MarshalIndent(&out, "", "  ")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -423,8 +435,8 @@ func svgText(s string) string {
 
 // WriteSVG draws the report to path as a standalone SVG 1.1 image, about
 // 1000 px wide: a panel per metric (and process), three across, each with a
-// bar per scenario at the median, a whisker from min to max and the median
-// printed above. Scenarios are ordered as in Markdown; a scenario without the
+// bar per scenario at the median, a whisker from min to max, a red dot at
+// each stalled run and the median printed above. Scenarios are ordered as in Markdown; a scenario without the
 // metric, or with a NaN median, gets a labelled slot and no bar.
 func (r *Report) WriteSVG(path string, scenarios []string) error {
 	scens := r.scenarioOrder(scenarios)
@@ -516,6 +528,15 @@ func writeSVGPanel(b *bytes.Buffer, row *reportRow, scens []string, colors map[s
 				mid, y(lowV), y(highV), mid-barW/5, y(lowV), barW*2/5, mid-barW/5, y(highV), barW*2/5)
 			yTop = min(yTop, y(highV))
 		}
+		for _, j := range res.stalledRuns() {
+			if math.IsInf(res.Samples[j], 0) {
+				continue
+			}
+			stall := Stall{Scenario: s, Metric: row.metric, Process: row.process, Unit: row.unit,
+				Higher: row.higher, Run: j + 1, Value: res.Samples[j], Median: med}
+			fmt.Fprintf(b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#d62728\"><title>stall: %s</title></circle>\n",
+				mid, y(stall.Value), svgText(stall.String()))
+		}
 		fmt.Fprintf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", mid, yTop-5, formatSig3(med))
 	}
 	b.WriteString("</g>\n")
@@ -524,6 +545,7 @@ func writeSVGPanel(b *bytes.Buffer, row *reportRow, scens []string, colors map[s
 // Validate checks an output directory written by the harness: results.json
 // holds a Report with at least one Result, each with a scenario, metric and
 // unit, exactly Meta.Runs finite non-negative samples, and no duplicate;
+// no run stalled (see findStalls), and the stalls it records are those;
 // results.svg is well-formed XML with an <svg> root in the SVG namespace;
 // results.md contains a Markdown table. The error names the first problem
 // and its file.
@@ -582,6 +604,12 @@ func validateResultsJSON(path string) error {
 			return fmt.Errorf("%s: %s: duplicate scenario/metric/process", path, name)
 		}
 		seen[key] = true
+	}
+	if stalls := rep.findStalls(); len(stalls) > 0 {
+		return stallsError(path, stalls)
+	}
+	if len(rep.Stalls) > 0 {
+		return fmt.Errorf("%s: stalls lists %d runs, but no sample stalled: first %s", path, len(rep.Stalls), rep.Stalls[0])
 	}
 	return nil
 }

@@ -162,9 +162,10 @@ func TestMarkdownScenarioOrder(t *testing.T) {
 		if !strings.Contains(buf.String(), tt.header+"\n") {
 			t.Errorf("scenarios %q: no header %q in\n%s", tt.scenarios, tt.header, buf.String())
 		}
-		// A single sample has no range; pipes in cells are escaped.
-		if !strings.Contains(buf.String(), "| m | u\\|v ↓ | 1.00 | 2.00 | 4.00 | 2.00× ✗ | 4.00× ✗ |") &&
-			!strings.Contains(buf.String(), "| m | u\\|v ↓ | 2.00 | 1.00 | 4.00 | 2.00× ✗ | 4.00× ✗ |") {
+		// A single sample shows its min and max like any other cell; pipes
+		// in cells are escaped.
+		if !strings.Contains(buf.String(), "| m | u\\|v ↓ | 1.00 (1.00–1.00) | 2.00 (2.00–2.00) | 4.00 (4.00–4.00) | 2.00× ✗ | 4.00× ✗ |") &&
+			!strings.Contains(buf.String(), "| m | u\\|v ↓ | 2.00 (2.00–2.00) | 1.00 (1.00–1.00) | 4.00 (4.00–4.00) | 2.00× ✗ | 4.00× ✗ |") {
 			t.Errorf("scenarios %q: row missing in\n%s", tt.scenarios, buf.String())
 		}
 	}
@@ -187,11 +188,36 @@ func TestWriteJSON(t *testing.T) {
 	if err := json.Unmarshal(data, &got); err != nil {
 		t.Fatal(err)
 	}
+	want.Stalls = []Stall{} // written even when there are none
 	if !reflect.DeepEqual(&got, want) {
 		t.Errorf("read back\n%+v\nwant\n%+v", got, *want)
 	}
+	if !strings.Contains(string(data), `"stalls": []`) {
+		t.Errorf("no empty stalls list in\n%s", data)
+	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("dir holds %d entries, want only %s", len(entries), resultsJSONFile)
+	}
+
+	stalled := reportFixture()
+	stalled.Results[2].Samples[1] = 70 // connector/bulk-up: 300 (70–320)
+	if err := stalled.WriteJSON(path); err != nil {
+		t.Fatal(err)
+	}
+	if stalled.Stalls != nil {
+		t.Errorf("WriteJSON changed the report's Stalls to %v", stalled.Stalls)
+	}
+	data, err = os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = Report{}
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	wantStalls := []Stall{{Scenario: "connector", Metric: "bulk-up", Unit: "MB/s", Higher: true, Run: 2, Value: 70, Median: 300}}
+	if !reflect.DeepEqual(got.Stalls, wantStalls) {
+		t.Errorf("stalls read back %+v, want %+v", got.Stalls, wantStalls)
 	}
 
 	bad := reportFixture()
@@ -238,14 +264,18 @@ func TestWriteSVG(t *testing.T) {
 		{Scenario: "direct", Metric: "inf", Unit: "u", Samples: []float64{1, math.Inf(1), 2}},
 		{Scenario: "a<b>&c", Metric: "<script>&", Unit: "\"µs\"", Process: "p'", Samples: []float64{1}},
 	}}
+	stalled := reportFixture()
+	stalled.Results[2].Samples[1] = 70   // connector/bulk-up
+	stalled.Results[10].Samples[2] = 201 // stock/rtt-p50
 	tests := []struct {
-		name string
-		r    *Report
-		bars int
+		name         string
+		r            *Report
+		bars, stalls int
 	}{
-		{"fixture", reportFixture(), 16},
-		{"weird", weird, 5},
-		{"empty", &Report{}, 0},
+		{"fixture", reportFixture(), 16, 0},
+		{"stalled", stalled, 16, 2},
+		{"weird", weird, 5, 0},
+		{"empty", &Report{}, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -259,6 +289,9 @@ func TestWriteSVG(t *testing.T) {
 			}
 			if count["rect"] != tt.bars {
 				t.Errorf("%d <rect>, want one per bar: %d", count["rect"], tt.bars)
+			}
+			if count["circle"] != tt.stalls {
+				t.Errorf("%d <circle>, want one per stall: %d", count["circle"], tt.stalls)
 			}
 			if err := validateResultsSVG(path); err != nil {
 				t.Error(err)
@@ -367,6 +400,164 @@ func TestValidate(t *testing.T) {
 			dir := writeReportDir(t, reportFixture())
 			tt.corrupt(t, dir)
 			err := Validate(dir)
+			if err == nil {
+				t.Fatal("Validate passed")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestFindStalls(t *testing.T) {
+	nan := math.NaN()
+	tests := []struct {
+		name    string
+		unit    string
+		higher  bool
+		samples []float64
+		stalled []int // indexes
+	}{
+		{"rate steady", "MB/s", true, []float64{100, 90, 110}, nil},
+		{"rate stall", "MB/s", true, []float64{126, 4.16, 130}, []int{1}},
+		{"rate exactly 25%", "MB/s", true, []float64{100, 25, 100}, nil},
+		{"rate just under 25%", "MB/s", true, []float64{100, 24.999, 100}, []int{1}},
+		{"rate far above", "conns/s", true, []float64{100, 100, 10000}, nil},
+		{"rate two stalls", "names/s", true, []float64{100, 1, 100, 100, 2}, []int{1, 4}},
+		{"rate even count", "MB/s", true, []float64{10, 100}, []int{0}}, // median 55
+		{"rate zero median", "MB/s", true, []float64{0, 0, 5}, nil},
+		{"time steady", "µs", false, []float64{300, 250, 350}, nil},
+		{"time stall", "µs", false, []float64{300, 1201, 250}, []int{1}},
+		{"time exactly 4×", "µs", false, []float64{300, 1200, 250}, nil},
+		{"time far below", "µs", false, []float64{300, 1, 250}, nil},
+		{"time in ms", "ms", false, []float64{1, 1, 5}, []int{2}},
+		{"one sample", "MB/s", true, []float64{0.001}, nil},
+		{"cost not watched", "s/GiB", false, []float64{1, 1, 100}, nil},
+		{"memory not watched", "KiB", false, []float64{0.0004, 0, 11.6}, nil},
+		{"count not watched", "conns", false, []float64{0, 0, 1}, nil},
+		{"nan", "MB/s", true, []float64{100, nan, 1}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := Result{Scenario: "connector", Metric: "m", Unit: tt.unit, Higher: tt.higher, Samples: tt.samples}
+			if got := res.stalledRuns(); !slices.Equal(got, tt.stalled) {
+				t.Errorf("stalledRuns = %v, want %v", got, tt.stalled)
+			}
+			rep := &Report{Results: []Result{res}}
+			stalls := rep.findStalls()
+			if stalls == nil || len(stalls) != len(tt.stalled) {
+				t.Fatalf("findStalls = %#v, want %d", stalls, len(tt.stalled))
+			}
+			for i, s := range stalls {
+				j := tt.stalled[i]
+				if s.Run != j+1 || s.Value != tt.samples[j] || s.Median != res.Median() || s.Unit != tt.unit || s.Higher != tt.higher {
+					t.Errorf("stall %d = %+v, want run %d at %v, median %v", i, s, j+1, tt.samples[j], res.Median())
+				}
+			}
+		})
+	}
+}
+
+func TestStallString(t *testing.T) {
+	tests := []struct {
+		s    Stall
+		want string
+	}{
+		{Stall{Scenario: "connector", Metric: "bulk-up", Unit: "MB/s", Higher: true, Run: 3, Value: 4.16, Median: 126},
+			"connector/bulk-up run 3: 4.16 MB/s, below 25% of the median 126 MB/s"},
+		{Stall{Scenario: "socks5", Metric: "rtt-p99", Unit: "µs", Run: 1, Value: 2500, Median: 600},
+			"socks5/rtt-p99 run 1: 2,500 µs, above 4× the median 600 µs"},
+		{Stall{Scenario: "stock", Metric: "m", Process: "client", Unit: "ms", Run: 2, Value: 9, Median: 2},
+			"stock/m (client) run 2: 9.00 ms, above 4× the median 2.00 ms"},
+	}
+	for _, tt := range tests {
+		if got := tt.s.String(); got != tt.want {
+			t.Errorf("String = %q, want %q", got, tt.want)
+		}
+	}
+}
+
+func TestMarkdownStalls(t *testing.T) {
+	r := reportFixture()
+	r.Results[2].Samples[1] = 70   // connector/bulk-up: 300 (70–320)
+	r.Results[10].Samples[2] = 201 // stock/rtt-p50: 50.0 (40.0–201)
+	var buf bytes.Buffer
+	if err := r.Markdown(&buf, reportTestScenarios); err != nil {
+		t.Fatal(err)
+	}
+	md := buf.String()
+	t.Log("\n" + md)
+	for _, w := range []string{
+		"| bulk-up | MB/s ↑ | 1,100 (1,000–1,200) | 100 (90.0–110) | 300 (70.0–320) ⚠ | 250 (240–260) |",
+		"| rtt-p50 | µs ↓ | 11.0 (10.0–12.0) | 50.0 (40.0–201) ⚠ | 25.0 (20.0–30.0) | — |",
+		"\nStalls: 2 (a run of a rate below 25% of its scenario's median, or of a time above 4× it):\n\n" +
+			"- ⚠ connector/bulk-up run 2: 70.0 MB/s, below 25% of the median 300 MB/s\n" +
+			"- ⚠ stock/rtt-p50 run 3: 201 µs, above 4× the median 50.0 µs\n",
+	} {
+		if !strings.Contains(md, w) {
+			t.Errorf("Markdown lacks %q", w)
+		}
+	}
+
+	buf.Reset()
+	if err := reportFixture().Markdown(&buf, reportTestScenarios); err != nil {
+		t.Fatal(err)
+	}
+	if md := buf.String(); !strings.Contains(md, "\nStalls: none (") || strings.Contains(md, " ⚠ |") || strings.Contains(md, "- ⚠") {
+		t.Errorf("without stalls, Markdown should say so and mark no cell:\n%s", md)
+	}
+}
+
+func TestValidateStalls(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(r *Report)
+		want []string // nil: Validate passes
+	}{
+		{"none", func(r *Report) {}, nil},
+		{"rate stall", func(r *Report) { r.Results[2].Samples[1] = 70 }, // connector/bulk-up
+			[]string{resultsJSONFile, "1 stalled run ", "connector/bulk-up run 2: 70.0 MB/s, below 25% of the median 300 MB/s"}},
+		{"rate at exactly 25%", func(r *Report) { r.Results[2].Samples[1] = 75 }, nil},
+		{"rate just under 25%", func(r *Report) { r.Results[2].Samples[1] = 74.9 },
+			[]string{"connector/bulk-up run 2: 74.9 MB/s, below 25% of the median 300 MB/s"}},
+		{"rate far above", func(r *Report) { r.Results[2].Samples[1] = 5000 }, nil},
+		{"time stall", func(r *Report) { r.Results[11].Samples[2] = 101 }, // connector/rtt-p50, median 25
+			[]string{"1 stalled run ", "connector/rtt-p50 run 3: 101 µs, above 4× the median 25.0 µs"}},
+		{"time at exactly 4×", func(r *Report) { r.Results[11].Samples[2] = 100 }, nil},
+		{"time far below", func(r *Report) { r.Results[11].Samples[2] = 0.5 }, nil},
+		{"cost not watched", func(r *Report) { r.Results[7].Samples[2] = 100 }, nil}, // connector/cpu-per-gib
+		{"two stalls", func(r *Report) {
+			r.Results[2].Samples[1] = 70
+			r.Results[11].Samples[2] = 101
+		}, []string{"2 stalled runs", "connector/bulk-up run 2", "; connector/rtt-p50 run 3"}},
+		{"recorded stall the samples lack", func(r *Report) {
+			r.Stalls = []Stall{{Scenario: "stock", Metric: "bulk-up", Unit: "MB/s", Higher: true, Run: 1, Value: 1, Median: 100}}
+		}, []string{resultsJSONFile, "stalls lists 1 runs, but no sample stalled", "stock/bulk-up run 1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := reportFixture()
+			tt.edit(r)
+			dir := writeReportDir(t, r)
+			if r.Stalls != nil { // WriteJSON writes the stalls it finds: put the recorded ones back
+				data, err := json.Marshal(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, resultsJSONFile), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := Validate(dir)
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
 			if err == nil {
 				t.Fatal("Validate passed")
 			}
