@@ -256,8 +256,10 @@ func (s *Stack) openEchoFlow(f Flow, key echoKey, peer string, pkt *stack.Packet
 // without the IP header.
 func openPingSocket(dst netip.Addr) (net.Conn, syscall.RawConn, error) {
 	family, proto := unix.AF_INET, unix.IPPROTO_ICMP
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: dst.As4()}
-	if dst.Is6() {
+	var sa unix.Sockaddr
+	if dst.Is4() {
+		sa = &unix.SockaddrInet4{Addr: dst.As4()}
+	} else {
 		family, proto = unix.AF_INET6, unix.IPPROTO_ICMPV6
 		sa = &unix.SockaddrInet6{Addr: dst.As16()}
 	}
