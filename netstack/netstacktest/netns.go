@@ -18,20 +18,21 @@ import (
 const netnsEnv = "APPCONNECTOR_TEST_NETNS"
 
 // InNetns runs the calling top-level test again in a child process of the
-// test binary, inside a new network namespace with loopback up and
-// net.ipv4.ping_group_range set to pingGroupRange (that sysctl is per
-// namespace and governs ICMPv6 ping sockets too; "1 0" forbids them to
-// everyone).
+// test binary, inside a new network namespace with loopback up. If ping
+// is set, the namespace's net.ipv4.ping_group_range (a per-namespace
+// sysctl that governs ICMPv6 ping sockets too) admits the process's group,
+// so it may open unprivileged ICMP sockets; otherwise it keeps a new
+// namespace's default, "1 0", which admits no group.
 //
 // In the child it reports true and the test goes on there. In the parent
 // it reports false after the child has ended, having logged the child's
 // output and failed or skipped the test as the child did; the test has
 // nothing left to do. Where no namespace can be made (not root, and no
 // unprivileged user namespaces), it skips the test.
-func InNetns(t *testing.T, pingGroupRange string) bool {
+func InNetns(t *testing.T, ping bool) bool {
 	t.Helper()
 	if os.Getenv(netnsEnv) == t.Name() {
-		if err := setUpNetns(pingGroupRange); err != nil {
+		if err := setUpNetns(ping); err != nil {
 			t.Fatalf("inside the test's network namespace: %v", err)
 		}
 		return true
@@ -52,7 +53,7 @@ func InNetns(t *testing.T, pingGroupRange string) bool {
 	if err != nil && !errors.As(err, &exit) {
 		t.Skipf("skipped: cannot start the test in a new network namespace (needs root or unprivileged user namespaces): %v", err)
 	}
-	t.Logf("in a new network namespace (ping_group_range %q):\n%s", pingGroupRange, out)
+	t.Logf("in a new network namespace (ICMP sockets allowed: %v):\n%s", ping, out)
 	switch {
 	case err != nil:
 		t.Fatalf("the test failed in its network namespace: %v", err)
@@ -66,7 +67,7 @@ func InNetns(t *testing.T, pingGroupRange string) bool {
 
 // setUpNetns brings loopback up and sets ping_group_range in the network
 // namespace this process runs in.
-func setUpNetns(pingGroupRange string) error {
+func setUpNetns(ping bool) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
@@ -83,10 +84,26 @@ func setUpNetns(pingGroupRange string) error {
 	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("lo: up: %w", err)
 	}
-	if pingGroupRange != "" {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte(pingGroupRange), 0); err != nil {
+	if ping {
+		// Only the process's own group: in a user namespace, the
+		// only one mapped.
+		g := os.Getegid()
+		if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", fmt.Appendf(nil, "%d %d", g, g), 0); err != nil {
 			return fmt.Errorf("set ping_group_range: %w", err)
 		}
+	}
+	// Check that the host now does what was asked.
+	pfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err == nil {
+		unix.Close(pfd)
+	}
+	switch {
+	case ping && err != nil:
+		return fmt.Errorf("open an ICMP socket after setting ping_group_range: %w", err)
+	case !ping && err == nil:
+		return errors.New("a new network namespace allows ICMP sockets")
+	case !ping && err != unix.EACCES:
+		return fmt.Errorf("open an ICMP socket where forbidden: %w, want EACCES", err)
 	}
 	return nil
 }
