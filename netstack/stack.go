@@ -175,7 +175,7 @@ type Stats struct {
 	UDPLimited       uint64 // UDP flows refused by a flow limit
 	UDPHostRefused   uint64 // host reported port unreachable (peer got ICMP)
 	UDPIdleClosed    uint64 // UDP flows closed by the idle timer
-	OpenFlows        int    // TCP and UDP flows open now, dials in progress included
+	OpenFlows        int    // TCP, UDP and echo flows open now, dials in progress included
 	OpenTCPFlows     int    // the TCP ones among them
 	InFlightDials    int    // host TCP dials in progress now
 	PeersWithFlows   int    // peers holding at least one flow or dial
