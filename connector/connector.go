@@ -75,11 +75,16 @@ type Config struct {
 	// the Defaults.
 	MaxLearned, MaxLearnedPerApp int
 
-	// StateDir, if set, keeps the learned routes across restarts (in
-	// routes.json, written atomically at most every FlushInterval and on
-	// Close). Empty keeps them in memory only.
+	// StateDir, if set, keeps the learned routes (in routes.json) and
+	// each peer's last authenticated endpoint (in endpoints.json) across
+	// restarts, written atomically at most every FlushInterval when they
+	// changed, and on Close. On start the connector gives each peer its
+	// remembered endpoint and initiates a handshake with the peers whose
+	// session may still be up, so that they move to the new session at
+	// once instead of after their rekey timeout. Empty keeps them in
+	// memory only.
 	StateDir string
-	// FlushInterval is the most often learned routes are written. Zero
+	// FlushInterval is the most often the state files are written. Zero
 	// means 2 seconds.
 	FlushInterval time.Duration
 
@@ -122,6 +127,8 @@ type Connector struct {
 
 	routesPath string // empty: no persistence
 	flushEvery time.Duration
+	// endpoints remembers the peers' endpoints; nil without StateDir.
+	endpoints *endpointMemory
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -186,7 +193,7 @@ func New(cfg Config) (*Connector, error) {
 			now = cfg.Now
 		}
 		rs, err := loadRoutes(c.routesPath, now())
-		if errors.Is(err, errRoutesUnreadable) {
+		if errors.Is(err, errStateUnreadable) {
 			// Writing would replace a file we could not read.
 			log.Error(err.Error() + "; learned routes will not be saved")
 			c.routesPath = ""
@@ -197,6 +204,7 @@ func New(cfg Config) (*Connector, error) {
 			kept := c.table.restore(rs)
 			log.Info("restored learned routes", "kept", kept, "stored", len(rs), "file", c.routesPath)
 		}
+		cfg.WireGuard = c.loadEndpoints(filepath.Join(cfg.StateDir, endpointsFileName), cfg.WireGuard, now())
 	}
 
 	var err error
@@ -326,6 +334,7 @@ func (c *Connector) start(cfg Config) error {
 	if err := c.wg.Up(); err != nil {
 		return fmt.Errorf("connector: wireguard up: %w", err)
 	}
+	c.greetPeers()
 	port, err := c.listenPort()
 	if err != nil {
 		return fmt.Errorf("connector: %w", err)
@@ -371,6 +380,7 @@ func (c *Connector) maintain() {
 			c.table.expire()
 		case <-flush.C:
 			c.flush()
+			c.flushEndpoints(c.readPeers())
 		}
 	}
 }
@@ -391,6 +401,26 @@ func (c *Connector) flush() {
 		return
 	}
 	c.stateWrites.Add(1)
+}
+
+// flushEndpoints writes the peers' endpoints if they changed since the
+// last write; peers and err are the device's state (readPeers).
+func (c *Connector) flushEndpoints(peers []peerState, err error) {
+	if c.endpoints == nil {
+		return
+	}
+	if err != nil {
+		c.log.Error("save peer endpoints: " + err.Error())
+		return
+	}
+	wrote, err := c.endpoints.flush(peers)
+	switch {
+	case err != nil:
+		c.stateWriteErrors.Add(1)
+		c.log.Error(err.Error())
+	case wrote:
+		c.stateWrites.Add(1)
+	}
 }
 
 // Port returns the UDP port WireGuard listens on.
@@ -476,9 +506,12 @@ func (c *Connector) Close() error {
 	c.dns.close()
 	c.api.close()
 	c.stack.Close()
-	c.wg.Close() // closes the tun device and the bind
 	c.bg.Wait()
+	// The device forgets its peers when it closes: read them first.
+	peers, perr := c.readPeers()
+	c.wg.Close() // closes the tun device and the bind
 	c.flush()
+	c.flushEndpoints(peers, perr)
 	return nil
 }
 

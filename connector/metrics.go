@@ -3,6 +3,7 @@ package connector
 import (
 	"bufio"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -28,7 +29,7 @@ type metrics struct {
 	dnsQueries, dnsTCPConns, dnsTCPRefused        *prometheus.Desc
 	routes, unsafeRefused, evictions, expired     *prometheus.Desc
 	capRefused, chainRefused, stateWrites         *prometheus.Desc
-	draining                                      *prometheus.Desc
+	tcpTimeouts, tcpRetransmits, draining         *prometheus.Desc
 	icmpRequests, icmpReplies, icmpProhibited     *prometheus.Desc
 }
 
@@ -62,7 +63,9 @@ func newMetrics(c *Connector) *metrics {
 		expired:         d("routes_expired_total", "Learned routes expired."),
 		capRefused:      d("routes_cap_refused_total", "Answers not learned: at the cap with every route in use."),
 		chainRefused:    d("dns_chain_refused_total", "Answers whose CNAME chain was a loop, too long or ambiguous."),
-		stateWrites:     d("state_writes_total", "Writes of the learned routes to the state directory.", "result"),
+		stateWrites:     d("state_writes_total", "Writes of the state directory's files (learned routes, peer endpoints).", "result"),
+		tcpTimeouts:     d("tcp_retransmission_timeouts_total", "Retransmission timeouts of the userspace stack's TCP senders: losses found only by the timer."),
+		tcpRetransmits:  d("tcp_retransmitted_segments_total", "TCP segments the userspace stack sent again."),
 		draining:        d("draining", "1 while shutting down (new flows refused)."),
 		icmpRequests:    d("icmp_echo_requests_total", "Echo requests from peers to addresses other than the connector's own, by result (refused ones are in flows_refused_total).", "result"),
 		icmpReplies:     d("icmp_echo_replies_total", "Echo replies from the host relayed back to peers."),
@@ -75,7 +78,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.peers, m.peerHandshake, m.peerRx, m.peerTx, m.tunPackets, m.tunBytes,
 		m.tunDropped, m.tunBlocked, m.flowsOpen, m.flows, m.flowsRefused, m.dialsInFlight, m.dialsFailed,
 		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.routes,
-		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.draining,
+		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.draining,
 		m.icmpRequests, m.icmpReplies, m.icmpProhibited} {
 		ch <- d
 	}
@@ -133,6 +136,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(m.udpHostRefused, ns.UDPHostRefused)
 	counter(m.handlerFailures, ns.HandlerFailures)
+	counter(m.tcpTimeouts, ns.TCPTimeouts)
+	counter(m.tcpRetransmits, ns.TCPRetransmits)
 
 	counter(m.dnsQueries, st.DNS.Answered, "answered")
 	counter(m.dnsQueries, st.DNS.Forwarded, "forwarded")
@@ -170,6 +175,7 @@ func (m *metrics) handler() http.Handler {
 // peerState is one WireGuard peer as the device reports it.
 type peerState struct {
 	key          string // base64 public key
+	endpoint     string // "ip:port" of its last authenticated packet, or as configured; "" if none
 	handshakeSec int64
 	rx, tx       uint64
 }
@@ -177,11 +183,18 @@ type peerState struct {
 // wireguardPeers reads the peers' state from the WireGuard device (its
 // UAPI "get" output: a public_key line starts each peer).
 func (c *Connector) wireguardPeers() []peerState {
+	ps, _ := c.readPeers()
+	return ps
+}
+
+// readPeers is wireguardPeers with the device's error, if it could not
+// report its state.
+func (c *Connector) readPeers() ([]peerState, error) {
 	dump, err := c.wg.IpcGet()
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("read wireguard state: %w", err)
 	}
-	var out []peerState
+	out := []peerState{}
 	sc := bufio.NewScanner(strings.NewReader(dump))
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), "=")
@@ -202,6 +215,8 @@ func (c *Connector) wireguardPeers() []peerState {
 		p := &out[len(out)-1]
 		n, _ := strconv.ParseUint(v, 10, 64)
 		switch k {
+		case "endpoint":
+			p.endpoint = v
 		case "last_handshake_time_sec":
 			p.handshakeSec = int64(n)
 		case "rx_bytes":
@@ -210,5 +225,5 @@ func (c *Connector) wireguardPeers() []peerState {
 			p.tx = n
 		}
 	}
-	return out
+	return out, nil
 }

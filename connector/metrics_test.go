@@ -89,6 +89,11 @@ func TestMetricsAndHealthz(t *testing.T) {
 	if hs := metricValue(t, body, peer); hs < float64(time.Now().Add(-time.Minute).Unix()) {
 		t.Errorf("%s = %v, want a handshake within the last minute", peer, hs)
 	}
+	for _, series := range []string{"appconnector_tcp_retransmission_timeouts_total", "appconnector_tcp_retransmitted_segments_total"} {
+		if v := metricValue(t, body, series); v < 0 {
+			t.Errorf("%s = %v", series, v)
+		}
+	}
 	if in := metricValue(t, body, `appconnector_tunnel_packets_total{direction="in"}`); in < 10 {
 		t.Errorf("tunnel packets in = %v", in)
 	}

@@ -97,44 +97,65 @@ func removeStaleTemps(path string) {
 	}
 }
 
-// errRoutesUnreadable marks a routes file that exists but cannot be read:
-// it must not be overwritten either.
-var errRoutesUnreadable = errors.New("routes file unreadable")
+// errStateUnreadable marks a state file that exists but could not be
+// read, or was corrupt and could not be moved aside: it must not be
+// overwritten either.
+var errStateUnreadable = errors.New("state file unreadable")
 
-// loadRoutes reads the learned routes. A missing file is no routes. A
-// file that does not parse is moved aside (to path.corrupt-<unix time>)
-// so that it is kept for inspection and not overwritten; the error says
-// where it went.
-func loadRoutes(path string, now time.Time) ([]storedRoute, error) {
+// readStateFile reads the state file at path and hands its contents to
+// parse. A missing file is found == false and no error. A file parse
+// rejects is moved aside (to path.corrupt-<unix time of now>), so that it
+// is kept for inspection and not overwritten, and the error says where it
+// went and ends with lost, what starting without it means. Errors that
+// wrap errStateUnreadable mean the file is still in place: the caller must
+// not write it.
+func readStateFile(path string, now time.Time, lost string, parse func([]byte) error) (found bool, err error) {
 	removeStaleTemps(path)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load routes: %w: %w", errRoutesUnreadable, err)
+		return false, fmt.Errorf("%w: %w", errStateUnreadable, err)
 	}
-	var f routesFile
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	err = dec.Decode(&f)
-	if err == nil && f.Version != routesFileVersion {
-		err = fmt.Errorf("unknown version %d", f.Version)
-	}
-	if err == nil {
-		for i, r := range f.Routes {
-			if !r.Addr.IsValid() || r.App == "" {
-				err = fmt.Errorf("route %d: missing addr or app", i+1)
-				break
-			}
-		}
-	}
-	if err != nil {
+	if err := parse(data); err != nil {
 		aside := fmt.Sprintf("%s.corrupt-%d", path, now.Unix())
 		if rerr := os.Rename(path, aside); rerr != nil {
-			return nil, fmt.Errorf("load routes: %s is corrupt (%v) and could not be moved aside: %w", path, err, rerr)
+			return false, fmt.Errorf("%w: %s is corrupt (%v) and could not be moved aside: %w", errStateUnreadable, path, err, rerr)
 		}
-		return nil, fmt.Errorf("load routes: %s is corrupt (%v); moved it to %s and started with no learned routes", path, err, aside)
+		return false, fmt.Errorf("%s is corrupt (%v); moved it to %s and %s", path, err, aside, lost)
+	}
+	return true, nil
+}
+
+// decodeStrict decodes one JSON value from data into v, refusing unknown
+// keys.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// loadRoutes reads the learned routes. A missing file is no routes; a
+// corrupt one is moved aside (see readStateFile).
+func loadRoutes(path string, now time.Time) ([]storedRoute, error) {
+	var f routesFile
+	_, err := readStateFile(path, now, "started with no learned routes", func(data []byte) error {
+		if err := decodeStrict(data, &f); err != nil {
+			return err
+		}
+		if f.Version != routesFileVersion {
+			return fmt.Errorf("unknown version %d", f.Version)
+		}
+		for i, r := range f.Routes {
+			if !r.Addr.IsValid() || r.App == "" {
+				return fmt.Errorf("route %d: missing addr or app", i+1)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load routes: %w", err)
 	}
 	return f.Routes, nil
 }

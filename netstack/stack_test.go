@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +37,9 @@ type pair struct {
 	gwTun, clientTun *tun.Device
 	dialer           *netstacktest.Dialer
 	wg               sync.WaitGroup
+	// dropToClient, if set, decides for each packet from the gateway to
+	// the client whether the pipe loses it.
+	dropToClient atomic.Pointer[func(pkt []byte) bool]
 }
 
 func allowLoopback(f netstack.Flow) bool { return f.Dst.Addr().IsLoopback() }
@@ -65,8 +69,8 @@ func newPair(t *testing.T, cfg netstack.Config) *pair {
 		t.Fatal(err)
 	}
 	p.wg.Add(2)
-	go p.copyPackets(p.gwTun, p.clientTun)
-	go p.copyPackets(p.clientTun, p.gwTun)
+	go p.copyPackets(p.gwTun, p.clientTun, &p.dropToClient)
+	go p.copyPackets(p.clientTun, p.gwTun, nil)
 	t.Cleanup(func() {
 		p.client.Close()
 		p.gw.Close()
@@ -77,7 +81,7 @@ func newPair(t *testing.T, cfg netstack.Config) *pair {
 	return p
 }
 
-func (p *pair) copyPackets(from, to *tun.Device) {
+func (p *pair) copyPackets(from, to *tun.Device, drop *atomic.Pointer[func([]byte) bool]) {
 	defer p.wg.Done()
 	bufs := make([][]byte, from.BatchSize())
 	for i := range bufs {
@@ -89,9 +93,15 @@ func (p *pair) copyPackets(from, to *tun.Device) {
 		if err != nil {
 			return
 		}
-		out := make([][]byte, n)
+		out := make([][]byte, 0, n)
+		var dropFn *func([]byte) bool
+		if drop != nil {
+			dropFn = drop.Load()
+		}
 		for i := range n {
-			out[i] = bufs[i][:sizes[i]]
+			if pkt := bufs[i][:sizes[i]]; dropFn == nil || !(*dropFn)(pkt) {
+				out = append(out, pkt)
+			}
 		}
 		if _, err := to.Write(out, 0); errors.Is(err, os.ErrClosed) {
 			return

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -162,20 +163,45 @@ func TestEmbeddedDefault(t *testing.T) {
 		} else if connConf.Interface.PrivateKey.String() != firstKey {
 			t.Fatal("second start generated a new key")
 		}
-		echoThroughClientConf(t, clientPath, upstream)
+		clientPort := echoThroughClientConf(t, clientPath, upstream)
 		cancel()
 		if err := <-done; err != nil {
 			t.Fatalf("round %d: up: %v", round, err)
 		}
+		cc, _, err := wgconf.Load(clientPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkStoredEndpoint(t, state, cc.Interface.PrivateKey.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), clientPort))
 	}
 	if fi, err := os.Stat(filepath.Join(state, "client.conf")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("client.conf mode = %v, %v; want 0600", fi.Mode(), err)
 	}
 }
 
-// echoThroughClientConf starts a client from a wg-quick file and echoes a
-// message through the tunnel to upstream.
-func echoThroughClientConf(t *testing.T, path string, upstream netip.AddrPort) {
+// checkStoredEndpoint checks that endpoints.json in the state directory
+// holds exactly the peer with public key key, at ep.
+func checkStoredEndpoint(t *testing.T, state string, key wgconf.Key, ep netip.AddrPort) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(state, "endpoints.json"))
+	if err != nil {
+		t.Fatalf("peer endpoints not saved: %v", err)
+	}
+	var f struct {
+		Peers []struct {
+			PublicKey wgconf.Key     `json:"publicKey"`
+			Endpoint  netip.AddrPort `json:"endpoint"`
+		} `json:"peers"`
+	}
+	if err := json.Unmarshal(data, &f); err != nil || len(f.Peers) != 1 || f.Peers[0].PublicKey != key || f.Peers[0].Endpoint != ep {
+		t.Errorf("endpoints.json (%v), want only %v at %v:\n%s", err, key, ep, data)
+	}
+}
+
+// echoThroughClientConf starts a client from a wg-quick file, echoes a
+// message through the tunnel to upstream, and returns the client's UDP
+// port.
+func echoThroughClientConf(t *testing.T, path string, upstream netip.AddrPort) uint16 {
 	t.Helper()
 	cc, _, err := wgconf.Load(path)
 	if err != nil {
@@ -200,6 +226,7 @@ func echoThroughClientConf(t *testing.T, path string, upstream netip.AddrPort) {
 	}
 	defer client.Close()
 	echo(t, client, upstream, 64<<10)
+	return client.Port
 }
 
 func containsPrefix(ps []netip.Prefix, a netip.Addr) bool {
@@ -451,6 +478,9 @@ func TestUnprivilegedProcess(t *testing.T) {
 		if err != nil {
 			t.Errorf("connector exit: %v", err)
 		}
+		// With --config too, it kept where the client was, for its
+		// next start.
+		checkStoredEndpoint(t, state, wgconf.Key(clientKey.Public()), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), client.Port))
 	case <-time.After(10 * time.Second):
 		t.Error("connector did not exit within 10s of SIGTERM")
 		cmd.Process.Kill()

@@ -10,7 +10,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/device"
@@ -179,6 +181,40 @@ func (p *Peer) PublicKey() Key { return p.PrivateKey.Public() }
 func (p *Peer) PublicKeyString() string {
 	k := p.PublicKey()
 	return base64.StdEncoding.EncodeToString(k[:])
+}
+
+// LastHandshake returns when the peer last completed a handshake with the
+// remote peer whose public key is remote; the zero Time if never.
+func (p *Peer) LastHandshake(remote Key) (time.Time, error) {
+	get, err := p.dev.IpcGet()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("netstacktest: read wireguard state: %w", err)
+	}
+	want := "public_key=" + hex.EncodeToString(remote[:])
+	found := false
+	var sec, nsec int64
+lines:
+	for _, line := range strings.Split(get, "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch {
+		case k == "public_key":
+			if found {
+				break lines // the next peer's
+			}
+			found = line == want
+		case found && k == "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case found && k == "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	switch {
+	case !found:
+		return time.Time{}, fmt.Errorf("netstacktest: no remote peer %s", base64.StdEncoding.EncodeToString(remote[:]))
+	case sec == 0 && nsec == 0:
+		return time.Time{}, nil
+	}
+	return time.Unix(sec, nsec), nil
 }
 
 // TunStats returns the counters of the peer's tun device.
