@@ -214,6 +214,9 @@ func New(cfg Config) (*Connector, error) {
 	}
 	nc := cfg.Netstack
 	nc.Addresses = cfg.WireGuard.Interface.Addresses
+	// A flow is allowed by its destination address alone, whatever its
+	// protocol or port: an echo request (netstack.ICMP) to an app's
+	// address is allowed exactly when a TCP or UDP flow to it would be.
 	nc.Allow = func(f netstack.Flow) bool { return c.table.allow(c.peers.lookup(f.Src.Addr()), f.Dst.Addr()) }
 	nc.PeerOf = func(a netip.Addr) string { return c.peers.lookup(a).key }
 	flowLog := log.With("component", "netstack")
@@ -468,7 +471,8 @@ func (c *Connector) Stats() Stats {
 }
 
 // Shutdown drains the connector, then closes it. New flows are refused at
-// once (TCP with a RST, UDP with ICMP port unreachable) and questions for
+// once (TCP with a RST, UDP with ICMP port unreachable, echo requests
+// with ICMP administratively prohibited) and questions for
 // app names get SERVFAIL, so clients move to another connector; open TCP
 // flows go on until they end or ctx is done. Then Close resets what is
 // left, UDP flows included (they have no end to wait for), and saves the

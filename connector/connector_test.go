@@ -39,6 +39,9 @@ type env struct {
 	client    *netstacktest.Peer
 	dialer    *netstacktest.Dialer
 	clientPub wgconf.Key // the client peer's public key
+	// icmp receives the ICMP packets the client peer gets through the
+	// tunnel (those that find it full are dropped).
+	icmp chan netstacktest.ICMP
 }
 
 func (e *env) clientKey() string { return e.clientPub.String() }
@@ -76,7 +79,7 @@ func newEnvVia(t testing.TB, cfg connector.Config, policyJSON string, via func(n
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dialer: &netstacktest.Dialer{}, clientPub: wgconf.Key(clientKey.Public())}
+	e := &env{dialer: &netstacktest.Dialer{}, clientPub: wgconf.Key(clientKey.Public()), icmp: make(chan netstacktest.ICMP, 256)}
 	logf := t.Logf
 	if _, fuzz := t.(*testing.F); fuzz {
 		// A fuzz target may not log through F while it runs.
@@ -107,6 +110,15 @@ func newEnvVia(t testing.TB, cfg connector.Config, policyJSON string, via func(n
 			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 		}},
 		Logf: logf,
+		Inbound: func(pkt []byte) {
+			if m, ok := netstacktest.ParseICMP(pkt); ok {
+				m.Body = append([]byte(nil), m.Body...)
+				select {
+				case e.icmp <- m:
+				default:
+				}
+			}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

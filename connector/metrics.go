@@ -30,6 +30,7 @@ type metrics struct {
 	routes, unsafeRefused, evictions, expired     *prometheus.Desc
 	capRefused, chainRefused, stateWrites         *prometheus.Desc
 	tcpTimeouts, tcpRetransmits, draining         *prometheus.Desc
+	icmpRequests, icmpReplies, icmpProhibited     *prometheus.Desc
 }
 
 func newMetrics(c *Connector) *metrics {
@@ -66,6 +67,9 @@ func newMetrics(c *Connector) *metrics {
 		tcpTimeouts:     d("tcp_retransmission_timeouts_total", "Retransmission timeouts of the userspace stack's TCP senders: losses found only by the timer."),
 		tcpRetransmits:  d("tcp_retransmitted_segments_total", "TCP segments the userspace stack sent again."),
 		draining:        d("draining", "1 while shutting down (new flows refused)."),
+		icmpRequests:    d("icmp_echo_requests_total", "Echo requests from peers to addresses other than the connector's own, by result (refused ones are in flows_refused_total).", "result"),
+		icmpReplies:     d("icmp_echo_replies_total", "Echo replies from the host relayed back to peers."),
+		icmpProhibited:  d("icmp_prohibited_total", "ICMP administratively prohibited answers sent to peers for refused echo requests."),
 	}
 }
 
@@ -74,7 +78,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.peers, m.peerHandshake, m.peerRx, m.peerTx, m.tunPackets, m.tunBytes,
 		m.tunDropped, m.tunBlocked, m.flowsOpen, m.flows, m.flowsRefused, m.dialsInFlight, m.dialsFailed,
 		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.routes,
-		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.draining} {
+		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.draining,
+		m.icmpRequests, m.icmpReplies, m.icmpProhibited} {
 		ch <- d
 	}
 }
@@ -107,13 +112,24 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 
 	ns := st.Netstack
 	gauge(m.flowsOpen, float64(ns.OpenTCPFlows), "tcp")
-	gauge(m.flowsOpen, float64(ns.OpenFlows-ns.OpenTCPFlows), "udp")
+	gauge(m.flowsOpen, float64(ns.OpenFlows-ns.OpenTCPFlows-ns.OpenICMPFlows), "udp")
+	gauge(m.flowsOpen, float64(ns.OpenICMPFlows), "icmp")
 	counter(m.flows, ns.TCPForwarded, "tcp")
 	counter(m.flows, ns.UDPForwarded, "udp")
+	counter(m.flows, ns.ICMP.Flows, "icmp")
 	counter(m.flowsRefused, ns.TCPRefused, "tcp", "policy")
 	counter(m.flowsRefused, ns.TCPLimited, "tcp", "limit")
 	counter(m.flowsRefused, ns.UDPRefused, "udp", "policy")
 	counter(m.flowsRefused, ns.UDPLimited, "udp", "limit")
+	counter(m.flowsRefused, ns.ICMP.Refused, "icmp", "policy")
+	counter(m.flowsRefused, ns.ICMP.Limited, "icmp", "limit")
+	counter(m.icmpRequests, ns.ICMP.Forwarded, "forwarded")
+	counter(m.icmpRequests, ns.ICMP.RateLimited, "rate_limited")
+	counter(m.icmpRequests, ns.ICMP.HostForbidden, "host_forbidden")
+	counter(m.icmpRequests, ns.ICMP.HostFailed, "failed")
+	counter(m.icmpRequests, ns.ICMP.Malformed, "malformed")
+	counter(m.icmpReplies, ns.ICMP.Replies)
+	counter(m.icmpProhibited, ns.ICMP.ProhibitedSent)
 	gauge(m.dialsInFlight, float64(ns.InFlightDials))
 	for i, name := range netstack.DialFailureNames {
 		counter(m.dialsFailed, ns.DialFailures[i], name)

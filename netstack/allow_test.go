@@ -23,9 +23,11 @@ func TestNeverForwarded(t *testing.T) {
 	defer s.Close()
 	src := netip.MustParseAddrPort("10.1.0.2:5000")
 	for _, dst := range []string{"0.0.0.0", "::", "::ffff:127.0.0.1", "::ffff:192.0.2.1", "224.0.0.1", "ff02::1", "255.255.255.255", "10.1.0.1"} {
-		f := Flow{Proto: TCP, Src: src, Dst: netip.AddrPortFrom(netip.MustParseAddr(dst), 80)}
-		if s.allow(f) {
-			t.Errorf("%v allowed", f)
+		for _, proto := range []Proto{TCP, UDP, ICMP} {
+			f := Flow{Proto: proto, Src: src, Dst: netip.AddrPortFrom(netip.MustParseAddr(dst), 80)}
+			if s.allow(f) {
+				t.Errorf("%v allowed", f)
+			}
 		}
 	}
 	if f := (Flow{Proto: UDP, Src: src, Dst: netip.MustParseAddrPort("192.0.2.1:53")}); !s.allow(f) {

@@ -31,6 +31,13 @@ func newBufPool(size int) *bufPool {
 func (p *bufPool) get() *[]byte  { return p.p.Get().(*[]byte) }
 func (p *bufPool) put(b *[]byte) { p.p.Put(b) }
 
+// putIfSet puts b back unless it is nil (a read that took no buffer).
+func (p *bufPool) putIfSet(b *[]byte) {
+	if b != nil {
+		p.p.Put(b)
+	}
+}
+
 var (
 	// streamBufs carry forwarded TCP data.
 	streamBufs = newBufPool(32 << 10)

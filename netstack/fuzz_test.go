@@ -9,6 +9,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/appconnector/appconnector/netstack"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 	"github.com/appconnector/appconnector/tun"
 )
 
@@ -51,6 +52,8 @@ func FuzzStackPackets(f *testing.F) {
 	syn := synPacket(peer, refused)
 	f.Add(syn)
 	f.Add(synPacket(netip.MustParseAddrPort("[fd07::2]:40000"), netip.MustParseAddrPort("[2001:db8::9]:443")))
+	f.Add(netstacktest.EchoRequest(peer.Addr(), refused.Addr(), 1, 1, []byte("ping")))
+	f.Add(netstacktest.EchoRequest(netip.MustParseAddr("fd07::2"), netip.MustParseAddr("2001:db8::9"), 1, 1, nil))
 	f.Add([]byte{0x45})
 	f.Add([]byte{0x60, 0, 0, 0, 0, 8, 17, 64})
 

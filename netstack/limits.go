@@ -4,6 +4,9 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // limiter enforces the global and per-peer caps on dials in progress and
@@ -99,6 +102,10 @@ type counters struct {
 	udpForwarded, udpRefused, udpLimited                atomic.Uint64
 	udpHostRefused, udpIdleClosed, handlerFailures      atomic.Uint64
 	timeWaitRecycled                                    atomic.Uint64
+	icmpFlows, icmpForwarded, icmpReplies, icmpRefused  atomic.Uint64
+	icmpLimited, icmpRateLimited, icmpHostForbidden     atomic.Uint64
+	icmpHostFailed, icmpIdleClosed, icmpMalformed       atomic.Uint64
+	icmpProhibitedSent                                  atomic.Uint64
 	dialFailed                                          [numDialFailures]atomic.Uint64
 }
 
@@ -120,5 +127,87 @@ func (c *counters) snapshot() Stats {
 		HandlerFailures:  c.handlerFailures.Load(),
 		TimeWaitRecycled: c.timeWaitRecycled.Load(),
 		DialFailures:     dialFailures,
+		ICMP: ICMPStats{
+			Flows:          c.icmpFlows.Load(),
+			Forwarded:      c.icmpForwarded.Load(),
+			Replies:        c.icmpReplies.Load(),
+			Refused:        c.icmpRefused.Load(),
+			Limited:        c.icmpLimited.Load(),
+			ProhibitedSent: c.icmpProhibitedSent.Load(),
+			RateLimited:    c.icmpRateLimited.Load(),
+			HostForbidden:  c.icmpHostForbidden.Load(),
+			HostFailed:     c.icmpHostFailed.Load(),
+			IdleClosed:     c.icmpIdleClosed.Load(),
+			Malformed:      c.icmpMalformed.Load(),
+		},
 	}
+}
+
+// Token buckets of echoRates, per peer.
+const (
+	bucketEcho    = iota // echo requests forwarded
+	bucketRefused        // prohibited answers to refused echo requests
+	numBuckets
+)
+
+// echoRates holds a token bucket of each kind per peer. A peer whose
+// buckets are all full is as good as absent, so such entries are swept
+// out when the map has doubled since the last sweep: the map stays
+// proportional to the peers that pinged within about burst/rate.
+type echoRates struct {
+	limit rate.Limit
+	burst int
+
+	mu      sync.Mutex // guards the fields after it
+	peers   map[string]*[numBuckets]*rate.Limiter
+	sweepAt int
+}
+
+const minEchoSweep = 1024
+
+func (r *echoRates) init(perSecond float64, burst int) {
+	r.limit, r.burst = rate.Limit(perSecond), burst
+	r.peers = make(map[string]*[numBuckets]*rate.Limiter)
+	r.sweepAt = minEchoSweep
+}
+
+// allow takes a token from peer's bucket of this kind, if there is one.
+func (r *echoRates) allow(peer string, kind int) bool {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.peers[peer]
+	if b == nil {
+		if len(r.peers) >= r.sweepAt {
+			r.sweepLocked(now)
+		}
+		b = new([numBuckets]*rate.Limiter)
+		for i := range b {
+			b[i] = rate.NewLimiter(r.limit, r.burst)
+		}
+		r.peers[peer] = b
+	}
+	return b[kind].AllowN(now, 1)
+}
+
+func (r *echoRates) sweepLocked(now time.Time) {
+	for peer, b := range r.peers {
+		full := true
+		for _, l := range b {
+			if l.TokensAt(now) < float64(r.burst) {
+				full = false
+				break
+			}
+		}
+		if full {
+			delete(r.peers, peer)
+		}
+	}
+	r.sweepAt = max(minEchoSweep, 2*len(r.peers))
+}
+
+func (r *echoRates) size() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.peers)
 }

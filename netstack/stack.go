@@ -1,10 +1,11 @@
 // Package netstack runs a userspace TCP/IP stack (gVisor) on a tun.Device
-// and forwards the TCP and UDP flows that arrive on it through the host's
-// ordinary sockets.
+// and forwards the TCP and UDP flows and the ICMP echo requests (pings)
+// that arrive on it through the host's ordinary sockets.
 //
 // Every flow is checked against Config.Allow before anything else happens.
-// A refused TCP flow gets a RST and a refused UDP flow an ICMP port
-// unreachable; no host socket is opened for either. An allowed TCP flow
+// A refused TCP flow gets a RST, a refused UDP flow an ICMP port
+// unreachable and a refused echo request an ICMP administratively
+// prohibited; no host socket is opened for any of them. An allowed TCP flow
 // dials the host first and completes the peer's handshake only once the
 // dial succeeded, so a peer sees the destination's own refusal as a RST.
 //
@@ -54,19 +55,26 @@ const (
 	// configure.
 	DefaultForwardTimeWait = 50 * time.Millisecond
 	DefaultTimeWait        = 10 * time.Second
+	// Echo forwarding: see Config.ICMPRate and Config.ICMPIdleTimeout.
+	DefaultICMPRate        = 20
+	DefaultICMPBurst       = 50
+	DefaultICMPIdleTimeout = 30 * time.Second
 )
 
 // Proto is a transport protocol of a Flow.
 type Proto uint8
 
-// Transport protocols.
+// Transport protocols. ICMP stands for ICMPv4 and ICMPv6 alike.
 const (
-	TCP Proto = 6
-	UDP Proto = 17
+	ICMP Proto = 1
+	TCP  Proto = 6
+	UDP  Proto = 17
 )
 
 func (p Proto) String() string {
 	switch p {
+	case ICMP:
+		return "icmp"
 	case TCP:
 		return "tcp"
 	case UDP:
@@ -76,7 +84,8 @@ func (p Proto) String() string {
 }
 
 // Flow is a connection attempt arriving from a peer: Src is the peer-side
-// (inner source) address, Dst the destination it asked for.
+// (inner source) address, Dst the destination it asked for. For ICMP (an
+// echo request) Src's port is the echo identifier and Dst's port is 0.
 type Flow struct {
 	Proto Proto
 	Src   netip.AddrPort
@@ -98,8 +107,9 @@ type Config struct {
 	Addresses []netip.Prefix
 
 	// Allow decides whether a flow may be forwarded to the host. It is
-	// called once per new flow, from the packet path, so it must be fast
-	// and must not block. Nil refuses every flow.
+	// called once per new flow (for ICMP, per echo request that opens an
+	// echo flow), from the packet path, so it must be fast and must not
+	// block. Nil refuses every flow.
 	Allow func(Flow) bool
 
 	// PeerOf maps a flow's source address to the peer it came from, for the
@@ -116,8 +126,8 @@ type Config struct {
 	// either gets a RST. Zero means the Default.
 	MaxInFlightDials        int
 	MaxInFlightDialsPerPeer int
-	// MaxFlows bounds open forwarded flows (TCP and UDP together, dials in
-	// progress included) over all peers; MaxFlowsPerPeer per peer. A new
+	// MaxFlows bounds open forwarded flows (TCP, UDP and echo flows
+	// together, dials in progress included) over all peers; MaxFlowsPerPeer per peer. A new
 	// flow beyond either is refused like a disallowed one. Zero means the
 	// Default.
 	MaxFlows        int
@@ -134,6 +144,18 @@ type Config struct {
 	// that forwards (Allow set) and DefaultTimeWait for one that only
 	// dials (see configure).
 	TimeWait time.Duration
+
+	// ICMPRate and ICMPBurst bound the echo requests forwarded per peer:
+	// ICMPRate a second on average, in bursts of up to ICMPBurst; beyond
+	// that a request is dropped. The administratively prohibited answers
+	// to refused echo requests have a bucket of the same size of their
+	// own. Zero means the Default.
+	ICMPRate  float64
+	ICMPBurst int
+	// ICMPIdleTimeout closes an echo flow (one host ICMP socket per peer
+	// address, echo identifier and destination) with no echo request or
+	// reply for this long. Zero means DefaultICMPIdleTimeout.
+	ICMPIdleTimeout time.Duration
 
 	// Logf logs events that are rare or rate-limited. Nil discards.
 	Logf func(format string, args ...any)
@@ -153,7 +175,7 @@ type Stats struct {
 	UDPLimited       uint64 // UDP flows refused by a flow limit
 	UDPHostRefused   uint64 // host reported port unreachable (peer got ICMP)
 	UDPIdleClosed    uint64 // UDP flows closed by the idle timer
-	OpenFlows        int    // TCP and UDP flows open now, dials in progress included
+	OpenFlows        int    // TCP, UDP and echo flows open now, dials in progress included
 	OpenTCPFlows     int    // the TCP ones among them
 	InFlightDials    int    // host TCP dials in progress now
 	PeersWithFlows   int    // peers holding at least one flow or dial
@@ -168,6 +190,28 @@ type Stats struct {
 	TCPRetransmits uint64
 	// (The count of transport endpoints is not here: it costs a walk of
 	// all of them under the gVisor stack's lock. See Stack.Endpoints.)
+
+	// OpenICMPFlows are the echo flows among OpenFlows.
+	OpenICMPFlows int
+	ICMP          ICMPStats
+}
+
+// ICMPStats count forwarded echo requests (pings) to addresses other than
+// the stack's own (gVisor answers those itself, uncounted).
+type ICMPStats struct {
+	Flows          uint64 // echo flows opened (one host ICMP socket each)
+	Forwarded      uint64 // echo requests sent to the host
+	Replies        uint64 // echo replies relayed back to peers
+	Refused        uint64 // echo requests refused by Allow
+	Limited        uint64 // echo requests refused at a flow limit
+	ProhibitedSent uint64 // administratively prohibited answers sent for those two
+	// RateLimited counts echo requests dropped, and prohibited answers
+	// not sent, at the per-peer rate limits.
+	RateLimited   uint64
+	HostForbidden uint64 // requests dropped: the host forbids unprivileged ICMP sockets
+	HostFailed    uint64 // requests lost: host socket not opened or send failed
+	IdleClosed    uint64 // echo flows closed by the idle timer
+	Malformed     uint64 // echo requests dropped as malformed or not unicast
 }
 
 // Stack is a gVisor network stack attached to a tun.Device.
@@ -188,13 +232,21 @@ type Stack struct {
 	// draining is set by StopAccepting: no new flow is admitted.
 	draining atomic.Bool
 	openTCP  atomic.Int64 // TCP flows from admission to their end
+	openICMP atomic.Int64 // echo flows open
+
+	echoRates echoRates
+	// echoForbiddenLogged is set once the host's refusal of ICMP sockets
+	// has been logged.
+	echoForbiddenLogged atomic.Bool
 
 	mu sync.Mutex // guards the fields after it
 	// closed is set by Close; no goroutine starts after it is set.
 	closed bool
 	// flows are the open forwarded flows, to abort on Close.
 	flows map[*flowConn]struct{}
-	wg    sync.WaitGroup // every goroutine the Stack started
+	// echoFlows are the open echo flows, to find a flow's socket.
+	echoFlows map[echoKey]*echoFlow
+	wg        sync.WaitGroup // every goroutine the Stack started
 }
 
 // New creates a stack on dev with cfg. The caller keeps ownership of dev
@@ -214,8 +266,11 @@ func New(dev *tun.Device, cfg Config) (*Stack, error) {
 		dev:     dev,
 		local:   make(map[netip.Addr]bool),
 		flows:   make(map[*flowConn]struct{}),
+
+		echoFlows: make(map[echoKey]*echoFlow),
 	}
 	s.limits.init(&cfg)
+	s.echoRates.init(cfg.ICMPRate, cfg.ICMPBurst)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	s.stack = stack.New(stack.Options{
@@ -261,6 +316,7 @@ func (cfg *Config) setDefaults() error {
 		{&cfg.MaxInFlightDialsPerPeer, DefaultMaxInFlightDialsPerPeer, "MaxInFlightDialsPerPeer"},
 		{&cfg.MaxFlows, DefaultMaxFlows, "MaxFlows"},
 		{&cfg.MaxFlowsPerPeer, DefaultMaxFlowsPerPeer, "MaxFlowsPerPeer"},
+		{&cfg.ICMPBurst, DefaultICMPBurst, "ICMPBurst"},
 	} {
 		if err := setDefault(f.p, f.d, f.name); err != nil {
 			return err
@@ -274,6 +330,7 @@ func (cfg *Config) setDefaults() error {
 		{&cfg.DialTimeout, DefaultDialTimeout, "DialTimeout"},
 		{&cfg.UDPIdleTimeout, DefaultUDPIdleTimeout, "UDPIdleTimeout"},
 		{&cfg.DNSIdleTimeout, DefaultDNSIdleTimeout, "DNSIdleTimeout"},
+		{&cfg.ICMPIdleTimeout, DefaultICMPIdleTimeout, "ICMPIdleTimeout"},
 		{&cfg.TimeWait, map[bool]time.Duration{true: DefaultForwardTimeWait, false: DefaultTimeWait}[cfg.Allow != nil], "TimeWait"},
 	} {
 		if *f.p < 0 {
@@ -282,6 +339,12 @@ func (cfg *Config) setDefaults() error {
 		if *f.p == 0 {
 			*f.p = f.d
 		}
+	}
+	switch {
+	case cfg.ICMPRate < 0 || cfg.ICMPRate != cfg.ICMPRate:
+		return fmt.Errorf("netstack: ICMPRate %v is not a rate", cfg.ICMPRate)
+	case cfg.ICMPRate == 0:
+		cfg.ICMPRate = DefaultICMPRate
 	}
 	return nil
 }
@@ -373,6 +436,8 @@ func (s *Stack) configure() error {
 		return s.handleTCP(tcpFwd, id, pkt)
 	})
 	s.stack.SetTransportProtocolHandler(udp.ProtocolNumber, s.handleUDP)
+	s.stack.SetTransportProtocolHandler(icmp.ProtocolNumber4, s.handleICMP)
+	s.stack.SetTransportProtocolHandler(icmp.ProtocolNumber6, s.handleICMP)
 	return nil
 }
 
@@ -419,7 +484,8 @@ func (s *Stack) goLocked(fn func()) bool {
 }
 
 // StopAccepting makes the stack refuse every new flow (TCP with a RST,
-// UDP with ICMP port unreachable) while the open ones go on: the first
+// UDP with ICMP port unreachable, echo requests with ICMP administratively
+// prohibited) while the open ones go on: the first
 // step of a graceful shutdown. Listeners on the stack's own addresses are
 // not affected.
 func (s *Stack) StopAccepting() { s.draining.Store(true) }
@@ -430,6 +496,7 @@ func (s *Stack) Stats() Stats {
 	st := s.stats.snapshot()
 	st.OpenFlows, st.InFlightDials, st.PeersWithFlows = s.limits.usage()
 	st.OpenTCPFlows = int(s.openTCP.Load())
+	st.OpenICMPFlows = int(s.openICMP.Load())
 	tcpStats := s.stack.Stats().TCP
 	st.ForwarderDropped = tcpStats.ForwardMaxInFlightDrop.Value()
 	st.TCPTimeouts = tcpStats.Timeouts.Value()

@@ -202,7 +202,7 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 		case <-ctx.Done():
 			st := c.Stats().Netstack
 			log.Info("shutting down: refusing new flows, draining open TCP flows", "tcp", st.OpenTCPFlows,
-				"udp", st.OpenFlows-st.OpenTCPFlows, "timeout", f.drainTimeout)
+				"udp", st.OpenFlows-st.OpenTCPFlows-st.OpenICMPFlows, "icmp", st.OpenICMPFlows, "timeout", f.drainTimeout)
 			dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
 			defer cancel()
 			if err := c.Shutdown(dctx); err != nil {

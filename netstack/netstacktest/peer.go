@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/device"
+	wgtun "golang.zx2c4.com/wireguard/tun"
 
 	"github.com/appconnector/appconnector/connector/wgbind"
 	"github.com/appconnector/appconnector/netstack"
@@ -70,6 +71,9 @@ type Config struct {
 	Remotes []RemotePeer
 	// Logf receives WireGuard's error log; nil discards it.
 	Logf func(format string, args ...any)
+	// Inbound, if set, sees every IP packet WireGuard delivers to the
+	// peer, before its stack does. pkt is valid only during the call.
+	Inbound func(pkt []byte)
 }
 
 // Peer is a running WireGuard peer with a userspace stack.
@@ -114,7 +118,11 @@ func New(cfg Config) (*Peer, error) {
 	if logf == nil {
 		logf = device.DiscardLogf
 	}
-	dev := device.NewDevice(td, bind, &device.Logger{Verbosef: device.DiscardLogf, Errorf: logf})
+	var wtd wgtun.Device = td
+	if cfg.Inbound != nil {
+		wtd = sniffDevice{td, cfg.Inbound}
+	}
+	dev := device.NewDevice(wtd, bind, &device.Logger{Verbosef: device.DiscardLogf, Errorf: logf})
 	p := &Peer{Stack: st, PrivateKey: cfg.PrivateKey, tun: td, dev: dev}
 
 	var b strings.Builder
@@ -150,6 +158,19 @@ func New(cfg Config) (*Peer, error) {
 		}
 	}
 	return p, nil
+}
+
+// sniffDevice shows every packet written to a tun.Device to inbound.
+type sniffDevice struct {
+	*tun.Device
+	inbound func(pkt []byte)
+}
+
+func (d sniffDevice) Write(bufs [][]byte, offset int) (int, error) {
+	for _, b := range bufs {
+		d.inbound(b[offset:])
+	}
+	return d.Device.Write(bufs, offset)
 }
 
 // PublicKey returns the peer's public key.
