@@ -1,0 +1,54 @@
+// Package kerneltest is the kernel-peer test tier: tests that put real
+// Linux TCP/IP stacks on both sides of the connector, as its users have
+// them. Nothing in it is linked into the binary; it holds only this
+// comment and tests.
+//
+// Each test builds three network namespaces, joined by veth pairs, with
+// names unique to the run (namespaces left by an aborted run are removed
+// on the next):
+//
+//	client ──veth── gw ──veth── up
+//
+// What runs where:
+//
+//   - client: a stock WireGuard client: the distribution's wireguard-go
+//     on kernel TUN devices, configured with wg and ip; curl, ping and
+//     traceroute run here on the kernel's TCP/IP stack. It has two
+//     tunnels: one to the connector, one to the reference gateway.
+//   - gw: the connector, the real binary (go build ./cmd/appconnector,
+//     once per test run), started as an unprivileged process (uid and
+//     gid 65534, no capabilities); and the reference gateway, the
+//     classic privileged setup the connector replaces: the same
+//     wireguard-go on a kernel TUN with kernel IP forwarding.
+//   - up: the upstream, an HTTP server in the test binary itself (re-run
+//     with an environment variable) that serves N bytes for downloads and
+//     swallows uploads. It answers on one address routed through the
+//     connector and another routed through the reference; a third address
+//     is on no route of the connector.
+//
+// Both tunnels cross the same veth with the same MTU, so the comparison
+// is fair: the same client software, the same paths and the same loss.
+// Loss is injected with nftables on the client's veth, both directions,
+// on the WireGuard UDP of both tunnels alike ("numgen random mod 100 < N
+// drop"; the kernel has no netem). Socket buffers are left as each
+// program sets them: net.core.rmem_* are not per namespace, and the tier
+// does not change the host's.
+//
+// Throughput series alternate connector and reference runs, so both see
+// the same machine load. A transfer stalls when it takes more than 4× the
+// median time of its series, or times out. A stall of the connector fails
+// the test; a stall of the reference is logged (it is not this project's
+// code, but it says the machine was too loaded for the comparison to
+// mean much). Throughput is only reported (t.Log, the summary table at
+// the end of TestKernelThroughput), never asserted: run with -v to see it.
+//
+// The tier needs root, /dev/net/tun and the tools ip, nft, wireguard-go,
+// wg, curl, setpriv, ping and traceroute (Debian packages iproute2,
+// nftables, wireguard-go, wireguard-tools, curl, util-linux, iputils-ping,
+// traceroute), and the go command to build the connector. Without them
+// the tests skip with one line saying what is missing; with
+// APPCONNECTOR_KERNEL_TESTS=require (set by .ci/run) they fail instead.
+// APPCONNECTOR_KERNEL_SCALE=0.2 scales every count down (at least 3
+// transfers a series) for quick local runs; the default counts are the
+// issue's.
+package kerneltest
