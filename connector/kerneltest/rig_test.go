@@ -93,6 +93,7 @@ type rig struct {
 
 	connArgs []string // how to start the connector
 	cliWG    *proc    // the client's wireguard-go to the connector: its /proc/PID/net is the client namespace's
+	cliPorts [2]int   // the client's WireGuard UDP ports, by path
 
 	mu       sync.Mutex // guards the fields after it
 	conn     *proc      // the connector process now running
@@ -177,6 +178,12 @@ func newRig(t *testing.T) *rig {
 	r.tunAddrs(r.cli, r.ifRef, cliRefTun4+"/24", cliRefTun6+"/64",
 		upstreamVia[viaReference][v4]+"/32", upstreamVia[viaReference][v6]+"/128")
 
+	for p, dev := range [2]string{viaConnector: r.ifConn, viaReference: r.ifRef} {
+		out := r.sh(nsExec(r.cli, "wg", "show", dev, "listen-port")...)
+		port, err := strconv.Atoi(strings.TrimSpace(out))
+		r.must(err)
+		r.cliPorts[p] = port
+	}
 	r.setLoss(0)
 	for _, p := range []path{viaConnector, viaReference} {
 		for _, f := range []family{v4, v6} {
@@ -212,6 +219,13 @@ func (r *rig) links() {
 	r.t.Helper()
 	r.sh("ip", "-n", r.cli, "link", "add", "c0", "type", "veth", "peer", "name", "g0", "netns", r.gw)
 	r.sh("ip", "-n", r.gw, "link", "add", "g1", "type", "veth", "peer", "name", "u0", "netns", r.up)
+	// A veth passes a UDP GSO batch (the connector's wireguard-go sends
+	// them; the distribution's does not) as one packet, and nftables
+	// would drop the whole batch at once. A real NIC puts each
+	// datagram on the wire on its own, to be lost on its own: so the
+	// client's veth segments every batch before it carries it.
+	r.sh("ip", "-n", r.cli, "link", "set", "dev", "c0", "gso_max_segs", "1")
+	r.sh("ip", "-n", r.gw, "link", "set", "dev", "g0", "gso_max_segs", "1")
 	for _, a := range [][]string{
 		{r.cli, "c0", cliUnder + "/24"},
 		{r.gw, "g0", gwUnder + "/24"},
@@ -466,30 +480,34 @@ func (r *rig) lossCounts() (map[string]int64, error) {
 	return m, nil
 }
 
-// udpRcvbufErrors is the client namespace's count of UDP datagrams
-// dropped for a full receive buffer (wireguard-go's packets among them).
-func (r *rig) udpRcvbufErrors() (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/snmp", r.cliWG.cmd.Process.Pid))
-	if err != nil {
-		return 0, err
-	}
-	var names []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Udp:" {
-			continue
+// socketDrops is how many datagrams the client's kernel dropped at the
+// WireGuard UDP sockets of the tunnel of path p (full receive buffer,
+// mostly): the drops column of /proc/net/udp and udp6.
+func (r *rig) socketDrops(p path) (int64, error) {
+	var total int64
+	for _, file := range []string{"udp", "udp6"} {
+		name := fmt.Sprintf("/proc/%d/net/%s", r.cliWG.cmd.Process.Pid, file)
+		data, err := os.ReadFile(name)
+		if err != nil {
+			return 0, err
 		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, n := range names {
-			if n == "RcvbufErrors" && i < len(f) {
-				return strconv.ParseInt(f[i], 10, 64)
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 13 {
+				continue
 			}
+			_, port, ok := strings.Cut(f[1], ":")
+			if n, err := strconv.ParseInt(port, 16, 32); !ok || err != nil || int(n) != r.cliPorts[p] {
+				continue
+			}
+			d, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: drops %q: %w", name, f[len(f)-1], err)
+			}
+			total += d
 		}
 	}
-	return 0, fmt.Errorf("no Udp RcvbufErrors in /proc/%d/net/snmp", r.cliWG.cmd.Process.Pid)
+	return total, nil
 }
 
 // metrics reads the connector's Prometheus metrics through its admin

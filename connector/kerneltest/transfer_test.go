@@ -314,14 +314,20 @@ func TestKernelThroughput(t *testing.T) {
 func (r *rig) measure(t *testing.T, f family, d direction, loss, nConn, nRef int) (conn, ref *series) {
 	r.setLoss(loss)
 	m0, merr := r.metrics()
-	rb0, rberr := r.udpRcvbufErrors()
+	var drops0 [2]int64
+	var dropsErr error
+	for p := range drops0 {
+		if drops0[p], dropsErr = r.socketDrops(path(p)); dropsErr != nil {
+			break
+		}
+	}
 	conn, ref = r.runPair(f, d, loss, nConn, nRef)
 	t.Log(conn.summary())
 	t.Log(ref.summary())
 
 	// What else happened: the loss the rule really applied to each
-	// tunnel, the client's UDP receive buffer drops, the connector's
-	// retransmissions.
+	// tunnel, the datagrams the client's sockets dropped (full receive
+	// buffers), the connector's retransmissions.
 	var diag []string
 	if c, err := r.lossCounts(); err != nil {
 		diag = append(diag, err.Error())
@@ -333,8 +339,10 @@ func (r *rig) measure(t *testing.T, f family, d direction, loss, nConn, nRef int
 			}
 		}
 	}
-	if rb1, err := r.udpRcvbufErrors(); err == nil && rberr == nil {
-		diag = append(diag, fmt.Sprintf("client UDP RcvbufErrors +%d", rb1-rb0))
+	for p := range drops0 {
+		if d, err := r.socketDrops(path(p)); err == nil && dropsErr == nil {
+			diag = append(diag, fmt.Sprintf("client %v tunnel's socket dropped %d", path(p), d-drops0[p]))
+		}
 	}
 	if m1, err := r.metrics(); err == nil && merr == nil {
 		for _, k := range []string{"appconnector_tcp_retransmission_timeouts_total", "appconnector_tcp_retransmitted_segments_total"} {
