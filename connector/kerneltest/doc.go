@@ -30,9 +30,18 @@
 // is fair: the same client software, the same paths and the same loss.
 // Loss is injected with nftables on the client's veth, both directions,
 // on the WireGuard UDP of both tunnels alike ("numgen random mod 100 < N
-// drop"; the kernel has no netem). Socket buffers are left as each
-// program sets them: net.core.rmem_* are not per namespace, and the tier
-// does not change the host's.
+// drop"; the kernel has no netem), with counters that show the rate each
+// tunnel really got. The veth ends segment UDP GSO batches (gso_max_segs
+// 1): the connector's wireguard-go sends them, the distribution's does
+// not, and unsegmented a whole batch of up to 64 datagrams would be
+// dropped as one packet, where a real NIC loses datagrams one by one.
+//
+// Socket buffers are left as each program sets them: net.core.rmem_* are
+// not per namespace, and the tier does not change the host's. The
+// distribution's wireguard-go (0.0.20220316) sets no SO_RCVBUF, so the
+// client's sockets drop datagrams when downloads burst (both tunnels
+// alike; each series logs the drops per tunnel, with the loss counters
+// and the connector's TCP retransmissions).
 //
 // Throughput series alternate connector and reference runs, so both see
 // the same machine load. A transfer stalls when it takes more than 4× the
