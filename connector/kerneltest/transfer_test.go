@@ -224,8 +224,8 @@ func (s *series) describe(idx []int) string {
 // runPair runs nConn transfers through the connector and nRef through the
 // reference, interleaved evenly so both see the same machine load. A
 // path's series stops after maxFailures failures; both stop at
-// seriesBudget.
-func (r *rig) runPair(f family, d direction, loss, nConn, nRef int) (conn, ref *series) {
+// budget.
+func (r *rig) runPair(f family, d direction, loss, nConn, nRef int, budget time.Duration) (conn, ref *series) {
 	name := func(p path) string { return fmt.Sprintf("%v %v %v %d%%", p, f, d, loss) }
 	conn, ref = &series{name: name(viaConnector)}, &series{name: name(viaReference)}
 	type slot struct {
@@ -257,10 +257,10 @@ func (r *rig) runPair(f family, d direction, loss, nConn, nRef int) (conn, ref *
 		if s.stopped != "" {
 			continue
 		}
-		if time.Since(start) > seriesBudget {
+		if time.Since(start) > budget {
 			for _, s := range []*series{conn, ref} {
 				if s.stopped == "" {
-					s.stopped = fmt.Sprintf("series budget %v spent", seriesBudget)
+					s.stopped = fmt.Sprintf("time budget %v spent", budget.Round(time.Second))
 				}
 			}
 			break
@@ -271,6 +271,23 @@ func (r *rig) runPair(f family, d direction, loss, nConn, nRef int) (conn, ref *
 		}
 	}
 	return conn, ref
+}
+
+// deadlineMargin is the time kept back from the test binary's deadline
+// (go test -timeout) for the cleanups: a test killed by the timeout
+// leaves its namespaces to the next run.
+const deadlineMargin = time.Minute
+
+// budget is the time one of the seriesLeft series still to run may take:
+// seriesBudget, or less so that all of them end before the test binary's
+// deadline. At the default counts the whole test takes about 9 minutes
+// on a loaded 2-core machine, close to go test's default timeout of 10.
+func budget(t *testing.T, seriesLeft int) time.Duration {
+	b := time.Duration(seriesBudget)
+	if dl, ok := t.Deadline(); ok && seriesLeft > 0 {
+		b = min(b, (time.Until(dl)-deadlineMargin)/time.Duration(seriesLeft))
+	}
+	return max(b, 0)
 }
 
 // row is one line of the comparison table.
@@ -299,7 +316,7 @@ func TestKernelThroughput(t *testing.T) {
 			for _, d := range []direction{download, upload} {
 				t.Run(fmt.Sprintf("loss%d/%v/%v", pl.loss, f, d), func(t *testing.T) {
 					r.t = t // the rig's helpers fail this subtest
-					conn, ref := r.measure(t, f, d, pl.loss, pl.conn, pl.ref)
+					conn, ref := r.measure(t, f, d, pl.loss, pl.conn, pl.ref, budget(t, 4*len(plans)-len(rows)))
 					rows = append(rows, row{pl.loss, f, d, conn, ref})
 				})
 			}
@@ -313,7 +330,7 @@ func TestKernelThroughput(t *testing.T) {
 // measure runs one pair of series at loss% and judges them: t fails on
 // any stall or error of the connector, and on errors of the reference
 // (then the rig itself is broken); a stall of the reference is logged.
-func (r *rig) measure(t *testing.T, f family, d direction, loss, nConn, nRef int) (conn, ref *series) {
+func (r *rig) measure(t *testing.T, f family, d direction, loss, nConn, nRef int, budget time.Duration) (conn, ref *series) {
 	r.setLoss(loss)
 	m0, merr := r.metrics()
 	var drops0 [2]int64
@@ -323,7 +340,7 @@ func (r *rig) measure(t *testing.T, f family, d direction, loss, nConn, nRef int
 			break
 		}
 	}
-	conn, ref = r.runPair(f, d, loss, nConn, nRef)
+	conn, ref = r.runPair(f, d, loss, nConn, nRef, budget)
 	t.Log(conn.summary())
 	t.Log(ref.summary())
 
