@@ -59,5 +59,9 @@
 // APPCONNECTOR_KERNEL_TESTS=require (set by .ci/run) they fail instead.
 // APPCONNECTOR_KERNEL_SCALE=0.2 scales every count down (at least 3
 // transfers a series) for quick local runs; the default counts are the
-// issue's.
+// issue's. At those the package takes about 9 minutes on a loaded 2-core
+// machine, so give go test -timeout 20m (the throughput series shorten
+// themselves to end before the deadline, logging it, rather than be
+// killed with their namespaces up); .ci/run runs 0.4 of them, about 4
+// minutes.
 package kerneltest
