@@ -57,8 +57,8 @@
 // traceroute), and the go command to build the connector. Without them
 // the tests skip with one line saying what is missing; with
 // APPCONNECTOR_KERNEL_TESTS=require (set by .ci/run) they fail instead.
-// APPCONNECTOR_KERNEL_SCALE=0.2 scales every count down (at least 3
-// transfers a series) for quick local runs; the default counts are the
+// APPCONNECTOR_KERNEL_SCALE=0.2 scales the throughput series' counts
+// down (at least 3 transfers a series) for quick local runs; the default counts are the
 // issue's. At those the package takes about 9 minutes on a loaded 2-core
 // machine, so give go test -timeout 20m (the throughput series shorten
 // themselves to end before the deadline, logging it, rather than be
