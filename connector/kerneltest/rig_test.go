@@ -295,10 +295,13 @@ func (r *rig) keyFile(name string, k wgconf.Key) string {
 // in the foreground, and waits for its UAPI socket.
 func (r *rig) startWG(ns, dev string) *proc {
 	r.t.Helper()
+	sock := filepath.Join(wgSockDir, dev+".sock")
+	// Killed, wireguard-go leaves its socket; this cleanup runs after
+	// the kill.
+	r.t.Cleanup(func() { os.Remove(sock) })
 	p, err := startProc(r.t, "wireguard-go "+dev, append(os.Environ(), "WG_PROCESS_FOREGROUND=1", "LOG_LEVEL=error"), nil,
 		nsExec(ns, "wireguard-go", "-f", dev)...)
 	r.must(err)
-	sock := filepath.Join(wgSockDir, dev+".sock")
 	r.must(p.waitFor(10*time.Second, "UAPI socket "+sock, func() bool { _, err := os.Stat(sock); return err == nil }))
 	return p
 }
