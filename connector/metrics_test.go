@@ -89,7 +89,8 @@ func TestMetricsAndHealthz(t *testing.T) {
 	if hs := metricValue(t, body, peer); hs < float64(time.Now().Add(-time.Minute).Unix()) {
 		t.Errorf("%s = %v, want a handshake within the last minute", peer, hs)
 	}
-	for _, series := range []string{"appconnector_tcp_retransmission_timeouts_total", "appconnector_tcp_retransmitted_segments_total"} {
+	for _, series := range []string{"appconnector_tcp_retransmission_timeouts_total", "appconnector_tcp_retransmitted_segments_total",
+		"appconnector_tcp_loss_recoveries_total", "appconnector_tcp_dupack_windows_held_total"} {
 		if v := metricValue(t, body, series); v < 0 {
 			t.Errorf("%s = %v", series, v)
 		}

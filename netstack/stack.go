@@ -188,6 +188,12 @@ type Stats struct {
 	// sender that makes progress only by its timer shows here first.
 	TCPTimeouts    uint64
 	TCPRetransmits uint64
+	// TCPRecoveries counts losses the stack's TCP senders found from
+	// duplicate ACKs and SACK blocks (fast and SACK recovery), without
+	// waiting for the timer. DupAckWindows counts peers' duplicate ACKs
+	// delivered with the window of the ACK before them (dupack.go).
+	TCPRecoveries uint64
+	DupAckWindows uint64
 	// (The count of transport endpoints is not here: it costs a walk of
 	// all of them under the gVisor stack's lock. See Stack.Endpoints.)
 
@@ -501,6 +507,7 @@ func (s *Stack) Stats() Stats {
 	st.ForwarderDropped = tcpStats.ForwardMaxInFlightDrop.Value()
 	st.TCPTimeouts = tcpStats.Timeouts.Value()
 	st.TCPRetransmits = tcpStats.Retransmits.Value()
+	st.TCPRecoveries = tcpStats.FastRecovery.Value() + tcpStats.SACKRecovery.Value()
 	return st
 }
 
