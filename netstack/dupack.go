@@ -29,8 +29,10 @@ import (
 // ACK is delivered with the previous ACK's window (and its checksum
 // adjusted). Offering a sender less window than the receiver has is
 // always safe, and it lasts only until the next ACK that acknowledges new
-// data, which passes unchanged. A window that shrank, or was zero, is
-// never touched.
+// data, which passes unchanged. Only growth of up to a quarter is held,
+// which is what queueing a segment adds: a window that shrank, was zero,
+// or opened wide (the receiving application read a backlog, and the
+// sender may be waiting for just that) passes unchanged.
 //
 // State is one slot per flow in a fixed table indexed by a hash of the
 // 4-tuple: flows that collide just take turns, losing the adjustment,
@@ -117,7 +119,7 @@ func (d *dupAckWindows) inspect(pkt *stack.PacketBuffer) bool {
 	s := &d.slots[maphash.Bytes(d.seed, key[:])%dupAckSlots]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.used && s.key == key && s.ack == ack && win > s.win && s.win > 0 && hasSACK(t.Options()) {
+	if s.used && s.key == key && s.ack == ack && win > s.win && win-s.win <= s.win/4 && hasSACK(t.Options()) {
 		setWindow(t, s.win)
 		return true
 	}

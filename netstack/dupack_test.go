@@ -92,8 +92,10 @@ func TestDupAckWindows(t *testing.T) {
 			{"a FIN", ackSegment{src: peer, dst: dst, ack: 5000, win: 950, flags: header.TCPFlagAck | header.TCPFlagFin, sack: true}, 950},
 			{"data", ackSegment{src: peer, dst: dst, ack: 5000, win: 960, flags: header.TCPFlagAck, sack: true, payload: 100}, 960},
 			{"still held after those", ack(5000, 990, true), 800},
+			{"opened wide", ack(5000, 1001, true), 1001},
 			{"zero window", ack(9000, 0, false), 0},
 			{"a zero window is never held", ack(9000, 400, true), 400},
+			{"a quarter more", ack(9000, 500, true), 400},
 		}
 		d := newDupAckWindows()
 		held := 0
@@ -117,8 +119,8 @@ func TestDupAckWindows(t *testing.T) {
 				held++
 			}
 		}
-		if held != 5 {
-			t.Errorf("%v: %d windows held, want 5", peer, held)
+		if held != 6 {
+			t.Errorf("%v: %d windows held, want 6", peer, held)
 		}
 	}
 }
