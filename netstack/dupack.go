@@ -25,8 +25,8 @@ import (
 // the same client through a kernel-forwarding gateway.
 //
 // So an inbound pure ACK that repeats the previous ACK's acknowledgment
-// number, carries a SACK option, and offers a larger window than that
-// ACK is delivered with the previous ACK's window (and its checksum
+// number, carries a SACK block above it, and offers a larger window than
+// that ACK is delivered with the previous ACK's window (and its checksum
 // adjusted). Offering a sender less window than the receiver has is
 // always safe, and it lasts only until the next ACK that acknowledges new
 // data, which passes unchanged. Only growth of up to a quarter is held,
@@ -119,7 +119,7 @@ func (d *dupAckWindows) inspect(pkt *stack.PacketBuffer) bool {
 	s := &d.slots[maphash.Bytes(d.seed, key[:])%dupAckSlots]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.used && s.key == key && s.ack == ack && win > s.win && win-s.win <= s.win/4 && hasSACK(t.Options()) {
+	if s.used && s.key == key && s.ack == ack && win > s.win && win-s.win <= s.win/4 && sacksAbove(t.Options(), ack) {
 		setWindow(t, s.win)
 		return true
 	}
@@ -127,8 +127,12 @@ func (d *dupAckWindows) inspect(pkt *stack.PacketBuffer) bool {
 	return false
 }
 
-// hasSACK reports whether TCP options opts hold a SACK block option.
-func hasSACK(opts []byte) bool {
+// sacksAbove reports whether TCP options opts hold a SACK block above
+// ack: data the receiver holds beyond a hole, the state Linux grows its
+// window in. A D-SACK block (RFC 2883, below ack: a duplicate received)
+// does not count; it answers a retransmission, and a sender may be
+// waiting for exactly the window such an ACK brings.
+func sacksAbove(opts []byte, ack uint32) bool {
 	for i := 0; i < len(opts); {
 		switch opts[i] {
 		case header.TCPOptionEOL:
@@ -137,11 +141,15 @@ func hasSACK(opts []byte) bool {
 			i++
 			continue
 		}
-		if i+1 >= len(opts) || opts[i+1] < 2 {
+		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
 			return false
 		}
 		if opts[i] == header.TCPOptionSACK {
-			return true
+			for b := i + 2; b+8 <= i+int(opts[i+1]); b += 8 {
+				if start := binary.BigEndian.Uint32(opts[b:]); int32(start-ack) > 0 {
+					return true
+				}
+			}
 		}
 		i += int(opts[i+1])
 	}

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"testing"
 
@@ -17,16 +18,23 @@ type ackSegment struct {
 	ack      uint32
 	win      uint16
 	flags    header.TCPFlags
-	sack     bool // carry a SACK block option
+	sack     bool // carry a SACK block option: 1,000 bytes from ack+1,000
+	dsack    bool // carry a D-SACK block instead: the 1,000 bytes below ack
 	payload  int
 }
 
 // packet builds seg as an IP packet with valid checksums.
 func (seg ackSegment) packet() []byte {
 	var opts []byte
-	if seg.sack {
+	if seg.sack || seg.dsack {
 		// NOP, NOP, SACK with one block.
-		opts = []byte{1, 1, 5, 10, 0, 0, 0x10, 0, 0, 0, 0x20, 0}
+		opts = []byte{1, 1, 5, 10, 0, 0, 0, 0, 0, 0, 0, 0}
+		start := seg.ack + 1000
+		if seg.dsack {
+			start = seg.ack - 1000
+		}
+		binary.BigEndian.PutUint32(opts[4:], start)
+		binary.BigEndian.PutUint32(opts[8:], start+1000)
 	}
 	tcpLen := header.TCPMinimumSize + len(opts)
 	ipLen := header.IPv4MinimumSize
@@ -96,6 +104,7 @@ func TestDupAckWindows(t *testing.T) {
 			{"zero window", ack(9000, 0, false), 0},
 			{"a zero window is never held", ack(9000, 400, true), 400},
 			{"a quarter more", ack(9000, 500, true), 400},
+			{"a D-SACK (answering a retransmission)", ackSegment{src: peer, dst: dst, ack: 9000, win: 480, flags: header.TCPFlagAck, dsack: true}, 480},
 		}
 		d := newDupAckWindows()
 		held := 0
@@ -125,21 +134,24 @@ func TestDupAckWindows(t *testing.T) {
 	}
 }
 
-func TestHasSACK(t *testing.T) {
+func TestSacksAbove(t *testing.T) {
+	const ack = 1 << 31
 	for _, c := range []struct {
 		opts []byte
 		want bool
 	}{
 		{nil, false},
 		{[]byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2}, false}, // timestamps
-		{[]byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2}, true},
-		{[]byte{0, 5, 10}, false},    // EOL first
-		{[]byte{8, 0, 5, 10}, false}, // a zero length would loop
-		{[]byte{8}, false},           // truncated
-		{[]byte{5, 10}, true},
+		{[]byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1, 5, 10, 0x80, 0, 0x10, 0, 0x80, 0, 0x20, 0}, true},
+		{[]byte{5, 10, 0x7f, 0, 0, 0, 0x7f, 0, 0x10, 0}, false},                                    // D-SACK only
+		{[]byte{5, 18, 0x7f, 0, 0, 0, 0x7f, 0, 0x10, 0, 0x80, 0, 0x10, 0, 0x80, 0, 0x20, 0}, true}, // D-SACK, then SACK
+		{[]byte{5, 10, 0x80, 0, 0, 0}, false},                                                      // truncated block
+		{[]byte{0, 5, 10}, false},                                                                  // EOL first
+		{[]byte{8, 0, 5, 10}, false},                                                               // a zero length would loop
+		{[]byte{8}, false},                                                                         // truncated
 	} {
-		if got := hasSACK(c.opts); got != c.want {
-			t.Errorf("hasSACK(%v) = %v, want %v", c.opts, got, c.want)
+		if got := sacksAbove(c.opts, ack); got != c.want {
+			t.Errorf("sacksAbove(%v) = %v, want %v", c.opts, got, c.want)
 		}
 	}
 }
