@@ -129,11 +129,9 @@ func onlyTimeWait(m map[string]int) bool {
 // its own outbound queue, read by the other copy: with both queues full
 // the two wait on each other for good. 4,000 flows closing at once both
 // ways once did that with the default 1,024-packet queues, so these hold
-// more than such a test has in flight. (Copies that queue what they read
-// instead of writing it themselves make the cycle impossible, but then
-// that test leaves hundreds of endpoints in CLOSING and FIN-WAIT-1,
-// retransmitting their FINs for 20 s and more while the other side is in
-// TIME-WAIT: not understood yet, and not what these tests are about.)
+// more than such a test has in flight. (Without the backpressure, this
+// harness also showed that holding the window of D-SACK ACKs, see
+// dupack.go, left hundreds of endpoints in CLOSING.)
 func joinedStacks(t *testing.T, gwCfg, clCfg Config) (gw, cl *Stack) {
 	t.Helper()
 	const queueLen = 1 << 15
