@@ -72,18 +72,38 @@ func TestSimultaneousCloseFinishes(t *testing.T) {
 			t.Fatalf("upstream accepted %d of %d flows", len(ups), flows)
 		}
 	}
-	// Both ends close at once.
-	done := make(chan struct{})
-	go func() {
-		for _, c := range ups {
+	// Both ends of each flow close at once, 200 flows at a time: closing
+	// all 4,000 together sent more packets at once than the two stacks'
+	// outbound queues hold, and joinedStacks' copies, each waiting to
+	// write into the other stack while that stack's replies waited for
+	// room in its own full queue, hung. (The flows are dialed one after
+	// another, so ups[i], accepted in order, is conns[i]'s other end.)
+	const batch = 200
+	progress, lastOpen := time.Now(), gw.Stats().OpenFlows
+	for i := 0; i < flows; i += batch {
+		done := make(chan struct{})
+		go func() {
+			for _, c := range ups[i : i+batch] {
+				c.Close()
+			}
+			close(done)
+		}()
+		for _, c := range conns[i : i+batch] {
 			c.Close()
 		}
-		close(done)
-	}()
-	for _, c := range conns {
-		c.Close()
+		<-done
+		for open := gw.Stats().OpenFlows; open > flows-i; open = gw.Stats().OpenFlows {
+			if open < lastOpen {
+				progress, lastOpen = time.Now(), open
+			}
+			if time.Since(progress) > 20*time.Second {
+				t.Fatalf("closing flows %d-%d: none ended in 20 s; %d open; gateway endpoints %v; client endpoints %v",
+					i, i+batch, open, tcpStates(gw), tcpStates(cl))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
-	<-done
+	conns = nil
 
 	// The gateway keeps closed flows 50 ms in TIME-WAIT; the client
 	// (which only dials) keeps them 10 s, so there only TIME-WAIT may
@@ -124,22 +144,13 @@ func onlyTimeWait(m map[string]int) bool {
 // joinedStacks starts a gateway stack and a client stack on their own
 // devices, joined by two goroutines that copy each device's packets into
 // the other (batches at a time), all closed at the test's cleanup.
-//
-// Each copy writes into the other stack, whose replies wait for room in
-// its own outbound queue, read by the other copy: with both queues full
-// the two wait on each other for good. 4,000 flows closing at once both
-// ways once did that with the default 1,024-packet queues, so these hold
-// more than such a test has in flight. (Without the backpressure, this
-// harness also showed that holding the window of D-SACK ACKs, see
-// dupack.go, left hundreds of endpoints in CLOSING.)
 func joinedStacks(t *testing.T, gwCfg, clCfg Config) (gw, cl *Stack) {
 	t.Helper()
-	const queueLen = 1 << 15
-	gwTun, err := tun.New(tun.Config{QueueLen: queueLen})
+	gwTun, err := tun.New(tun.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	clTun, err := tun.New(tun.Config{QueueLen: queueLen})
+	clTun, err := tun.New(tun.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,16 +26,13 @@ import (
 // unacceptable (RFC 9293 section 3.10.7.3), and Linux answers it with an
 // immediate SYN retransmission. The new SYN is delivered right after, so
 // the forwarder answers it without waiting for that.
-//
-// It also hands every inbound packet to dupAckWindows (dupack.go).
 type twRecycler struct {
 	nested.Endpoint
-	s      *Stack
-	dupAck *dupAckWindows
+	s *Stack
 }
 
 func newTWRecycler(child stack.LinkEndpoint, s *Stack) *twRecycler {
-	r := &twRecycler{s: s, dupAck: newDupAckWindows()}
+	r := &twRecycler{s: s}
 	r.Init(child, r)
 	return r
 }
@@ -44,8 +41,6 @@ func newTWRecycler(child stack.LinkEndpoint, s *Stack) *twRecycler {
 func (r *twRecycler) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	if netProto, id, ok := newSYN(pkt); ok {
 		r.s.recycleTimeWait(netProto, id)
-	} else if r.dupAck.inspect(pkt) {
-		r.s.stats.dupAckWindows.Add(1)
 	}
 	r.Endpoint.DeliverNetworkPacket(proto, pkt)
 }

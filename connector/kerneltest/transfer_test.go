@@ -365,7 +365,7 @@ func (r *rig) measure(t *testing.T, f family, d direction, loss, nConn, nRef int
 	}
 	if m1, err := r.metrics(); err == nil && merr == nil {
 		for _, k := range []string{"appconnector_tcp_retransmission_timeouts_total", "appconnector_tcp_retransmitted_segments_total",
-			"appconnector_tcp_loss_recoveries_total", "appconnector_tcp_dupack_windows_held_total"} {
+			"appconnector_tcp_loss_recoveries_total"} {
 			diag = append(diag, fmt.Sprintf("%s +%.0f", strings.TrimPrefix(k, "appconnector_"), m1[k]-m0[k]))
 		}
 	}
