@@ -72,12 +72,12 @@ func TestSimultaneousCloseFinishes(t *testing.T) {
 			t.Fatalf("upstream accepted %d of %d flows", len(ups), flows)
 		}
 	}
-	// Both ends of each flow close at once, 200 flows at a time: closing
-	// all 4,000 together sent more packets at once than the two stacks'
-	// outbound queues hold, and joinedStacks' copies, each waiting to
-	// write into the other stack while that stack's replies waited for
-	// room in its own full queue, hung. (The flows are dialed one after
-	// another, so ups[i], accepted in order, is conns[i]'s other end.)
+	// Both ends of each flow close at once, 200 flows at a time. All
+	// 4,000 together, on a loaded machine, left hundreds of gateway
+	// endpoints in CLOSING (retransmitting their FIN while the client sat
+	// in TIME-WAIT) or, with joinedStacks' old 1,024-packet queues, hung
+	// it. (The flows are dialed one after another, so ups[i], accepted in
+	// order, is conns[i]'s other end.)
 	const batch = 200
 	progress, lastOpen := time.Now(), gw.Stats().OpenFlows
 	for i := 0; i < flows; i += batch {
@@ -144,13 +144,20 @@ func onlyTimeWait(m map[string]int) bool {
 // joinedStacks starts a gateway stack and a client stack on their own
 // devices, joined by two goroutines that copy each device's packets into
 // the other (batches at a time), all closed at the test's cleanup.
+//
+// Each copy writes into the other stack, whose replies wait for room in
+// its own outbound queue, read by the other copy: with both queues full
+// the two wait on each other for good. Closing flows 200 at a time still
+// filled the default 1,024-packet queues under load (retransmitted FINs),
+// so these hold far more than such a test has in flight.
 func joinedStacks(t *testing.T, gwCfg, clCfg Config) (gw, cl *Stack) {
 	t.Helper()
-	gwTun, err := tun.New(tun.Config{})
+	const queueLen = 1 << 15
+	gwTun, err := tun.New(tun.Config{QueueLen: queueLen})
 	if err != nil {
 		t.Fatal(err)
 	}
-	clTun, err := tun.New(tun.Config{})
+	clTun, err := tun.New(tun.Config{QueueLen: queueLen})
 	if err != nil {
 		t.Fatal(err)
 	}
