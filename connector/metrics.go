@@ -30,7 +30,7 @@ type metrics struct {
 	routes, unsafeRefused, evictions, expired     *prometheus.Desc
 	capRefused, chainRefused, stateWrites         *prometheus.Desc
 	tcpTimeouts, tcpRetransmits, draining         *prometheus.Desc
-	tcpRecoveries                                 *prometheus.Desc
+	tcpRecoveries, dupAckWindows                  *prometheus.Desc
 	icmpRequests, icmpReplies, icmpProhibited     *prometheus.Desc
 }
 
@@ -68,6 +68,7 @@ func newMetrics(c *Connector) *metrics {
 		tcpTimeouts:     d("tcp_retransmission_timeouts_total", "Retransmission timeouts of the userspace stack's TCP senders: losses found only by the timer."),
 		tcpRetransmits:  d("tcp_retransmitted_segments_total", "TCP segments the userspace stack sent again."),
 		tcpRecoveries:   d("tcp_loss_recoveries_total", "Losses the userspace stack's TCP senders found from duplicate ACKs and SACK blocks, without the timer."),
+		dupAckWindows:   d("tcp_dupack_windows_held_total", "Peers' duplicate ACKs delivered to the userspace stack with the previous ACK's window, so that they count as duplicates."),
 		draining:        d("draining", "1 while shutting down (new flows refused)."),
 		icmpRequests:    d("icmp_echo_requests_total", "Echo requests from peers to addresses other than the connector's own, by result (refused ones are in flows_refused_total).", "result"),
 		icmpReplies:     d("icmp_echo_replies_total", "Echo replies from the host relayed back to peers."),
@@ -80,7 +81,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.peers, m.peerHandshake, m.peerRx, m.peerTx, m.tunPackets, m.tunBytes,
 		m.tunDropped, m.tunBlocked, m.flowsOpen, m.flows, m.flowsRefused, m.dialsInFlight, m.dialsFailed,
 		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.routes,
-		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.tcpRecoveries, m.draining,
+		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.tcpRecoveries, m.dupAckWindows, m.draining,
 		m.icmpRequests, m.icmpReplies, m.icmpProhibited} {
 		ch <- d
 	}
@@ -141,6 +142,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.tcpTimeouts, ns.TCPTimeouts)
 	counter(m.tcpRetransmits, ns.TCPRetransmits)
 	counter(m.tcpRecoveries, ns.TCPRecoveries)
+	counter(m.dupAckWindows, ns.DupAckWindows)
 
 	counter(m.dnsQueries, st.DNS.Answered, "answered")
 	counter(m.dnsQueries, st.DNS.Forwarded, "forwarded")

@@ -90,7 +90,7 @@ func TestMetricsAndHealthz(t *testing.T) {
 		t.Errorf("%s = %v, want a handshake within the last minute", peer, hs)
 	}
 	for _, series := range []string{"appconnector_tcp_retransmission_timeouts_total", "appconnector_tcp_retransmitted_segments_total",
-		"appconnector_tcp_loss_recoveries_total"} {
+		"appconnector_tcp_loss_recoveries_total", "appconnector_tcp_dupack_windows_held_total"} {
 		if v := metricValue(t, body, series); v < 0 {
 			t.Errorf("%s = %v", series, v)
 		}

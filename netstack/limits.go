@@ -101,7 +101,7 @@ type counters struct {
 	tcpForwarded, tcpDialFailed, tcpRefused, tcpLimited atomic.Uint64
 	udpForwarded, udpRefused, udpLimited                atomic.Uint64
 	udpHostRefused, udpIdleClosed, handlerFailures      atomic.Uint64
-	timeWaitRecycled                                    atomic.Uint64
+	timeWaitRecycled, dupAckWindows                     atomic.Uint64
 	icmpFlows, icmpForwarded, icmpReplies, icmpRefused  atomic.Uint64
 	icmpLimited, icmpRateLimited, icmpHostForbidden     atomic.Uint64
 	icmpHostFailed, icmpIdleClosed, icmpMalformed       atomic.Uint64
@@ -126,6 +126,7 @@ func (c *counters) snapshot() Stats {
 		UDPIdleClosed:    c.udpIdleClosed.Load(),
 		HandlerFailures:  c.handlerFailures.Load(),
 		TimeWaitRecycled: c.timeWaitRecycled.Load(),
+		DupAckWindows:    c.dupAckWindows.Load(),
 		DialFailures:     dialFailures,
 		ICMP: ICMPStats{
 			Flows:          c.icmpFlows.Load(),

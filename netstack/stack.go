@@ -190,8 +190,10 @@ type Stats struct {
 	TCPRetransmits uint64
 	// TCPRecoveries counts losses the stack's TCP senders found from
 	// duplicate ACKs and SACK blocks (fast and SACK recovery), without
-	// waiting for the timer.
+	// waiting for the timer. DupAckWindows counts peers' duplicate ACKs
+	// delivered with the window of the ACK before them (dupack.go).
 	TCPRecoveries uint64
+	DupAckWindows uint64
 	// (The count of transport endpoints is not here: it costs a walk of
 	// all of them under the gVisor stack's lock. See Stack.Endpoints.)
 

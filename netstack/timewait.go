@@ -26,13 +26,16 @@ import (
 // unacceptable (RFC 9293 section 3.10.7.3), and Linux answers it with an
 // immediate SYN retransmission. The new SYN is delivered right after, so
 // the forwarder answers it without waiting for that.
+//
+// It also hands every inbound packet to dupAckWindows (dupack.go).
 type twRecycler struct {
 	nested.Endpoint
-	s *Stack
+	s      *Stack
+	dupAck *dupAckWindows
 }
 
 func newTWRecycler(child stack.LinkEndpoint, s *Stack) *twRecycler {
-	r := &twRecycler{s: s}
+	r := &twRecycler{s: s, dupAck: newDupAckWindows()}
 	r.Init(child, r)
 	return r
 }
@@ -41,6 +44,8 @@ func newTWRecycler(child stack.LinkEndpoint, s *Stack) *twRecycler {
 func (r *twRecycler) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	if netProto, id, ok := newSYN(pkt); ok {
 		r.s.recycleTimeWait(netProto, id)
+	} else if r.dupAck.inspect(pkt) {
+		r.s.stats.dupAckWindows.Add(1)
 	}
 	r.Endpoint.DeliverNetworkPacket(proto, pkt)
 }

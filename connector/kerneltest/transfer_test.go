@@ -366,8 +366,18 @@ func (r *rig) measure(t *testing.T, f family, d direction, loss, nConn, nRef int
 	}
 	if m1, err := r.metrics(); err == nil && merr == nil {
 		for _, k := range []string{"appconnector_tcp_retransmission_timeouts_total", "appconnector_tcp_retransmitted_segments_total",
-			"appconnector_tcp_loss_recoveries_total"} {
+			"appconnector_tcp_loss_recoveries_total", "appconnector_tcp_dupack_windows_held_total"} {
 			diag = append(diag, fmt.Sprintf("%s +%.0f", strings.TrimPrefix(k, "appconnector_"), m1[k]-m0[k]))
+		}
+		// A Linux receiver grows its window in the duplicate ACKs that
+		// follow a loss; unless the connector holds their window, its
+		// gVisor senders do not count them and find every such loss by
+		// the timer (netstack/dupack.go). Downloads at loss must show
+		// the hold at work.
+		const held = "appconnector_tcp_dupack_windows_held_total"
+		if loss > 0 && d == download && len(conn.runs) > 0 && m1[held]-m0[held] <= 0 {
+			t.Errorf("%d downloads at %d%% loss: %s did not rise: the Linux client's duplicate ACKs reached the senders with their grown windows",
+				len(conn.runs), loss, held)
 		}
 	}
 	t.Log(strings.Join(diag, "; "))
