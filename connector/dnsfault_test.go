@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -215,6 +217,7 @@ func TestDNSOverTCPIdleConnections(t *testing.T) {
 		DNSTCPIdleTimeout: idleTimeout, MaxDNSTCPConnsPerPeer: idle + 1},
 		`[{"name": "web", "connectors": ["*"], "domains": ["*.example.com"], "allowPrivate": ["127.0.0.1/32"]}]`)
 	dnsAddr := net.JoinHostPort(connV4.Addr().String(), "53")
+	rcvbuf0 := udpRcvbufErrors(t)
 
 	// dialIdle opens n connections, 32 at a time.
 	dialIdle := func(n int) []net.Conn {
@@ -254,7 +257,14 @@ func TestDNSOverTCPIdleConnections(t *testing.T) {
 			_, err := c.Read(b[:])
 			var ne net.Error
 			if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
-				t.Fatalf("connection %d still open after %v (read: %v)", i+1, within, err)
+				// Which side kept it: the connector's count says whether
+				// its server closed the connection; the stack's timeouts
+				// and the host's UDP receive errors say whether a FIN
+				// had to be sent again, and whether datagrams were lost.
+				st := e.conn.Stats()
+				t.Fatalf("connection %d still open after %v (read: %v); connector: %d DNS-over-TCP connections open, "+
+					"%d TCP timeouts, %d retransmitted segments; host UDP receive-buffer errors since the test began: %d",
+					i+1, within, err, st.DNS.TCPConns, st.Netstack.TCPTimeouts, st.Netstack.TCPRetransmits, udpRcvbufErrors(t)-rcvbuf0)
 			}
 			c.Close()
 		}
@@ -339,4 +349,33 @@ func TestDNSManyNamesEvictOldest(t *testing.T) {
 	if st := e.conn.Stats(); st.Routes.Evicted != names-capacity {
 		t.Errorf("Evicted = %d, want %d", st.Routes.Evicted, names-capacity)
 	}
+}
+
+// udpRcvbufErrors is the host's count of UDP datagrams dropped at full
+// receive buffers (/proc/net/snmp), or -1 where it cannot be read.
+func udpRcvbufErrors(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return -1
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "RcvbufErrors" && i < len(f) {
+				v, err := strconv.ParseInt(f[i], 10, 64)
+				if err == nil {
+					return v
+				}
+			}
+		}
+	}
+	return -1
 }
