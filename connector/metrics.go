@@ -32,6 +32,7 @@ type metrics struct {
 	tcpTimeouts, tcpRetransmits, draining         *prometheus.Desc
 	tcpRecoveries, dupAckWindows                  *prometheus.Desc
 	icmpRequests, icmpReplies, icmpProhibited     *prometheus.Desc
+	icmpErrorsDropped                             *prometheus.Desc
 }
 
 func newMetrics(c *Connector) *metrics {
@@ -73,6 +74,8 @@ func newMetrics(c *Connector) *metrics {
 		icmpRequests:    d("icmp_echo_requests_total", "Echo requests from peers to addresses other than the connector's own, by result (refused ones are in flows_refused_total).", "result"),
 		icmpReplies:     d("icmp_echo_replies_total", "Echo replies from the host relayed back to peers."),
 		icmpProhibited:  d("icmp_prohibited_total", "ICMP administratively prohibited answers sent to peers for refused echo requests."),
+		icmpErrorsDropped: d("icmp_errors_dropped_total", "ICMP errors from peers kept from the userspace stack, by reason: quoting another peer's flow, "+
+			"announcing an MTU below the minimum, over the peer's rate, malformed or fragmented.", "reason"),
 	}
 }
 
@@ -82,7 +85,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.tunDropped, m.tunBlocked, m.flowsOpen, m.flows, m.flowsRefused, m.dialsInFlight, m.dialsFailed,
 		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.routes,
 		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.tcpRecoveries, m.dupAckWindows, m.draining,
-		m.icmpRequests, m.icmpReplies, m.icmpProhibited} {
+		m.icmpRequests, m.icmpReplies, m.icmpProhibited, m.icmpErrorsDropped} {
 		ch <- d
 	}
 }
@@ -133,6 +136,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.icmpRequests, ns.ICMP.Malformed, "malformed")
 	counter(m.icmpReplies, ns.ICMP.Replies)
 	counter(m.icmpProhibited, ns.ICMP.ProhibitedSent)
+	for i, n := range ns.ICMP.ErrorsDropped {
+		counter(m.icmpErrorsDropped, n, netstack.ICMPErrorDropNames[i])
+	}
 	gauge(m.dialsInFlight, float64(ns.InFlightDials))
 	for i, name := range netstack.DialFailureNames {
 		counter(m.dialsFailed, ns.DialFailures[i], name)

@@ -105,6 +105,7 @@ type counters struct {
 	icmpFlows, icmpForwarded, icmpReplies, icmpRefused  atomic.Uint64
 	icmpLimited, icmpRateLimited, icmpHostForbidden     atomic.Uint64
 	icmpHostFailed, icmpIdleClosed, icmpMalformed       atomic.Uint64
+	icmpErrorsDropped                                   [NumICMPErrorDrops]atomic.Uint64
 	icmpProhibitedSent                                  atomic.Uint64
 	dialFailed                                          [numDialFailures]atomic.Uint64
 }
@@ -140,14 +141,23 @@ func (c *counters) snapshot() Stats {
 			HostFailed:     c.icmpHostFailed.Load(),
 			IdleClosed:     c.icmpIdleClosed.Load(),
 			Malformed:      c.icmpMalformed.Load(),
+			ErrorsDropped:  loadAll(&c.icmpErrorsDropped),
 		},
 	}
 }
 
+func loadAll(c *[NumICMPErrorDrops]atomic.Uint64) (out [NumICMPErrorDrops]uint64) {
+	for i := range c {
+		out[i] = c[i].Load()
+	}
+	return out
+}
+
 // Token buckets of echoRates, per peer.
 const (
-	bucketEcho    = iota // echo requests forwarded
-	bucketRefused        // prohibited answers to refused echo requests
+	bucketEcho      = iota // echo requests forwarded
+	bucketRefused          // prohibited answers to refused echo requests
+	bucketICMPError        // ICMP errors from the peer (icmperr.go)
 	numBuckets
 )
 

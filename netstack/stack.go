@@ -148,8 +148,9 @@ type Config struct {
 	// ICMPRate and ICMPBurst bound the echo requests forwarded per peer:
 	// ICMPRate a second on average, in bursts of up to ICMPBurst; beyond
 	// that a request is dropped. The administratively prohibited answers
-	// to refused echo requests have a bucket of the same size of their
-	// own. Zero means the Default.
+	// to refused echo requests, and the ICMP errors a peer sends the
+	// stack (icmperr.go), have buckets of the same size of their own.
+	// Zero means the Default.
 	ICMPRate  float64
 	ICMPBurst int
 	// ICMPIdleTimeout closes an echo flow (one host ICMP socket per peer
@@ -218,6 +219,9 @@ type ICMPStats struct {
 	HostFailed    uint64 // requests lost: host socket not opened or send failed
 	IdleClosed    uint64 // echo flows closed by the idle timer
 	Malformed     uint64 // echo requests dropped as malformed or not unicast
+	// ErrorsDropped counts ICMP errors from peers kept from the stack,
+	// by reason (ICMPErrorOtherPeer and the rest, icmperr.go).
+	ErrorsDropped [NumICMPErrorDrops]uint64
 }
 
 // Stack is a gVisor network stack attached to a tun.Device.

@@ -27,7 +27,9 @@ import (
 // immediate SYN retransmission. The new SYN is delivered right after, so
 // the forwarder answers it without waiting for that.
 //
-// It also hands every inbound packet to dupAckWindows (dupack.go).
+// It also keeps ICMP errors that a peer may not send from the stack
+// (icmperr.go), and hands every inbound packet to dupAckWindows
+// (dupack.go).
 type twRecycler struct {
 	nested.Endpoint
 	s      *Stack
@@ -42,6 +44,9 @@ func newTWRecycler(child stack.LinkEndpoint, s *Stack) *twRecycler {
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (r *twRecycler) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	if !r.s.screenICMPError(pkt) {
+		return
+	}
 	if netProto, id, ok := newSYN(pkt); ok {
 		r.s.recycleTimeWait(netProto, id)
 	} else if r.dupAck.inspect(pkt) {
