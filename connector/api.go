@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -47,11 +50,32 @@ const watchKeepalive = 25 * time.Second
 // a burst of learned routes becomes one update, not one per route.
 const watchCoalesce = 100 * time.Millisecond
 
+// Limits of the route API. A request is a GET with a few short headers;
+// a watch stream is one goroutine and a connection's buffers (~40 KiB)
+// for as long as the peer keeps it.
+const (
+	DefaultMaxAPIConns        = 1024
+	DefaultMaxAPIConnsPerPeer = 16
+	DefaultMaxWatchesPerPeer  = 4
+	// apiMaxHeaderBytes bounds a request's header (net/http allows 4 KiB
+	// more for its own reading).
+	apiMaxHeaderBytes = 4 << 10
+	// apiHeaderTimeout bounds reading a request's header, apiIdleTimeout
+	// a kept-alive connection between requests.
+	apiHeaderTimeout = 5 * time.Second
+	apiIdleTimeout   = 30 * time.Second
+	// watchWriteTimeout: a watch stream whose peer takes longer than this
+	// to take an update (or a keepalive) is closed.
+	watchWriteTimeout = 10 * time.Second
+)
+
 // peerAPI serves the route API.
 type peerAPI struct {
 	c       *Connector
 	servers []*http.Server
 	wg      sync.WaitGroup // servers and handlers
+	conns   connLimit      // connections, per peer and in all
+	watches connLimit      // watch streams, per peer and in all
 }
 
 // tracked counts h's running handlers in wg, so close can wait for them
@@ -64,22 +88,29 @@ func tracked(wg *sync.WaitGroup, h http.Handler) http.Handler {
 	})
 }
 
-func (c *Connector) startPeerAPI(lns []net.Listener) {
-	a := &peerAPI{c: c}
+func (c *Connector) startPeerAPI(lns []net.Listener, cfg *Config) {
+	maxConns := orDefault(cfg.MaxAPIConns, DefaultMaxAPIConns)
+	a := &peerAPI{c: c,
+		conns:   connLimit{max: maxConns, perPeer: orDefault(cfg.MaxAPIConnsPerPeer, DefaultMaxAPIConnsPerPeer)},
+		watches: connLimit{max: maxConns / 2, perPeer: orDefault(cfg.MaxWatchesPerPeer, DefaultMaxWatchesPerPeer)},
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/routes", a.routes)
 	for _, ln := range lns {
 		srv := &http.Server{
 			Handler:           tracked(&a.wg, mux),
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       time.Minute,
-			ErrorLog:          nil,
+			ReadHeaderTimeout: apiHeaderTimeout,
+			IdleTimeout:       apiIdleTimeout,
+			MaxHeaderBytes:    apiMaxHeaderBytes,
+			// Its own complaints (a peer's malformed request) would be
+			// a peer's way into the log; net/http answers them anyway.
+			ErrorLog: log.New(io.Discard, "", 0),
 		}
 		a.servers = append(a.servers, srv)
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			srv.Serve(ln)
+			srv.Serve(&limitListener{Listener: ln, lim: &a.conns, peerOf: c.peerOfAddr, logf: c.dns.logf, what: "route API"})
 		}()
 	}
 	c.api = a
@@ -105,11 +136,14 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(routeSet(v, adv))
 		return
 	}
-	flusher, ok := w.(http.Flusher)
-	if !ok {
-		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+	if !a.watches.take(peer.key) {
+		a.watches.refused.Add(1)
+		w.Header().Set("Retry-After", strconv.Itoa(int(watchKeepalive.Seconds())))
+		http.Error(w, "too many watch streams", http.StatusTooManyRequests)
 		return
 	}
+	defer a.watches.give(peer.key)
+	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(w)
 	keepalive := time.NewTicker(watchKeepalive)
@@ -122,10 +156,16 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 		// Only this peer's routes matter: a change to an app it may not
 		// use sends nothing (and so tells it nothing).
 		if !sent || !slices.Equal(adv.prefixes, last.prefixes) || !slices.Equal(adv.domains, last.domains) {
+			// A peer that does not read holds the stream only this long.
+			if err := rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)); err != nil {
+				return
+			}
 			if err := enc.Encode(routeSet(v, adv)); err != nil {
 				return
 			}
-			flusher.Flush()
+			if err := rc.Flush(); err != nil {
+				return
+			}
 			last, sent = adv, true
 		}
 		select {

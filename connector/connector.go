@@ -65,6 +65,11 @@ type Config struct {
 	// connections; beyond either a new one is closed at once (UDP
 	// questions are not affected). Zero means the Defaults.
 	MaxDNSTCPConns, MaxDNSTCPConnsPerPeer int
+	// MaxAPIConns and MaxAPIConnsPerPeer cap the open connections to the
+	// route API (port 80 of the tunnel addresses); beyond either a new
+	// one is closed at once. MaxWatchesPerPeer caps a peer's ?watch=1
+	// streams; beyond it a request gets 429. Zero means the Defaults.
+	MaxAPIConns, MaxAPIConnsPerPeer, MaxWatchesPerPeer int
 
 	// RouteTTL is how long a learned route lives after the last DNS
 	// answer that named it (routes with an open flow never expire). Zero
@@ -316,7 +321,7 @@ func (c *Connector) startDNS(cfg Config) error {
 		}
 		apiLns = append(apiLns, ln)
 	}
-	c.startPeerAPI(apiLns)
+	c.startPeerAPI(apiLns, &cfg)
 	c.dns.start(pcs, lns)
 	return nil
 }
@@ -458,6 +463,11 @@ type Stats struct {
 		Answered, Refused, ServFail, Forwarded, FormErr, Limited uint64
 		TCPConns, TCPConnsRefused                                uint64 // DNS-over-TCP connections open now, and closed at a cap
 	}
+	// API is the route API: connections and watch streams open now, and
+	// refused at their caps.
+	API struct {
+		Conns, ConnsRefused, Watches, WatchesRefused uint64
+	}
 }
 
 // Stats returns a snapshot of the counters.
@@ -467,6 +477,10 @@ func (c *Connector) Stats() Stats {
 	st.DNS.Answered, st.DNS.Refused, st.DNS.ServFail = d.Answered.Load(), d.Refused.Load(), d.ServFail.Load()
 	st.DNS.Forwarded, st.DNS.FormErr, st.DNS.Limited = d.Forwarded.Load(), d.FormErr.Load(), d.Limited.Load()
 	st.DNS.TCPConns, st.DNS.TCPConnsRefused = c.dns.tcpConns.openNow(), c.dns.tcpConns.refused.Load()
+	if a := c.api; a != nil {
+		st.API.Conns, st.API.ConnsRefused = a.conns.openNow(), a.conns.refused.Load()
+		st.API.Watches, st.API.WatchesRefused = a.watches.openNow(), a.watches.refused.Load()
+	}
 	return st
 }
 

@@ -109,7 +109,7 @@ func (d *dnsService) start(pcs []net.PacketConn, lns []net.Listener) {
 	}
 	for _, ln := range lns {
 		serve(&dns.Server{
-			Listener: &limitListener{Listener: ln, d: d}, Handler: d,
+			Listener: &limitListener{Listener: ln, lim: &d.tcpConns, peerOf: d.c.peerOfAddr, logf: d.logf, what: "DNS-over-TCP"}, Handler: d,
 			IdleTimeout:   func() time.Duration { return d.tcpIdle },
 			ReadTimeout:   d.tcpIdle,
 			WriteTimeout:  d.tcpIdle,
@@ -320,6 +320,10 @@ func relay(req, up *dns.Msg) *dns.Msg {
 	return m
 }
 
+// peerOfAddr is the key of the peer a connection's remote address belongs
+// to.
+func (c *Connector) peerOfAddr(a net.Addr) string { return c.peers.lookup(addrOf(a)).key }
+
 func addrOf(a net.Addr) netip.Addr {
 	switch a := a.(type) {
 	case *net.UDPAddr:
@@ -393,12 +397,15 @@ func (l *connLimit) give(peer string) {
 	}
 }
 
-// limitListener closes connections beyond the dnsService's caps as soon as
+// limitListener closes connections beyond a connLimit's caps as soon as
 // they are accepted, so a peer holding many idle ones cannot starve the
 // others (and the server never sees them).
 type limitListener struct {
 	net.Listener
-	d *dnsService
+	lim    *connLimit
+	peerOf func(net.Addr) string
+	logf   func(format string, args ...any)
+	what   string // for the log: "DNS-over-TCP", "route API"
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -407,12 +414,12 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		peer := l.d.c.peers.lookup(addrOf(c.RemoteAddr())).key
-		if l.d.tcpConns.take(peer) {
-			return &limitConn{Conn: c, release: func() { l.d.tcpConns.give(peer) }}, nil
+		peer := l.peerOf(c.RemoteAddr())
+		if l.lim.take(peer) {
+			return &limitConn{Conn: c, release: func() { l.lim.give(peer) }}, nil
 		}
-		l.d.tcpConns.refused.Add(1)
-		l.d.logf("dns: %v: too many DNS-over-TCP connections; closed", c.RemoteAddr())
+		l.lim.refused.Add(1)
+		l.logf("%v: too many %s connections; closed", c.RemoteAddr(), l.what)
 		c.Close()
 	}
 }

@@ -27,6 +27,7 @@ type metrics struct {
 	flowsOpen, flows, flowsRefused, dialsInFlight *prometheus.Desc
 	dialsFailed, udpHostRefused, handlerFailures  *prometheus.Desc
 	dnsQueries, dnsTCPConns, dnsTCPRefused        *prometheus.Desc
+	apiConns, apiWatches, apiRefused              *prometheus.Desc
 	routes, unsafeRefused, evictions, expired     *prometheus.Desc
 	capRefused, chainRefused, stateWrites         *prometheus.Desc
 	tcpTimeouts, tcpRetransmits, draining         *prometheus.Desc
@@ -59,6 +60,9 @@ func newMetrics(c *Connector) *metrics {
 		dnsQueries:      d("dns_queries_total", "DNS questions from peers, by result.", "result"),
 		dnsTCPConns:     d("dns_tcp_connections", "Open DNS-over-TCP connections from peers."),
 		dnsTCPRefused:   d("dns_tcp_connections_refused_total", "DNS-over-TCP connections closed at a cap."),
+		apiConns:        d("route_api_connections", "Open connections from peers to the route API."),
+		apiWatches:      d("route_api_watch_streams", "Open route API watch streams."),
+		apiRefused:      d("route_api_refused_total", "Route API connections closed at a cap (reason connections) and watch requests answered 429 (reason watches).", "reason"),
 		routes:          d("routes", "Routes by app, source (configured, learned) and state (advertised, pending, coalesced).", "app", "source", "state"),
 		unsafeRefused:   d("dns_unsafe_answers_refused_total", "Answer addresses not learned because they are unsafe (loopback, private, ...)."),
 		evictions:       d("route_evictions_total", "Learned routes evicted at a cap."),
@@ -83,7 +87,7 @@ func newMetrics(c *Connector) *metrics {
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.peers, m.peerHandshake, m.peerRx, m.peerTx, m.tunPackets, m.tunBytes,
 		m.tunDropped, m.tunBlocked, m.flowsOpen, m.flows, m.flowsRefused, m.dialsInFlight, m.dialsFailed,
-		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.routes,
+		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.apiConns, m.apiWatches, m.apiRefused, m.routes,
 		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.tcpRecoveries, m.dupAckWindows, m.draining,
 		m.icmpRequests, m.icmpReplies, m.icmpProhibited, m.icmpErrorsDropped} {
 		ch <- d
@@ -158,6 +162,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.dnsQueries, st.DNS.Limited, "limited")
 	gauge(m.dnsTCPConns, float64(st.DNS.TCPConns))
 	counter(m.dnsTCPRefused, st.DNS.TCPConnsRefused)
+	gauge(m.apiConns, float64(st.API.Conns))
+	gauge(m.apiWatches, float64(st.API.Watches))
+	counter(m.apiRefused, st.API.ConnsRefused, "connections")
+	counter(m.apiRefused, st.API.WatchesRefused, "watches")
 
 	for _, rc := range m.c.table.countRoutes() {
 		gauge(m.routes, float64(rc.n), rc.app, rc.source, string(rc.state))
