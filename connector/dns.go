@@ -191,12 +191,33 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 		d.stats.Forwarded.Add(1)
 		return relay(req, up)
 	}
+	// The names the answer's CNAME chain passes through may belong to
+	// other apps. One the peer may not use makes the whole answer
+	// REFUSED, as the question for that name itself would be: the
+	// addresses are that app's, and the answer would tell them. The
+	// addresses are learned for the app of the last name on the chain
+	// that has one, under that app's rules (its approval, its
+	// allowPrivate), not for an open app whose name merely points there.
+	owner := q.Name
+	if up.Rcode == dns.RcodeSuccess {
+		for _, n := range chainNames(q.Name, up.Answer)[1:] {
+			switch known, ok := d.c.table.lookupName(n, p); {
+			case known && !ok:
+				d.c.table.countChainRefused()
+				d.stats.Refused.Add(1)
+				d.logf("dns: %s: REFUSED: its CNAME chain reaches %s, a name of an app this peer may not use", q.Name, n)
+				return reply(req, dns.RcodeRefused)
+			case known:
+				owner = n
+			}
+		}
+	}
 	if up.Rcode == dns.RcodeSuccess && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA) {
 		addrs, err := chainAddrs(q.Name, up.Answer)
 		if err != nil {
 			d.c.table.countChainRefused()
 			d.logf("dns: %s: no routes learned: %v", q.Name, err)
-		} else if refused := d.c.table.learn(p, q.Name, addrs); len(refused) > 0 {
+		} else if refused := d.c.table.learn(p, owner, addrs); len(refused) > 0 {
 			d.logf("dns: %s: not learned, unsafe answers: %v", q.Name, refused)
 		}
 	}

@@ -83,6 +83,31 @@ func chainAddrs(qname string, answer []dns.RR) ([]netip.Addr, error) {
 	return out, nil
 }
 
+// chainNames returns qname and the names reached from it through the
+// answer's CNAME records, nearest first, at most maxChain+1 of them. An
+// ambiguous chain (a name with two targets) yields every target, so that
+// no name a client may follow is missed; a loop ends it.
+func chainNames(qname string, answer []dns.RR) []string {
+	targets := make(map[string][]string)
+	for _, rr := range answer {
+		if c, ok := rr.(*dns.CNAME); ok && c.Hdr.Class == dns.ClassINET {
+			owner := canonicalName(c.Hdr.Name)
+			targets[owner] = append(targets[owner], canonicalName(c.Target))
+		}
+	}
+	names := []string{canonicalName(qname)}
+	seen := map[string]bool{names[0]: true}
+	for i := 0; i < len(names) && len(names) <= maxChain; i++ {
+		for _, t := range targets[names[i]] {
+			if !seen[t] {
+				seen[t] = true
+				names = append(names, t)
+			}
+		}
+	}
+	return names
+}
+
 // unsafeRanges are answers that are not learned unless an app's
 // allowPrivate names them: they point into the connector's own network or
 // host rather than at an application on the internet, so learning them

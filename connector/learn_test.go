@@ -143,3 +143,31 @@ func FuzzChainAddrs(f *testing.F) {
 		}
 	})
 }
+
+func TestChainNames(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer []string
+		want   []string
+	}{
+		{"no cname", []string{"a.example. 60 IN A 192.0.2.1"}, []string{"a.example"}},
+		{"two hops", []string{"a.example. 60 IN CNAME b.example.", "b.example. 60 IN CNAME C.Example.", "c.example. 60 IN A 192.0.2.1"},
+			[]string{"a.example", "b.example", "c.example"}},
+		{"off the chain", []string{"x.example. 60 IN CNAME y.example.", "a.example. 60 IN A 192.0.2.1"}, []string{"a.example"}},
+		{"ambiguous: both targets", []string{"a.example. 60 IN CNAME b.example.", "a.example. 60 IN CNAME c.example."},
+			[]string{"a.example", "b.example", "c.example"}},
+		{"loop", []string{"a.example. 60 IN CNAME b.example.", "b.example. 60 IN CNAME a.example."}, []string{"a.example", "b.example"}},
+	} {
+		if got := chainNames("a.example.", rrs(t, tc.answer...)); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	// A long chain is cut after maxChain hops.
+	var long []string
+	for i := range 3 * maxChain {
+		long = append(long, dnsName(i)+" 60 IN CNAME "+dnsName(i+1))
+	}
+	if got := chainNames(dnsName(0), rrs(t, long...)); len(got) != maxChain+1 {
+		t.Errorf("long chain: %d names, want %d", len(got), maxChain+1)
+	}
+}

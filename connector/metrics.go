@@ -68,7 +68,7 @@ func newMetrics(c *Connector) *metrics {
 		evictions:       d("route_evictions_total", "Learned routes evicted at a cap."),
 		expired:         d("routes_expired_total", "Learned routes expired."),
 		capRefused:      d("routes_cap_refused_total", "Answers not learned: at the cap with every route in use."),
-		chainRefused:    d("dns_chain_refused_total", "Answers whose CNAME chain was a loop, too long or ambiguous."),
+		chainRefused:    d("dns_chain_refused_total", "Answers whose CNAME chain was a loop, too long or ambiguous (no routes learned), or reached a name of an app the asking peer may not use (REFUSED)."),
 		stateWrites:     d("state_writes_total", "Writes of the state directory's files (learned routes, peer endpoints).", "result"),
 		tcpTimeouts:     d("tcp_retransmission_timeouts_total", "Retransmission timeouts of the userspace stack's TCP senders: losses found only by the timer."),
 		tcpRetransmits:  d("tcp_retransmitted_segments_total", "TCP segments the userspace stack sent again."),

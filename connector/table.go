@@ -553,7 +553,8 @@ func (t *routeTable) statsSnapshot() tableStats {
 	return t.stats
 }
 
-// countChainRefused counts an answer whose chain yielded no routes.
+// countChainRefused counts an answer whose chain yielded no routes, or
+// reached an app the asking peer may not use.
 func (t *routeTable) countChainRefused() {
 	t.mu.Lock()
 	t.stats.ChainRefused++
