@@ -2,6 +2,7 @@ package connector
 
 import (
 	"net/netip"
+	"slices"
 
 	"go4.org/netipx"
 )
@@ -33,11 +34,38 @@ var neverRanges = []netip.Prefix{
 // forwardSet returns the destinations flows may be forwarded to, given the
 // routes: the routes, less the guarded ranges (and the host's own
 // addresses) except where a route lies inside one, less the never ranges.
+//
+// NAT64 (64:ff9b::/96, RFC 6052) forms count as the IPv4 addresses they
+// embed: a route such as 64:ff9b::/96 means the IPv4 internet through a
+// NAT64 gateway, not 64:ff9b::7f00:1 (the gateway's loopback) or
+// 64:ff9b::a9fe:a9fe (its metadata service). The NAT64 forms of the
+// guarded ranges, of the host's addresses, of the never ranges and of every
+// range a DNS answer may not teach (RFC 1918 and the rest, learn.go) are
+// guarded too; RFC 6052 forbids those forms anyway.
 func forwardSet(routes []netip.Prefix, hostAddrs []netip.Addr) *netipx.IPSet {
-	guarded := guardedRanges
+	guarded := slices.Clone(guardedRanges)
 	for _, a := range hostAddrs {
 		a = a.Unmap().WithZone("")
-		guarded = append(guarded[:len(guarded):len(guarded)], netip.PrefixFrom(a, a.BitLen()))
+		guarded = append(guarded, netip.PrefixFrom(a, a.BitLen()))
+	}
+	var v4 []netip.Prefix
+	for _, g := range guarded {
+		if g.Addr().Is4() {
+			v4 = append(v4, g)
+		}
+	}
+	for _, n := range neverRanges {
+		if n.Addr().Is4() {
+			v4 = append(v4, n)
+		}
+	}
+	for _, u := range unsafeRanges {
+		if u.prefix.Addr().Is4() {
+			v4 = append(v4, u.prefix)
+		}
+	}
+	for _, p := range v4 {
+		guarded = append(guarded, nat64Of(p))
 	}
 	var b netipx.IPSetBuilder
 	for _, r := range routes {
@@ -58,4 +86,12 @@ func forwardSet(routes []netip.Prefix, hostAddrs []netip.Addr) *netipx.IPSet {
 	}
 	s, _ := b.IPSet() // only invalid prefixes make errors; routes are validated
 	return s
+}
+
+// nat64Of is the NAT64 form (64:ff9b::/96) of IPv4 prefix p.
+func nat64Of(p netip.Prefix) netip.Prefix {
+	b := nat64.Addr().As16()
+	v4 := p.Addr().As4()
+	copy(b[12:], v4[:])
+	return netip.PrefixFrom(netip.AddrFrom16(b), 96+p.Bits())
 }

@@ -51,6 +51,27 @@ func TestForwardSet(t *testing.T) {
 			out:    []string{"10.0.0.5", "2001:db8::5"},
 		},
 		{
+			// Issue 11, finding 9: NAT64 forms of protected ranges.
+			name:   "NAT64 prefix",
+			routes: []string{"64:ff9b::/96"},
+			host:   []string{"203.0.113.5"},
+			in:     []string{"64:ff9b::808:808", "64:ff9b::cb00:7106"},
+			out: []string{"64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::a00:1", "64:ff9b::c0a8:101", "64:ff9b::ac10:1",
+				"64:ff9b::6440:1", "64:ff9b::cb00:7105", "64:ff9b::e000:1", "64:ff9b::", "64:ff9b::ffff:ffff"},
+		},
+		{
+			name:   "NAT64 forms under everything",
+			routes: []string{"::/0"},
+			in:     []string{"64:ff9b::808:808"},
+			out:    []string{"64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe"},
+		},
+		{
+			name:   "NAT64 form named",
+			routes: []string{"64:ff9b::/96", "64:ff9b::7f00:1/128", "64:ff9b::a00:0/104"},
+			in:     []string{"64:ff9b::7f00:1", "64:ff9b::a01:203"},
+			out:    []string{"64:ff9b::7f00:2"},
+		},
+		{
 			name:   "none",
 			routes: nil,
 			out:    []string{"8.8.8.8", "127.0.0.1"},
