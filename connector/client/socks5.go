@@ -66,7 +66,11 @@ type SOCKS5Server struct {
 
 	// Username and Password, when either is set, make username/password
 	// authentication (method 0x02) the only method accepted. When both are
-	// empty only "no authentication" (0x00) is accepted.
+	// empty only "no authentication" (0x00) is accepted. With
+	// authentication on, a UDP ASSOCIATE must name the port the client
+	// will send from (its address may be zeros: the client's TCP address
+	// is taken); 0.0.0.0:0 is refused (reply 0x02), since any process on
+	// the client's host could otherwise take the association.
 	Username, Password string
 
 	// DialTimeout bounds each CONNECT dial and each UDP destination dial.
@@ -117,6 +121,9 @@ func (s *SOCKS5Server) reply(c net.Conn, rep byte, bnd net.Addr) error {
 	defer c.SetWriteDeadline(time.Time{})
 	return writeSOCKSReply(c, rep, bnd)
 }
+
+// authRequired reports whether clients must authenticate.
+func (s *SOCKS5Server) authRequired() bool { return s.Username != "" || s.Password != "" }
 
 func (s *SOCKS5Server) udpIdleTimeout() time.Duration {
 	return durationOr(s.UDPIdleTimeout, defaultSOCKSUDPIdleTimeout)
@@ -238,7 +245,7 @@ func (s *SOCKS5Server) handshake(c net.Conn) (cmd byte, dst socksAddr, err error
 		return 0, dst, fmt.Errorf("read greeting: %w", err)
 	}
 	want := byte(socksMethodNone)
-	if s.Username != "" || s.Password != "" {
+	if s.authRequired() {
 		want = socksMethodUserPass
 	}
 	chosen := byte(socksMethodNoAcceptable)
@@ -528,6 +535,16 @@ func (s *SOCKS5Server) associate(control net.Conn, dst socksAddr) {
 	if dst.ip.IsValid() && !dst.ip.IsUnspecified() && dst.ip != clientIP {
 		s.reply(control, socksRepNotAllowed, nil)
 		s.logf("socks5: %v: udp associate from %v refused: not the client's address", remote, dst.ip)
+		return
+	}
+	// The relay takes datagrams from the client's IP only, and from the
+	// first port one arrives from when the request named none. With
+	// authentication on, that would let any process on the client's host
+	// (no credentials needed) take the association with the first
+	// datagram: the client must name its UDP port.
+	if dst.port == 0 && s.authRequired() {
+		s.reply(control, socksRepNotAllowed, nil)
+		s.logf("socks5: %v: udp associate refused: with authentication on, the request must name the client's UDP port", remote)
 		return
 	}
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: local.IP, Zone: local.Zone})

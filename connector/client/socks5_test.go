@@ -974,3 +974,48 @@ func FuzzSOCKS5Handshake(f *testing.F) {
 		}
 	})
 }
+
+// With authentication on, a UDP association must name the client's port:
+// after an authenticated client's ASSOCIATE 0.0.0.0:0, a local process
+// with no credentials took the association with the first datagram
+// (issue 11, finding 8). Naming the port binds the relay to it.
+func TestSOCKS5UDPAssociateWithAuthNeedsClientPort(t *testing.T) {
+	pxLeakCheck(t)
+	addr := startSOCKS(t, &SOCKS5Server{Username: "alice", Password: "s3cret"})
+	port, received := pxUDPEcho(t)
+	login := func() net.Conn {
+		t.Helper()
+		c, m := socksDial(t, addr, socksMethodUserPass)
+		if m != socksMethodUserPass {
+			t.Fatalf("method %#x", m)
+		}
+		c.Write(append(append([]byte{1, 5}, "alice"...), append([]byte{6}, "s3cret"...)...))
+		var st [2]byte
+		if _, err := io.ReadFull(c, st[:]); err != nil || st != [2]byte{1, 0} {
+			t.Fatalf("auth status %x, %v", st, err)
+		}
+		return c
+	}
+	c := login()
+	if rep, _ := socksRequest(t, c, socksCmdUDPAssociate, socksAddrBytes("0.0.0.0", 0)); rep != socksRepNotAllowed {
+		t.Fatalf("associate 0.0.0.0:0 with authentication on: rep %#x, want %#x", rep, socksRepNotAllowed)
+	}
+
+	pc := listenUDP(t, "127.0.0.1")
+	c = login()
+	rep, bnd := socksRequest(t, c, socksCmdUDPAssociate, socksAddrBytes("0.0.0.0", uint16(pc.LocalAddr().(*net.UDPAddr).Port)))
+	if rep != socksRepSucceeded {
+		t.Fatalf("associate naming the client's port: rep %#x", rep)
+	}
+	c.SetDeadline(time.Time{})
+	relay := netip.AddrPortFrom(bnd.ip, bnd.port)
+	dst := socksAddrBytes("127.0.0.1", port)
+	// Another local process, first: dropped, and it does not take the
+	// association.
+	intruder := listenUDP(t, "127.0.0.1")
+	intruder.WriteToUDPAddrPort(append([]byte{0, 0, 0}, append(dst, "intruder"...)...), relay)
+	udpExchange(t, pc, relay, dst, "client")
+	if got := received(); !slices.Equal(got, []string{"client"}) {
+		t.Errorf("echo server received %q, want only the client's datagram", got)
+	}
+}
