@@ -187,6 +187,7 @@ func New(cfg Config) (*Connector, error) {
 		ownNets:    ownNets,
 		now:        cfg.Now,
 		inUse:      func(a netip.Addr) bool { return c.stack != nil && c.stack.FlowsTo(a) > 0 },
+		isLocal:    hostHasAddr,
 	})
 	c.SetPolicy(cfg.Policy)
 	// Learned routes come back before the stack accepts any traffic.

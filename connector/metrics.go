@@ -30,6 +30,7 @@ type metrics struct {
 	apiConns, apiWatches, apiRefused              *prometheus.Desc
 	routes, unsafeRefused, evictions, expired     *prometheus.Desc
 	capRefused, chainRefused, stateWrites         *prometheus.Desc
+	hostAddrRefused                               *prometheus.Desc
 	tcpTimeouts, tcpRetransmits, draining         *prometheus.Desc
 	tcpRecoveries, dupAckWindows                  *prometheus.Desc
 	icmpRequests, icmpReplies, icmpProhibited     *prometheus.Desc
@@ -68,6 +69,7 @@ func newMetrics(c *Connector) *metrics {
 		evictions:       d("route_evictions_total", "Learned routes evicted at a cap."),
 		expired:         d("routes_expired_total", "Learned routes expired."),
 		capRefused:      d("routes_cap_refused_total", "Answers not learned: at the cap with every route in use."),
+		hostAddrRefused: d("host_address_refused_total", "Flows refused because their destination is an address the host has now (added after start) that no route names exactly."),
 		chainRefused:    d("dns_chain_refused_total", "Answers whose CNAME chain was a loop, too long or ambiguous (no routes learned), or reached a name of an app the asking peer may not use (REFUSED)."),
 		stateWrites:     d("state_writes_total", "Writes of the state directory's files (learned routes, peer endpoints).", "result"),
 		tcpTimeouts:     d("tcp_retransmission_timeouts_total", "Retransmission timeouts of the userspace stack's TCP senders: losses found only by the timer."),
@@ -88,7 +90,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.peers, m.peerHandshake, m.peerRx, m.peerTx, m.tunPackets, m.tunBytes,
 		m.tunDropped, m.tunBlocked, m.flowsOpen, m.flows, m.flowsRefused, m.dialsInFlight, m.dialsFailed,
 		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.apiConns, m.apiWatches, m.apiRefused, m.routes,
-		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.tcpRecoveries, m.dupAckWindows, m.draining,
+		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.hostAddrRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.tcpRecoveries, m.dupAckWindows, m.draining,
 		m.icmpRequests, m.icmpReplies, m.icmpProhibited, m.icmpErrorsDropped} {
 		ch <- d
 	}
@@ -175,6 +177,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.expired, st.Routes.Expired)
 	counter(m.capRefused, st.Routes.CapRefused)
 	counter(m.chainRefused, st.Routes.ChainRefused)
+	counter(m.hostAddrRefused, st.Routes.LocalRefused)
 	counter(m.stateWrites, m.c.stateWrites.Load(), "ok")
 	counter(m.stateWrites, m.c.stateWriteErrors.Load(), "error")
 	var draining float64

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go4.org/netipx"
@@ -94,6 +95,9 @@ type tableConfig struct {
 	ownNets               []netip.Prefix      // the tunnel networks: other peers\' addresses, never learned
 	now                   func() time.Time
 	inUse                 func(netip.Addr) bool // an open flow goes to this address
+	// isLocal reports whether an address is the host's own now
+	// (hostHasAddr); nil: only hostAddrs count.
+	isLocal func(netip.Addr) bool
 }
 
 // tableStats are the table's counters.
@@ -103,13 +107,16 @@ type tableStats struct {
 	CapRefused    uint64 // answers not learned: at the cap, every route in use
 	Expired       uint64 // learned routes expired
 	ChainRefused  uint64 // answers whose CNAME chain was a loop, too long or ambiguous
+	LocalRefused  uint64 // flows refused: to an address the host has now, named by no route
 }
 
 // routeTable holds the configured and learned routes, decides what may be
 // forwarded, and versions what is advertised. All methods are safe for
-// concurrent use; none does I/O.
+// concurrent use; none does I/O beyond asking cfg.isLocal.
 type routeTable struct {
 	cfg tableConfig
+
+	localRefused atomic.Uint64
 
 	mu      sync.RWMutex // guards the fields after it
 	apps    []*servedApp
@@ -134,6 +141,9 @@ func newRouteTable(cfg tableConfig) *routeTable {
 	}
 	if cfg.inUse == nil {
 		cfg.inUse = func(netip.Addr) bool { return false }
+	}
+	if cfg.isLocal == nil {
+		cfg.isLocal = func(netip.Addr) bool { return false }
 	}
 	t := &routeTable{
 		cfg:     cfg,
@@ -214,6 +224,14 @@ func (t *routeTable) lookupName(name string, p peerID) (known, ok bool) {
 // refused, counted and returned.
 func (t *routeTable) learn(p peerID, name string, addrs []netip.Addr) (refused []netip.Addr) {
 	name = canonicalName(name)
+	// The host's addresses as they are now (the kernel's answer, outside
+	// the lock): one added after start is never learned either, like
+	// those known at start. (Loopback is judged by the unsafe ranges and
+	// the app's allowPrivate, as before.)
+	local := make([]bool, len(addrs))
+	for i, a := range addrs {
+		local[i] = !a.IsLoopback() && t.cfg.isLocal(a)
+	}
 	now := t.cfg.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -226,8 +244,8 @@ func (t *routeTable) learn(p peerID, name string, addrs []netip.Addr) (refused [
 	}
 	changed := false
 	for _, a := range apps {
-		for _, addr := range addrs {
-			if t.refusalLocked(a, addr) != "" {
+		for i, addr := range addrs {
+			if local[i] || t.refusalLocked(a, addr) != "" {
 				t.stats.UnsafeRefused++
 				refused = append(refused, addr)
 				continue
@@ -348,6 +366,29 @@ func (t *routeTable) expire() {
 // is refused, unless an app p may use configures it too: a restricted
 // app cannot be reached through another app's learned route.
 func (t *routeTable) allow(p peerID, dst netip.Addr) bool {
+	if !t.allowRoutes(p, dst) {
+		return false
+	}
+	// An address the host has now, beyond those known at start (which
+	// the forwarding sets already guard; loopback is guarded there too),
+	// is forwarded to only through a configured route naming exactly it.
+	if dst.IsLoopback() || !t.cfg.isLocal(dst) {
+		return true
+	}
+	exact := netip.PrefixFrom(dst, dst.BitLen())
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, a := range t.apps {
+		if a.usableBy(p) && slices.Contains(a.Routes, exact) {
+			return true
+		}
+	}
+	t.localRefused.Add(1)
+	return false
+}
+
+// allowRoutes is allow's decision from the routes alone.
+func (t *routeTable) allowRoutes(p peerID, dst netip.Addr) bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	restricted := false
@@ -549,8 +590,10 @@ func (t *routeTable) bumpLocked() {
 
 func (t *routeTable) statsSnapshot() tableStats {
 	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return t.stats
+	st := t.stats
+	t.mu.RUnlock()
+	st.LocalRefused = t.localRefused.Load()
+	return st
 }
 
 // countChainRefused counts an answer whose chain yielded no routes, or

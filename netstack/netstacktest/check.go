@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -31,7 +32,26 @@ type Dialer struct {
 	// Blackhole, if set, names destinations ("ip:port") that never
 	// answer: dials to them wait until their context ends.
 	Blackhole func(addr string) bool
-	d         net.Dialer
+	// NamespaceLocal holds addresses besides loopback that dials may
+	// reach: only for a test running in a network namespace of its own
+	// (InNetns), which put them on that namespace's loopback. Set it with
+	// AllowNamespaceLocal.
+	NamespaceLocal atomic.Pointer[[]netip.Addr]
+	d              net.Dialer
+}
+
+// AllowNamespaceLocal lets dials reach addrs, which a test running in its
+// own network namespace (InNetns) assigned there.
+func (d *Dialer) AllowNamespaceLocal(addrs ...netip.Addr) { d.NamespaceLocal.Store(&addrs) }
+
+func (d *Dialer) allowed(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+	if l := d.NamespaceLocal.Load(); l != nil {
+		return slices.Contains(*l, a)
+	}
+	return false
 }
 
 // DialContext implements netstack.Dialer.
@@ -40,7 +60,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	if strings.HasPrefix(network, "tcp") {
 		d.TCPDials.Add(1)
 	}
-	if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().Unmap().IsLoopback() {
+	if ap, err := netip.ParseAddrPort(addr); err != nil || !d.allowed(ap.Addr().Unmap()) {
 		return nil, fmt.Errorf("test dialer: refusing non-loopback destination %q", addr)
 	}
 	if d.Blackhole != nil && d.Blackhole(addr) {
