@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
-	"os"
 	"path/filepath"
 
 	"github.com/appconnector/appconnector/connector/wgconf"
@@ -59,12 +58,17 @@ func LoadOrCreateState(opts StateOptions) (*State, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("state: no directory")
 	}
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("state: %w", err)
+	if err := PrepareStateDir(opts.Dir); err != nil {
+		return nil, err
 	}
 	connPath := filepath.Join(opts.Dir, ConnectorConfName)
 	clientPath := filepath.Join(opts.Dir, ClientConfName)
 	st := &State{ClientPath: clientPath}
+	for _, p := range []string{connPath, clientPath} {
+		if err := checkStateFile(p); err != nil {
+			return nil, err
+		}
+	}
 
 	cfg, warns, err := wgconf.Load(connPath)
 	var client *wgconf.Config

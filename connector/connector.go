@@ -193,6 +193,10 @@ func New(cfg Config) (*Connector, error) {
 	// Learned routes come back before the stack accepts any traffic.
 	c.flushEvery = orDefault(cfg.FlushInterval, 2*time.Second)
 	if cfg.StateDir != "" {
+		if err := PrepareStateDir(cfg.StateDir); err != nil {
+			c.cancel()
+			return nil, fmt.Errorf("connector: %w", err)
+		}
 		c.routesPath = filepath.Join(cfg.StateDir, routesFileName)
 		now := time.Now
 		if cfg.Now != nil {

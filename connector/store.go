@@ -111,6 +111,9 @@ var errStateUnreadable = errors.New("state file unreadable")
 // not write it.
 func readStateFile(path string, now time.Time, lost string, parse func([]byte) error) (found bool, err error) {
 	removeStaleTemps(path)
+	if err := checkStateFile(path); err != nil {
+		return false, fmt.Errorf("%w: %w", errStateUnreadable, err)
+	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil

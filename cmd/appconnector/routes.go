@@ -10,10 +10,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/appconnector/appconnector/connector"
 )
@@ -145,9 +148,53 @@ func adminClient(admin, state string) (*http.Client, string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("is the connector running? %w", err)
 		}
+		if err := checkSocketPeer(c, sock); err != nil {
+			c.Close()
+			return nil, err
+		}
 		return c, nil
 	}}
 	return &http.Client{Transport: tr}, "http://admin", nil
+}
+
+// checkSocketPeer makes sure the process serving the unix socket c (at
+// path) runs as this user, as root, or as the owner of the private
+// directory the socket is in: anyone else could have put a fake admin API
+// there, and `routes approve` would then approve what it says.
+func checkSocketPeer(c net.Conn, path string) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	if cerr != nil {
+		return fmt.Errorf("admin socket %s: who serves it: %w", path, cerr)
+	}
+	if uid := uint32(os.Geteuid()); cred.Uid != uid && cred.Uid != 0 && !ownsPrivateDir(cred.Uid, path) {
+		return fmt.Errorf("admin socket %s is served by uid %d (pid %d), not by you (uid %d), root, or the owner of a directory only they may write: "+
+			"refusing to talk to it; run this command as the user the connector runs as", path, cred.Uid, cred.Pid, uid)
+	}
+	return nil
+}
+
+// ownsPrivateDir reports whether uid owns the socket at path and the
+// directory it is in, which no one else may write: then only uid (or
+// root) could have put a server there. Root running the CLI against a
+// connector that runs as nobody relies on it.
+func ownsPrivateDir(uid uint32, path string) bool {
+	var sock, dir unix.Stat_t
+	if unix.Lstat(path, &sock) != nil || unix.Stat(filepath.Dir(path), &dir) != nil {
+		return false
+	}
+	return sock.Uid == uid && dir.Uid == uid && dir.Mode&0o022 == 0
 }
 
 // call does one request; a JSON body is decoded into v, a text body into

@@ -154,8 +154,8 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 		return fmt.Errorf("--listen port %d differs from ListenPort = %d in %s", listenPort, cfg.Interface.ListenPort, f.config)
 	}
 	if dir != "" {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("state directory: %w", err)
+		if err := connector.PrepareStateDir(dir); err != nil {
+			return err
 		}
 	} else {
 		log.Warn("no state directory: learned routes will not survive a restart and there is no admin socket; pass --state")
