@@ -475,6 +475,10 @@ type Stats struct {
 	}
 }
 
+// TCPStates counts the userspace stack's TCP endpoints by state. It walks
+// every endpoint under the stack's lock: for tests and diagnostics.
+func (c *Connector) TCPStates() map[string]int { return c.stack.TCPStates() }
+
 // Stats returns a snapshot of the counters.
 func (c *Connector) Stats() Stats {
 	st := Stats{Tun: c.tun.Stats(), Netstack: c.stack.Stats(), Routes: c.table.statsSnapshot()}

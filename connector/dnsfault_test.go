@@ -263,8 +263,10 @@ func TestDNSOverTCPIdleConnections(t *testing.T) {
 				// had to be sent again, and whether datagrams were lost.
 				st := e.conn.Stats()
 				t.Fatalf("connection %d still open after %v (read: %v); connector: %d DNS-over-TCP connections open, "+
-					"%d TCP timeouts, %d retransmitted segments; host UDP receive-buffer errors since the test began: %d",
-					i+1, within, err, st.DNS.TCPConns, st.Netstack.TCPTimeouts, st.Netstack.TCPRetransmits, udpRcvbufErrors(t)-rcvbuf0)
+					"%d TCP timeouts, %d retransmitted segments, TCP endpoints %v, tun %+v; client: TCP endpoints %v, tun %+v; "+
+					"host UDP receive-buffer errors since the test began: %d",
+					i+1, within, err, st.DNS.TCPConns, st.Netstack.TCPTimeouts, st.Netstack.TCPRetransmits, e.conn.TCPStates(), st.Tun,
+					e.client.TCPStates(), e.client.TunStats(), udpRcvbufErrors(t)-rcvbuf0)
 			}
 			c.Close()
 		}

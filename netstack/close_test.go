@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -120,17 +119,7 @@ func TestSimultaneousCloseFinishes(t *testing.T) {
 }
 
 // tcpStates counts the stack's TCP endpoints by state.
-func tcpStates(s *Stack) map[string]int {
-	m := map[string]int{}
-	for _, e := range s.stack.RegisteredEndpoints() {
-		if te, ok := e.(*tcp.Endpoint); ok {
-			m[te.EndpointState().String()]++
-		} else {
-			m[fmt.Sprintf("%T", e)]++
-		}
-	}
-	return m
-}
+func tcpStates(s *Stack) map[string]int { return s.TCPStates() }
 
 func onlyTimeWait(m map[string]int) bool {
 	for st := range m {

@@ -526,6 +526,19 @@ func (s *Stack) Stats() Stats {
 // detector).
 func (s *Stack) Endpoints() int { return len(s.stack.RegisteredEndpoints()) }
 
+// TCPStates counts the stack's TCP endpoints by state ("ESTABLISHED",
+// "TIME-WAIT", ...). Like Endpoints it walks every endpoint under gVisor's
+// stack-wide lock: for tests and diagnostics, not for polling.
+func (s *Stack) TCPStates() map[string]int {
+	m := map[string]int{}
+	for _, e := range s.stack.RegisteredEndpoints() {
+		if te, ok := e.(*tcp.Endpoint); ok {
+			m[te.EndpointState().String()]++
+		}
+	}
+	return m
+}
+
 // FlowsTo returns how many forwarded flows to dst are open (or dialing).
 func (s *Stack) FlowsTo(dst netip.Addr) int { return s.limits.flowsTo(dst) }
 
