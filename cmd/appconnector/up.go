@@ -17,8 +17,11 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/netstack"
 )
 
 type upFlags struct {
@@ -161,7 +164,9 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 		log.Warn("no state directory: learned routes will not survive a restart and there is no admin socket; pass --state")
 	}
 
+	caps := flowCaps(log)
 	c, err := connector.New(connector.Config{
+		Netstack:            caps,
 		WireGuard:           cfg,
 		ListenAddr:          listenAddr,
 		Policy:              policy,
@@ -363,6 +368,40 @@ func defaultStateDir() (string, error) {
 }
 
 // hostAddrs lists this host's interface addresses.
+// fdReserve is how many file descriptors the flow caps leave for
+// everything else the process opens: a UDP socket for each of the up to
+// 512 DNS questions resolved at once, the admin API's and UAPI's
+// connections, state files, listeners and the runtime's own.
+const fdReserve = 640
+
+// flowCaps sizes the forwarding caps to the process's descriptor limit
+// (Go raises the soft limit to the hard one at start): every open flow and
+// every dial in progress holds a host socket, and a peer that could open
+// flows until descriptors run out would make every other peer's flows, DNS
+// and the admin API fail. A peer may hold a quarter of the flows, as with
+// the defaults.
+func flowCaps(log *slog.Logger) netstack.Config {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		log.Warn("cannot read the descriptor limit; the flow caps are the defaults", "err", err)
+		return netstack.Config{}
+	}
+	budget := int(min(rl.Cur, 1<<30)) - fdReserve - int(min(rl.Cur, 1<<30))/16
+	caps := netstack.Config{
+		MaxFlows: max(min(netstack.DefaultMaxFlows, budget), 16),
+	}
+	caps.MaxFlowsPerPeer = max(min(netstack.DefaultMaxFlowsPerPeer, caps.MaxFlows/4), 4)
+	caps.MaxInFlightDials = max(min(netstack.DefaultMaxInFlightDials, caps.MaxFlows/4), 4)
+	caps.MaxInFlightDialsPerPeer = max(min(netstack.DefaultMaxInFlightDialsPerPeer, caps.MaxFlowsPerPeer/4), 1)
+	level := slog.LevelInfo
+	if budget < 1024 {
+		level = slog.LevelWarn // a low limit: say what it costs
+	}
+	log.Log(context.Background(), level, "flow caps from the descriptor limit", "nofile", rl.Cur, "flows", caps.MaxFlows,
+		"flows_per_peer", caps.MaxFlowsPerPeer, "dials", caps.MaxInFlightDials, "dials_per_peer", caps.MaxInFlightDialsPerPeer)
+	return caps
+}
+
 func hostAddrs(log *slog.Logger) []netip.Addr {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
