@@ -197,7 +197,9 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	// addresses are that app's, and the answer would tell them. The
 	// addresses are learned for the app of the last name on the chain
 	// that has one, under that app's rules (its approval, its
-	// allowPrivate), not for an open app whose name merely points there.
+	// allowPrivate), not for an open app whose name merely points there;
+	// the domain recorded is the question's unless the chain left its
+	// apps.
 	owner := q.Name
 	if up.Rcode == dns.RcodeSuccess {
 		for _, n := range chainNames(q.Name, up.Answer)[1:] {
@@ -207,7 +209,7 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 				d.stats.Refused.Add(1)
 				d.logf("dns: %s: REFUSED: its CNAME chain reaches %s, a name of an app this peer may not use", q.Name, n)
 				return reply(req, dns.RcodeRefused)
-			case known:
+			case known && !d.c.table.sameApps(n, owner):
 				owner = n
 			}
 		}

@@ -217,6 +217,13 @@ func (t *routeTable) lookupName(name string, p peerID) (known, ok bool) {
 	return len(idx) > 0, len(idx) > 0
 }
 
+// sameApps reports whether names a and b belong to the same apps.
+func (t *routeTable) sameApps(a, b string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return slices.Equal(t.match.match(a), t.match.match(b))
+}
+
 // learn records addrs, the answer for name asked by peer p, as routes of
 // the apps name belongs to now (the policy may have changed while the
 // answer was in flight). It returns once the routes are in the table: a

@@ -101,7 +101,11 @@ func TestTCPRecoversFromBurstLoss(t *testing.T) {
 	bursts := size / 1400 / period
 	t.Logf("%d data segments, %d lost in %d bursts of %d; gateway: %d retransmission timeouts, %d segments retransmitted",
 		seen.Load(), lost.Load(), bursts, burst, st.TCPTimeouts, st.TCPRetransmits)
-	if max := uint64(2 * (bursts + 1)); st.TCPTimeouts > max {
+	// A burst costs one or two timeouts (13 here on an idle machine);
+	// under load a delayed ACK can add a spurious one now and then (17
+	// once beside the other packages' tests under -race). The stall this
+	// pins down took ~100; 5 a burst keeps well clear of both.
+	if max := uint64(5 * (bursts + 1)); st.TCPTimeouts > max {
 		t.Errorf("%d retransmission timeouts for %d bursts of loss, want at most %d: the sender recovers by its timer", st.TCPTimeouts, bursts, max)
 	}
 }
