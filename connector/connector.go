@@ -76,9 +76,12 @@ type Config struct {
 	// means DefaultRouteTTL.
 	RouteTTL time.Duration
 	// MaxLearned and MaxLearnedPerApp cap the learned routes; at a cap the
-	// least recently seen route with no open flow is evicted. Zero means
-	// the Defaults.
-	MaxLearned, MaxLearnedPerApp int
+	// least recently seen route with no open flow is evicted: first one
+	// the asking peer's questions hold, then one no flow used in the last
+	// 10 minutes, then any. MaxLearnedPerPeer caps the routes one peer's
+	// questions hold (beyond it, its own oldest go). Zero means the
+	// Defaults (per peer: the table's cap).
+	MaxLearned, MaxLearnedPerApp, MaxLearnedPerPeer int
 
 	// StateDir, if set, keeps the learned routes (in routes.json) and
 	// each peer's last authenticated endpoint (in endpoints.json) across
@@ -182,6 +185,7 @@ func New(cfg Config) (*Connector, error) {
 		ttl:        orDefault(cfg.RouteTTL, DefaultRouteTTL),
 		maxLearned: orDefault(cfg.MaxLearned, DefaultMaxLearned),
 		maxPerApp:  orDefault(cfg.MaxLearnedPerApp, DefaultMaxLearnedPerApp),
+		maxPerPeer: cfg.MaxLearnedPerPeer,
 		hostAddrs:  cfg.HostAddrs,
 		own:        own,
 		ownNets:    ownNets,

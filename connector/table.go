@@ -77,6 +77,11 @@ type claim struct {
 	first, last  time.Time
 	approved     bool
 	inApp, inAll *list.Element
+	// peer is the key of the peer whose question last named the address
+	// ("" for a claim restored from the state file); inPeer is the claim
+	// in that peer's list.
+	peer   string
+	inPeer *list.Element
 }
 
 // learnedRoute is a learned address and the apps holding it. It lives as
@@ -84,12 +89,16 @@ type claim struct {
 type learnedRoute struct {
 	addr   netip.Addr
 	claims []*claim
+	// lastFlow is when a flow to addr last started (UnixNano of the
+	// table's clock), 0 if none did.
+	lastFlow atomic.Int64
 }
 
 // tableConfig is the part of Config the table uses.
 type tableConfig struct {
 	ttl                   time.Duration
 	maxLearned, maxPerApp int
+	maxPerPeer            int // learned routes a peer's questions may hold
 	hostAddrs             []netip.Addr
 	own                   map[netip.Addr]bool // tunnel and host addresses: never learned
 	ownNets               []netip.Prefix      // the tunnel networks: other peers\' addresses, never learned
@@ -123,7 +132,8 @@ type routeTable struct {
 	byName  map[string]*servedApp
 	match   *matcher
 	learned map[netip.Addr]*learnedRoute
-	all     list.List // every claim, least recently seen first
+	all     list.List             // every claim, least recently seen first
+	byPeer  map[string]*list.List // each peer's claims, least recently seen first
 	version uint64
 	changed chan struct{} // closed and replaced when version changes
 	dirty   bool          // learned routes changed since the last snapshot
@@ -145,8 +155,12 @@ func newRouteTable(cfg tableConfig) *routeTable {
 	if cfg.isLocal == nil {
 		cfg.isLocal = func(netip.Addr) bool { return false }
 	}
+	if cfg.maxPerPeer <= 0 {
+		cfg.maxPerPeer = cfg.maxLearned // a lone peer may fill the table
+	}
 	t := &routeTable{
 		cfg:     cfg,
+		byPeer:  map[string]*list.List{},
 		byName:  map[string]*servedApp{},
 		match:   newMatcher(nil),
 		learned: map[netip.Addr]*learnedRoute{},
@@ -257,7 +271,7 @@ func (t *routeTable) learn(p peerID, name string, addrs []netip.Addr) (refused [
 				refused = append(refused, addr)
 				continue
 			}
-			if t.claimLocked(a, addr, name, now) {
+			if t.claimLocked(a, addr, name, now, p.key) {
 				changed = true
 			}
 		}
@@ -281,9 +295,16 @@ func (t *routeTable) refusalLocked(a *servedApp, addr netip.Addr) string {
 	return refusal(addr, a.AllowPrivate, t.cfg.own)
 }
 
-// claimLocked adds or refreshes app a's claim on addr and reports whether
-// a new claim was made.
-func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now time.Time) bool {
+// claimLocked adds or refreshes app a's claim on addr, as taught by the
+// question of peer (its key; "" for none), and reports whether a new
+// claim was made.
+//
+// At a cap a claim makes room by evicting one without an open flow: at
+// the peer's own cap, its own least recently seen; at the app's or the
+// table's, the peer's own first, then one no flow used lately, then any.
+// So a peer asking for many names under a wildcard app churns its own
+// routes, not the ones other peers use.
+func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now time.Time, peer string) bool {
 	r := t.learned[addr]
 	if r != nil {
 		for _, c := range r.claims {
@@ -291,15 +312,20 @@ func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now
 				c.last, c.domain = now, name
 				a.claims.MoveToBack(c.inApp)
 				t.all.MoveToBack(c.inAll)
+				t.setPeerLocked(c, peer)
 				return false
 			}
 		}
 	}
-	if a.claims.Len() >= t.cfg.maxPerApp && !t.evictLocked(&a.claims) {
+	if l := t.byPeer[peer]; peer != "" && l != nil && l.Len() >= t.cfg.maxPerPeer && !t.evictOwnLocked(peer, nil) {
 		t.stats.CapRefused++
 		return false
 	}
-	if t.all.Len() >= t.cfg.maxLearned && !t.evictLocked(&t.all) {
+	if a.claims.Len() >= t.cfg.maxPerApp && !t.evictOwnLocked(peer, a) && !t.evictLocked(&a.claims, peer) {
+		t.stats.CapRefused++
+		return false
+	}
+	if t.all.Len() >= t.cfg.maxLearned && !t.evictOwnLocked(peer, nil) && !t.evictLocked(&t.all, peer) {
 		t.stats.CapRefused++
 		return false
 	}
@@ -312,21 +338,79 @@ func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now
 	c := &claim{app: a, route: r, domain: name, first: now, last: now, approved: a.Approval != ApprovalManual}
 	c.inApp = a.claims.PushBack(c)
 	c.inAll = t.all.PushBack(c)
+	t.setPeerLocked(c, peer)
 	r.claims = append(r.claims, c)
 	return true
 }
 
-// evictLocked drops the least recently seen claim in l whose address has
-// no open flow, and reports whether it found one.
-func (t *routeTable) evictLocked(l *list.List) bool {
+// setPeerLocked makes peer the one that last taught claim c.
+func (t *routeTable) setPeerLocked(c *claim, peer string) {
+	if c.inPeer != nil && c.peer == peer {
+		t.byPeer[peer].MoveToBack(c.inPeer)
+		return
+	}
+	t.unsetPeerLocked(c)
+	if peer == "" {
+		return
+	}
+	l := t.byPeer[peer]
+	if l == nil {
+		l = list.New()
+		t.byPeer[peer] = l
+	}
+	c.peer, c.inPeer = peer, l.PushBack(c)
+}
+
+func (t *routeTable) unsetPeerLocked(c *claim) {
+	if c.inPeer == nil {
+		return
+	}
+	l := t.byPeer[c.peer]
+	l.Remove(c.inPeer)
+	if l.Len() == 0 {
+		delete(t.byPeer, c.peer)
+	}
+	c.peer, c.inPeer = "", nil
+}
+
+// recentUse is how long after its last flow a learned route counts as
+// used by the peers it serves, for eviction.
+const recentUse = 10 * time.Minute
+
+// evictOwnLocked drops the least recently seen claim peer taught (of app
+// a, if a is not nil) whose address has no open flow, and reports whether
+// it found one.
+func (t *routeTable) evictOwnLocked(peer string, a *servedApp) bool {
+	l := t.byPeer[peer]
+	if peer == "" || l == nil {
+		return false
+	}
 	for e := l.Front(); e != nil; e = e.Next() {
 		c := e.Value.(*claim)
-		if t.cfg.inUse(c.route.addr) {
-			continue
+		if (a == nil || c.app == a) && !t.cfg.inUse(c.route.addr) {
+			t.dropClaimLocked(c)
+			t.stats.Evicted++
+			return true
 		}
-		t.dropClaimLocked(c)
-		t.stats.Evicted++
-		return true
+	}
+	return false
+}
+
+// evictLocked drops the least recently seen claim in l whose address has
+// no open flow, preferring one no flow used within recentUse, and reports
+// whether it found one.
+func (t *routeTable) evictLocked(l *list.List, peer string) bool {
+	recent := t.cfg.now().Add(-recentUse).UnixNano()
+	for _, skipRecent := range []bool{true, false} {
+		for e := l.Front(); e != nil; e = e.Next() {
+			c := e.Value.(*claim)
+			if t.cfg.inUse(c.route.addr) || (skipRecent && c.route.lastFlow.Load() > recent) {
+				continue
+			}
+			t.dropClaimLocked(c)
+			t.stats.Evicted++
+			return true
+		}
 	}
 	return false
 }
@@ -334,6 +418,7 @@ func (t *routeTable) evictLocked(l *list.List) bool {
 func (t *routeTable) dropClaimLocked(c *claim) {
 	c.app.claims.Remove(c.inApp)
 	t.all.Remove(c.inAll)
+	t.unsetPeerLocked(c)
 	r := c.route
 	r.claims = slices.DeleteFunc(r.claims, func(x *claim) bool { return x == c })
 	if len(r.claims) == 0 {
@@ -415,6 +500,7 @@ func (t *routeTable) allowRoutes(p peerID, dst netip.Addr) bool {
 	if r := t.learned[dst]; r != nil {
 		for _, c := range r.claims {
 			if c.approved && c.app.usableBy(p) {
+				r.lastFlow.Store(t.cfg.now().UnixNano())
 				return true
 			}
 		}
@@ -657,7 +743,7 @@ func (t *routeTable) restore(rs []storedRoute) int {
 			r.LastSeen.Before(now.Add(-t.cfg.ttl)) {
 			continue
 		}
-		if !t.claimLocked(a, r.Addr, canonicalName(r.Domain), r.LastSeen) {
+		if !t.claimLocked(a, r.Addr, canonicalName(r.Domain), r.LastSeen, "") {
 			continue
 		}
 		c := t.learned[r.Addr].claims[len(t.learned[r.Addr].claims)-1]

@@ -449,3 +449,60 @@ func TestTable100kNamesUnderWildcard(t *testing.T) {
 		t.Errorf("heap grew %d KiB for %d routes (%d B each)", grew>>10, capacity, grew/capacity)
 	}
 }
+
+// A peer asking for many names under a wildcard app, each answered with a
+// fresh address, churns its own learned routes, not the one another peer
+// is using or used lately (issue 11, finding 4: 10,000 names evicted peer
+// B's route within ~1.5 s and B's next flow was refused).
+func TestTableEvictionSparesOtherPeers(t *testing.T) {
+	for _, perPeer := range []int{0, 25} {
+		t.Run(fmt.Sprintf("perPeer=%d", perPeer), func(t *testing.T) {
+			tbl, clk := newTestTable(t, 1000, 100, nil)
+			tbl.cfg.maxPerPeer = max(perPeer, tbl.cfg.maxPerPeer*(1-min(perPeer, 1)))
+			tbl.setApps([]App{{Name: "w", Domains: []string{"*.w.com"}, Approval: "auto"}})
+			a, b := peerID{key: "A"}, peerID{key: "B"}
+			bAddr := netip.MustParseAddr("198.51.100.1")
+			tbl.learn(b, "b.w.com", []netip.Addr{bAddr})
+			if !tbl.allow(b, bAddr) { // B's flow: its route is in use lately
+				t.Fatal("B's learned route not forwarded")
+			}
+			// Another route of B, not used since: it may go, but only
+			// after A's own.
+			bIdle := netip.MustParseAddr("198.51.100.2")
+			tbl.learn(b, "idle.w.com", []netip.Addr{bIdle})
+			for i := range 10_000 {
+				clk.t = clk.t.Add(time.Millisecond)
+				tbl.learn(a, fmt.Sprintf("n%d.w.com", i), []netip.Addr{netip.AddrFrom4([4]byte{203, 0, byte(i >> 8), byte(i)})})
+			}
+			if !tbl.allow(b, bAddr) {
+				t.Fatal("peer A's questions evicted the route peer B uses")
+			}
+			if !tbl.allow(b, bIdle) {
+				t.Error("peer A's questions evicted B's idle route before A's own")
+			}
+			wantA := 98 // the app's cap less B's two
+			if perPeer > 0 {
+				wantA = perPeer
+			}
+			tbl.mu.RLock()
+			ownA, all := tbl.byPeer["A"].Len(), tbl.all.Len()
+			tbl.mu.RUnlock()
+			if ownA != wantA || all != wantA+2 {
+				t.Errorf("A holds %d learned routes (want %d), the table %d (want %d)", ownA, wantA, all, wantA+2)
+			}
+			// B, learning more at the app's cap, takes room from A.
+			tbl.learn(b, "more.w.com", []netip.Addr{netip.MustParseAddr("198.51.100.3")})
+			if !tbl.allow(b, netip.MustParseAddr("198.51.100.3")) {
+				t.Error("B could not learn a route with A filling the app")
+			}
+			// The peer whose question last named a route holds it.
+			tbl.learn(a, "b.w.com", []netip.Addr{bAddr})
+			tbl.mu.RLock()
+			owner := tbl.learned[bAddr].claims[0].peer
+			tbl.mu.RUnlock()
+			if owner != "A" {
+				t.Errorf("the route's holder is %q after A's question, want A", owner)
+			}
+		})
+	}
+}

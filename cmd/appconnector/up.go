@@ -30,6 +30,7 @@ type upFlags struct {
 	forwardUnknown                          bool
 	routeTTL, drainTimeout                  time.Duration
 	maxRoutes, maxRoutesPerApp              int
+	maxRoutesPerPeer                        int
 }
 
 func up(args []string, stdout, stderr io.Writer) int {
@@ -50,6 +51,7 @@ func up(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, refuse new flows and wait this long for open ones to end before resetting them")
 	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxLearned, "most learned routes in all")
 	fs.IntVar(&f.maxRoutesPerApp, "max-routes-per-app", connector.DefaultMaxLearnedPerApp, "most learned routes per app")
+	fs.IntVar(&f.maxRoutesPerPeer, "max-routes-per-peer", 0, "most learned routes one peer's questions may hold (0: --max-routes)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -176,6 +178,7 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 		RouteTTL:            f.routeTTL,
 		MaxLearned:          f.maxRoutes,
 		MaxLearnedPerApp:    f.maxRoutesPerApp,
+		MaxLearnedPerPeer:   f.maxRoutesPerPeer,
 		StateDir:            dir,
 		HostAddrs:           hostAddrs(log),
 		Logger:              log,
