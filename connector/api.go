@@ -40,6 +40,9 @@ type RouteSet struct {
 	// Domains are the domains of the apps the peer may use (the policy's
 	// form: "example.com", "*.example.com"): names to ask this connector.
 	Domains []string `json:"domains"`
+	// Full marks the first line of a ?watch=1&diff=1 stream, the whole
+	// set; the lines after it are RouteDiffs.
+	Full bool `json:"full,omitempty"`
 }
 
 // watchKeepalive is how often a watch stream with no change repeats the
@@ -148,8 +151,13 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	keepalive := time.NewTicker(watchKeepalive)
 	defer keepalive.Stop()
+	// With diff=1 the first line is the whole set ("full": true) and each
+	// later one only what changed since the line before: with thousands
+	// of routes, a full set per change cost every watcher megabytes for a
+	// few bytes of question.
+	diff := r.URL.Query().Get("diff") == "1"
 	var last advertisement
-	sent := false
+	sent, first := false, true
 	for {
 		_, changed := a.c.table.watch()
 		v, adv := a.c.table.advertised(peer)
@@ -160,13 +168,22 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 			if err := rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)); err != nil {
 				return
 			}
-			if err := enc.Encode(routeSet(v, adv)); err != nil {
+			var line any = routeSet(v, adv)
+			switch {
+			case diff && first:
+				rs := routeSet(v, adv)
+				rs.Full = true
+				line = rs
+			case diff:
+				line = routeDiff(v, last, adv)
+			}
+			if err := enc.Encode(line); err != nil {
 				return
 			}
 			if err := rc.Flush(); err != nil {
 				return
 			}
-			last, sent = adv, true
+			last, sent, first = adv, true, false
 		}
 		select {
 		case <-changed:
@@ -183,6 +200,51 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// RouteDiff is a line of a ?watch=1&diff=1 stream after the first: the
+// routes added and removed since the line before, and the domains when
+// they changed (absent: unchanged). A line with only the version repeats
+// it (a keepalive).
+type RouteDiff struct {
+	Version uint64         `json:"version"`
+	Added   []netip.Prefix `json:"added,omitempty"`
+	Removed []netip.Prefix `json:"removed,omitempty"`
+	Domains *[]string      `json:"domains,omitempty"`
+}
+
+// routeDiff is the change from advertisement prev to cur (both sorted).
+func routeDiff(v uint64, prev, cur advertisement) RouteDiff {
+	d := RouteDiff{Version: v}
+	i, j := 0, 0
+	for i < len(prev.prefixes) || j < len(cur.prefixes) {
+		switch {
+		case j == len(cur.prefixes) || (i < len(prev.prefixes) && prefixLess(prev.prefixes[i], cur.prefixes[j])):
+			d.Removed = append(d.Removed, prev.prefixes[i])
+			i++
+		case i == len(prev.prefixes) || prefixLess(cur.prefixes[j], prev.prefixes[i]):
+			d.Added = append(d.Added, cur.prefixes[j])
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	if !slices.Equal(prev.domains, cur.domains) {
+		ds := slices.Clone(cur.domains)
+		if ds == nil {
+			ds = []string{}
+		}
+		d.Domains = &ds
+	}
+	return d
+}
+
+func prefixLess(a, b netip.Prefix) bool {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c < 0
+	}
+	return a.Bits() < b.Bits()
 }
 
 func routeSet(v uint64, adv advertisement) RouteSet {

@@ -158,3 +158,56 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// With diff=1 a watch stream sends the whole set once, then only changes:
+// a new route costs a watcher a line of its own size, however many routes
+// there are (issue 11, finding 4: at the app's cap, 3.3 KB of another
+// peer's questions pushed 7.3 MB to each watcher).
+func TestRouteAPIWatchDiffs(t *testing.T) {
+	checkLeaks(t)
+	const n = 300
+	var records []string
+	for i := range n + 1 {
+		records = append(records, fmt.Sprintf("h%d.example.com. 60 IN A 203.0.%d.%d", i, i/200, i%200+1))
+	}
+	up := dnstest.New(t, records...)
+	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}},
+		`[{"name": "web", "connectors": ["*"], "domains": ["*.example.com"]}]`)
+	for i := range n {
+		query(t, e, fmt.Sprintf("h%d.example.com.", i), 1, false)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: e.client.DialContext}}
+	defer hc.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+connV4.Addr().String()+"/v1/routes?watch=1&diff=1", nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	if !sc.Scan() {
+		t.Fatalf("no first line: %v", sc.Err())
+	}
+	var full connector.RouteSet
+	if err := json.Unmarshal(sc.Bytes(), &full); err != nil || !full.Full || len(full.Routes) == 0 {
+		t.Fatalf("first line: %s (%v); want the whole set marked full", sc.Bytes(), err)
+	}
+	fullSize := len(sc.Bytes())
+	query(t, e, fmt.Sprintf("h%d.example.com.", n), 1, false)
+	if !sc.Scan() {
+		t.Fatalf("no update: %v", sc.Err())
+	}
+	var d connector.RouteDiff
+	if err := json.Unmarshal(sc.Bytes(), &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Version <= full.Version || len(d.Added)+len(d.Removed) == 0 || d.Domains != nil {
+		t.Fatalf("update after one new route: %s", sc.Bytes())
+	}
+	if size := len(sc.Bytes()); size > 200 {
+		t.Errorf("one new route cost a %d-byte line (the whole set is %d)", size, fullSize)
+	}
+}

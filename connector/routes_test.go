@@ -1,8 +1,12 @@
 package connector
 
 import (
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
+
+	"go4.org/netipx"
 )
 
 func TestForwardSet(t *testing.T) {
@@ -98,5 +102,44 @@ func TestForwardSet(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// routeDiff's added and removed turn the earlier set into the later one.
+func TestRouteDiff(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	set := func() []netip.Prefix {
+		var b netipx.IPSetBuilder
+		for range rnd.IntN(40) {
+			b.Add(netip.AddrFrom4([4]byte{10, 0, byte(rnd.IntN(4)), byte(rnd.IntN(16))}))
+		}
+		if rnd.IntN(2) == 0 {
+			b.AddPrefix(netip.MustParsePrefix("2001:db8::/126"))
+		}
+		s, _ := b.IPSet()
+		return s.Prefixes()
+	}
+	for range 500 {
+		prev, cur := set(), set()
+		d := routeDiff(7, advertisement{prefixes: prev}, advertisement{prefixes: cur})
+		var got []netip.Prefix
+		for _, p := range prev {
+			if !slices.Contains(d.Removed, p) {
+				got = append(got, p)
+			}
+		}
+		got = append(got, d.Added...)
+		slices.SortFunc(got, func(a, b netip.Prefix) int {
+			if prefixLess(a, b) {
+				return -1
+			}
+			if prefixLess(b, a) {
+				return 1
+			}
+			return 0
+		})
+		if !slices.Equal(got, cur) {
+			t.Fatalf("prev %v + diff %+v = %v, want %v", prev, d, got, cur)
+		}
 	}
 }

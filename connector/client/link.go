@@ -264,7 +264,7 @@ func (l *link) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 // watchRoutes follows the connector's route API, reconnecting after a
 // second whenever the stream ends.
 func (l *link) watchRoutes() {
-	url := "http://" + netip.AddrPortFrom(l.dnsAddr, 80).String() + "/v1/routes?watch=1"
+	url := "http://" + netip.AddrPortFrom(l.dnsAddr, 80).String() + "/v1/routes?watch=1&diff=1"
 	for {
 		if err := l.watchOnce(url); err != nil && l.c.ctx.Err() == nil {
 			l.c.log.Debug("route watch ended", "peer", l.name, "err", err)
@@ -303,12 +303,37 @@ func (l *link) watchOnce(url string) error {
 	defer idle.Stop()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	// The first line is the whole set; each later one what changed (a
+	// connector that predates diffs sends whole sets: they have no
+	// "full" mark and are taken as such).
+	var cur []netip.Prefix
+	var curDomains []string
 	for sc.Scan() {
 		idle.Reset(watchIdle)
-		var rs connector.RouteSet
-		if err := json.Unmarshal(sc.Bytes(), &rs); err != nil {
+		var line struct {
+			connector.RouteSet
+			Added   []netip.Prefix `json:"added"`
+			Removed []netip.Prefix `json:"removed"`
+			Domains *[]string      `json:"domains"` // hides RouteSet's: absent means unchanged
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
 			return fmt.Errorf("route api: %w", err)
 		}
+		rs := line.RouteSet
+		switch {
+		case line.Full || line.Routes != nil:
+			cur = line.Routes
+			curDomains = nil
+			if line.Domains != nil {
+				curDomains = *line.Domains
+			}
+		default:
+			cur = applyDiff(cur, line.Added, line.Removed)
+			if line.Domains != nil {
+				curDomains = *line.Domains
+			}
+		}
+		rs.Routes, rs.Domains = cur, curDomains
 		l.mu.Lock()
 		changed := !slices.Equal(l.advertised, rs.Routes)
 		domainsChanged := !slices.Equal(l.domainList, rs.Domains)
@@ -329,6 +354,25 @@ func (l *link) watchOnce(url string) error {
 		}
 	}
 	return sc.Err()
+}
+
+// applyDiff returns routes less removed, plus added, sorted, as a new
+// slice.
+func applyDiff(routes, added, removed []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(routes)+len(added))
+	for _, r := range routes {
+		if !slices.Contains(removed, r) {
+			out = append(out, r)
+		}
+	}
+	out = append(out, added...)
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out)
 }
 
 // match returns the length of the longest of this link's routes that
