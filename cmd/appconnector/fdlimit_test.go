@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"net"
@@ -9,10 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -59,54 +55,11 @@ func TestDescriptorLimitKeepsOthersServed(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "policy.json"), []byte(`[{"name": "lo", "connectors": ["*"], "routes": ["127.0.0.1/32"]}]`), 0o600)
 	state := filepath.Join(dir, "state")
 
-	cmd := exec.Command(prlimit, "--nofile=1024:1024", "--", bin, "up", "--config", filepath.Join(dir, "wg0.conf"),
-		"--policy", filepath.Join(dir, "policy.json"), "--state", state, "--listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), mainEnv+"=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var logMu sync.Mutex
-	var logText strings.Builder
-	portc := make(chan uint16, 1)
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		re := regexp.MustCompile(`msg="wireguard up" listen=127\.0\.0\.1:(\d+)`)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logMu.Lock()
-			logText.WriteString(sc.Text() + "\n")
-			logMu.Unlock()
-			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				p, _ := strconv.ParseUint(m[1], 10, 16)
-				portc <- uint16(p)
-			}
-		}
-	}()
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		<-logDone
-		if t.Failed() {
-			logMu.Lock()
-			t.Logf("connector log:\n%s", logText.String())
-			logMu.Unlock()
-		}
-	}()
-	var port uint16
-	select {
-	case port = <-portc:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the connector process did not come up")
-	}
+	proc := startConnectorProc(t, []string{prlimit, "--nofile=1024:1024", "--", bin, "up", "--config", filepath.Join(dir, "wg0.conf"),
+		"--policy", filepath.Join(dir, "policy.json"), "--state", state, "--listen", "127.0.0.1:0"})
+	port := proc.port
 	// 1,024 less the reserve (640 and a sixteenth): 320 flows, 80 a peer.
-	logMu.Lock()
-	caps := logText.String()
-	logMu.Unlock()
+	caps := proc.logText()
 	if !strings.Contains(caps, "flow caps from the descriptor limit") || !strings.Contains(caps, "nofile=1024 flows=320 flows_per_peer=80") {
 		t.Fatalf("no log line with the caps derived from the limit:\n%s", caps)
 	}

@@ -309,52 +309,8 @@ func TestUnprivilegedProcess(t *testing.T) {
 		// A flow still closing at SIGTERM may hold the exit this long;
 		// well inside the 10 s the test allows.
 		"--drain-timeout", "3s")
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), mainEnv+"=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var logMu sync.Mutex
-	var logText strings.Builder
-	portc := make(chan uint16, 1)
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		re := regexp.MustCompile(`msg="wireguard up" listen=127\.0\.0\.1:(\d+)`)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logMu.Lock()
-			logText.WriteString(sc.Text() + "\n")
-			logMu.Unlock()
-			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				p, _ := strconv.ParseUint(m[1], 10, 16)
-				portc <- uint16(p)
-			}
-		}
-	}()
-	exited := false
-	defer func() {
-		if !exited {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-		<-logDone
-		if t.Failed() {
-			logMu.Lock()
-			t.Logf("connector log:\n%s", logText.String())
-			logMu.Unlock()
-		}
-	}()
-	var port uint16
-	select {
-	case port = <-portc:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the connector process did not come up")
-	}
+	proc := startConnectorProc(t, args)
+	cmd, port := proc.cmd, proc.port
 
 	// It really runs as nobody with no capabilities.
 	status, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
@@ -368,13 +324,11 @@ func TestUnprivilegedProcess(t *testing.T) {
 			}
 		}
 	}
-	logMu.Lock()
 	for _, want := range []string{"DNS", "PostUp"} {
-		if !strings.Contains(logText.String(), want) {
+		if !strings.Contains(proc.logText(), want) {
 			t.Errorf("no warning about the ignored key %s", want)
 		}
 	}
-	logMu.Unlock()
 
 	client, err := netstacktest.New(netstacktest.Config{
 		PrivateKey: clientKey,
@@ -453,11 +407,7 @@ func TestUnprivilegedProcess(t *testing.T) {
 	// An invalid policy is rejected and the old one stays.
 	os.WriteFile(policyPath, []byte(`[{"name": "lo", "connectors": ["tag:connector"], "routes": ["127.0.0.1/8"]}]`), 0o644)
 	cmd.Process.Signal(syscall.SIGHUP)
-	netstacktest.WaitFor(t, func() bool {
-		logMu.Lock()
-		defer logMu.Unlock()
-		return strings.Contains(logText.String(), "new policy rejected")
-	})
+	netstacktest.WaitFor(t, func() bool { return strings.Contains(proc.logText(), "new policy rejected") })
 	if err := tryDial(client, learnedEcho); err != nil {
 		t.Fatalf("an invalid policy changed forwarding: %v", err)
 	}
@@ -480,7 +430,7 @@ func TestUnprivilegedProcess(t *testing.T) {
 	go func() { waitErr <- cmd.Wait() }()
 	select {
 	case err := <-waitErr:
-		exited = true
+		proc.exited()
 		if err != nil {
 			t.Errorf("connector exit: %v", err)
 		}
@@ -491,7 +441,7 @@ func TestUnprivilegedProcess(t *testing.T) {
 		t.Error("connector did not exit within 10s of SIGTERM")
 		cmd.Process.Kill()
 		<-waitErr // Wait is running already: the cleanup must not call it again
-		exited = true
+		proc.exited()
 	}
 }
 
@@ -544,6 +494,82 @@ func routeAPIFlood(t *testing.T, client *netstacktest.Peer, addr string) {
 	if status, err := bufio.NewReader(c).ReadString('\n'); err != nil || !strings.Contains(status, "431") {
 		t.Errorf("route API: after a %d-byte header: answer %q, %v; want 431", sent, status, err)
 	}
+}
+
+// connectorProc is the connector running as a separate process.
+type connectorProc struct {
+	cmd  *exec.Cmd
+	port uint16 // its WireGuard port
+
+	mu      sync.Mutex // guards the fields after it
+	log     strings.Builder
+	waited  bool
+	logDone chan struct{}
+}
+
+// startConnectorProc runs args (the test binary as appconnector, maybe
+// behind setpriv or prlimit) and waits up to 30 s for its "wireguard up"
+// line on 127.0.0.1. The test's cleanup kills it unless exited was
+// called, and prints its log if the test failed.
+func startConnectorProc(t *testing.T, args []string) *connectorProc {
+	t.Helper()
+	p := &connectorProc{cmd: exec.Command(args[0], args[1:]...), logDone: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), mainEnv+"=1")
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	portc := make(chan uint16, 1)
+	go func() {
+		defer close(p.logDone)
+		re := regexp.MustCompile(`msg="wireguard up" listen=127\.0\.0\.1:(\d+)`)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				port, _ := strconv.ParseUint(m[1], 10, 16)
+				portc <- uint16(port)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		p.mu.Lock()
+		waited := p.waited
+		p.mu.Unlock()
+		if !waited {
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+		}
+		<-p.logDone
+		if t.Failed() {
+			t.Logf("connector log:\n%s", p.logText())
+		}
+	})
+	select {
+	case p.port = <-portc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the connector process did not come up")
+	}
+	return p
+}
+
+// logText is what the process logged so far.
+func (p *connectorProc) logText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// exited records that the test waited for the process itself.
+func (p *connectorProc) exited() {
+	p.mu.Lock()
+	p.waited = true
+	p.mu.Unlock()
 }
 
 // tryDial opens and closes a TCP connection through the client.

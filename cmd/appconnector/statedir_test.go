@@ -49,8 +49,9 @@ func asNobody(t *testing.T) []string {
 	return []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"}
 }
 
-// sharedDir is a directory every user may enter.
-func sharedDir(t *testing.T) string {
+// sharedDir is a directory every user may enter, holding a copy of the
+// test binary (bin) that every user may run.
+func sharedDir(t *testing.T) (dir, bin string) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "appconnector-statedir-")
 	if err != nil {
@@ -58,7 +59,13 @@ func sharedDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
-	return dir
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin = filepath.Join(dir, "appconnector")
+	copyFile(t, self, bin, 0o755)
+	return dir, bin
 }
 
 // A state directory another user created, writable by all, with a planted
@@ -67,13 +74,7 @@ func sharedDir(t *testing.T) string {
 // its own that others may write.
 func TestUnsafeStateDirRefused(t *testing.T) {
 	nobody := asNobody(t)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := sharedDir(t)
-	bin := filepath.Join(base, "appconnector")
-	copyFile(t, self, bin, 0o755)
+	base, bin := sharedDir(t)
 
 	planted := filepath.Join(base, "planted")
 	os.Mkdir(planted, 0o777)
@@ -112,13 +113,7 @@ func TestUnsafeStateDirRefused(t *testing.T) {
 // refused by the CLI before any request (issue 11, finding 6).
 func TestAdminSocketOfAnotherUserRefused(t *testing.T) {
 	nobody := asNobody(t)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := sharedDir(t)
-	bin := filepath.Join(base, "appconnector")
-	copyFile(t, self, bin, 0o755)
+	base, bin := sharedDir(t)
 	state := filepath.Join(base, "state")
 	os.Mkdir(state, 0o777)
 	os.Chmod(state, 0o777) // as in the finding: anyone may put a socket there
