@@ -1,6 +1,7 @@
 package connector_test
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -71,5 +72,34 @@ func TestCNAMEIntoAnotherApp(t *testing.T) {
 	}
 	if err := dialOK(t, e, manual); err != nil {
 		t.Fatalf("after approval: %v", err)
+	}
+}
+
+// A peer's answers may add new learned addresses only so fast (issue 11,
+// finding 4): beyond the burst an answer that would teach new ones is
+// SERVFAIL, while one for an address already learned is answered.
+func TestLearnRate(t *testing.T) {
+	checkLeaks(t)
+	var records []string
+	for i := range 8 {
+		records = append(records, fmt.Sprintf("h%d.w.example. 60 IN A 203.0.113.%d", i, i+1))
+	}
+	up := dnstest.New(t, records...)
+	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}, LearnRate: 0.001, LearnBurst: 5},
+		`[{"name": "w", "connectors": ["*"], "domains": ["*.w.example"]}]`)
+	for i := range 8 {
+		r := query(t, e, fmt.Sprintf("h%d.w.example.", i), dns.TypeA, false)
+		if want := i < 5; (r.Rcode == dns.RcodeSuccess) != want {
+			t.Fatalf("question %d: %s; want an answer only for the first 5", i, dns.RcodeToString[r.Rcode])
+		}
+	}
+	if r := query(t, e, "h0.w.example.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess {
+		t.Errorf("a learned address asked again: %s", dns.RcodeToString[r.Rcode])
+	}
+	if n := len(e.conn.Routes()); n != 5 {
+		t.Errorf("%d routes learned, want 5", n)
+	}
+	if n := e.conn.Stats().DNS.Limited; n != 3 {
+		t.Errorf("%d answers refused at the learning rate, want 3", n)
 	}
 }

@@ -82,6 +82,11 @@ type Config struct {
 	// questions hold (beyond it, its own oldest go). Zero means the
 	// Defaults (per peer: the table's cap).
 	MaxLearned, MaxLearnedPerApp, MaxLearnedPerPeer int
+	// LearnRate and LearnBurst bound how fast one peer's answers may add
+	// new learned addresses (a second, and at once); an answer beyond is
+	// SERVFAIL. Zero means the Defaults.
+	LearnRate  float64
+	LearnBurst int
 
 	// StateDir, if set, keeps the learned routes (in routes.json) and
 	// each peer's last authenticated endpoint (in endpoints.json) across
@@ -301,6 +306,8 @@ func (c *Connector) startDNS(cfg Config) error {
 			perPeer: orDefault(cfg.MaxDNSTCPConnsPerPeer, DefaultMaxDNSTCPConnsPerPeer),
 		},
 		questions: connLimit{max: maxDNSInFlight, perPeer: maxDNSInFlightPerPeer},
+		learnRate: netstack.NewPeerRates(1, orDefault(cfg.LearnRate, DefaultLearnRate), orDefault(cfg.LearnBurst, DefaultLearnBurst)),
+		learnMax:  orDefault(cfg.LearnBurst, DefaultLearnBurst),
 	}
 	var pcs []net.PacketConn
 	var lns, apiLns []net.Listener

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/appconnector/appconnector/netstack"
 )
 
 // DNS interception: the connector answers DNS on port 53 of each of its
@@ -39,6 +41,17 @@ const (
 const (
 	DefaultMaxDNSTCPConns        = 4096
 	DefaultMaxDNSTCPConnsPerPeer = 1024
+)
+
+// A peer's answers may teach the table DefaultLearnRate new addresses a
+// second, DefaultLearnBurst at once; an answer that would go beyond is
+// SERVFAIL (the client asks again later), so that one peer asking for
+// endless names under a wildcard app cannot churn the table at the speed
+// of its questions. A page that resolves fifty names of four addresses
+// each stays well inside.
+const (
+	DefaultLearnRate  = 100
+	DefaultLearnBurst = 1000
 )
 
 // Questions being resolved upstream at once, over all peers and per peer.
@@ -74,6 +87,8 @@ type dnsService struct {
 	tcpConns connLimit
 	// questions are the questions being resolved upstream.
 	questions connLimit
+	learnRate *netstack.PeerRates // new learned addresses, per peer
+	learnMax  int                 // its burst
 
 	mu      sync.Mutex // guards the fields after it
 	servers []*dns.Server
@@ -216,6 +231,13 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	}
 	if up.Rcode == dns.RcodeSuccess && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA) {
 		addrs, err := chainAddrs(q.Name, up.Answer)
+		if err == nil {
+			if n := d.c.table.unlearned(addrs); n > 0 && !d.learnRate.AllowN(p.key, 0, min(n, d.learnMax)) {
+				d.stats.Limited.Add(1)
+				d.logf("dns: %s: the asking peer is learning new routes too fast; SERVFAIL", q.Name)
+				return reply(req, dns.RcodeServerFailure)
+			}
+		}
 		if err != nil {
 			d.c.table.countChainRefused()
 			d.logf("dns: %s: no routes learned: %v", q.Name, err)

@@ -285,6 +285,19 @@ func (t *routeTable) learn(p peerID, name string, addrs []netip.Addr) (refused [
 	return refused
 }
 
+// unlearned counts the addresses of addrs the table has not learned.
+func (t *routeTable) unlearned(addrs []netip.Addr) int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	n := 0
+	for _, a := range addrs {
+		if t.learned[a] == nil {
+			n++
+		}
+	}
+	return n
+}
+
 // refusalLocked says why app a may not learn addr, or "".
 func (t *routeTable) refusalLocked(a *servedApp, addr netip.Addr) string {
 	for _, n := range t.cfg.ownNets {

@@ -103,7 +103,7 @@ func (s *Stack) handleICMP(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 		s.refuseEcho(peer, pkt, msg, src, dst)
 		return true
 	}
-	if !s.echoRates.allow(peer, bucketEcho) {
+	if !s.echoRates.Allow(peer, bucketEcho) {
 		s.stats.icmpRateLimited.Add(1)
 		return true
 	}
@@ -124,7 +124,7 @@ func unicast(a netip.Addr) bool {
 // refuseEcho answers a refused echo request with destination unreachable,
 // administratively prohibited, within the peer's rate limit.
 func (s *Stack) refuseEcho(peer string, pkt *stack.PacketBuffer, msg []byte, src, dst netip.Addr) {
-	if !s.echoRates.allow(peer, bucketRefused) {
+	if !s.echoRates.Allow(peer, bucketRefused) {
 		s.stats.icmpRateLimited.Add(1)
 		return
 	}

@@ -217,7 +217,7 @@ func (s *Stack) screenICMPError(pkt *stack.PacketBuffer) bool {
 		reason = ICMPErrorOtherPeer
 	case e.hasMTU && e.src.Is4() && e.mtu < minPathMTU4, e.hasMTU && e.src.Is6() && e.mtu < minPathMTU6:
 		reason = ICMPErrorSmallMTU
-	case !s.echoRates.allow(s.peerOf(e.src), bucketICMPError):
+	case !s.echoRates.Allow(s.peerOf(e.src), bucketICMPError):
 		reason = ICMPErrorRate
 	}
 	if reason < 0 {

@@ -73,7 +73,7 @@ func FuzzICMPErrorScreen(f *testing.F) {
 	f.Add([]byte{0x45})
 
 	s := &Stack{cfg: Config{PeerOf: fuzzPeerOf}}
-	s.echoRates.init(1e12, 1<<30) // the rate is not what is fuzzed
+	s.echoRates = NewPeerRates(numBuckets, 1e12, 1<<30) // the rate is not what is fuzzed
 	f.Fuzz(func(t *testing.T, b []byte) {
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
 		defer pkt.DecRef()
@@ -128,7 +128,7 @@ func gvisorReadsError(b []byte) (src, quotedDst netip.Addr, ok bool) {
 
 func TestICMPErrorScreenSeeds(t *testing.T) {
 	s := &Stack{cfg: Config{PeerOf: fuzzPeerOf}}
-	s.echoRates.init(1e12, 1<<30)
+	s.echoRates = NewPeerRates(numBuckets, 1e12, 1<<30)
 	a4, b4, up4 := netip.MustParseAddr("10.8.0.2"), netip.MustParseAddr("10.8.0.3"), netip.MustParseAddr("192.0.2.1")
 	a6, b6, up6 := netip.MustParseAddr("fd08::2"), netip.MustParseAddr("fd08::3"), netip.MustParseAddr("2001:db8::1")
 	for _, tc := range []struct {

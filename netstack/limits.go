@@ -153,7 +153,7 @@ func loadAll(c *[NumICMPErrorDrops]atomic.Uint64) (out [NumICMPErrorDrops]uint64
 	return out
 }
 
-// Token buckets of echoRates, per peer.
+// Token buckets of the stack's PeerRates, per peer.
 const (
 	bucketEcho      = iota // echo requests forwarded
 	bucketRefused          // prohibited answers to refused echo requests
@@ -161,29 +161,35 @@ const (
 	numBuckets
 )
 
-// echoRates holds a token bucket of each kind per peer. A peer whose
-// buckets are all full is as good as absent, so such entries are swept
-// out when the map has doubled since the last sweep: the map stays
-// proportional to the peers that pinged within about burst/rate.
-type echoRates struct {
+// PeerRates holds token buckets of a few kinds per peer (kind 0 to
+// kinds-1), all of one rate and burst. A peer whose buckets are all full
+// is as good as absent, so such entries are swept out when the map has
+// doubled since the last sweep: the map stays proportional to the peers
+// active within about burst/rate. It is safe for concurrent use.
+type PeerRates struct {
 	limit rate.Limit
 	burst int
+	kinds int
 
 	mu      sync.Mutex // guards the fields after it
-	peers   map[string]*[numBuckets]*rate.Limiter
+	peers   map[string][]*rate.Limiter
 	sweepAt int
 }
 
-const minEchoSweep = 1024
+const minRateSweep = 1024
 
-func (r *echoRates) init(perSecond float64, burst int) {
-	r.limit, r.burst = rate.Limit(perSecond), burst
-	r.peers = make(map[string]*[numBuckets]*rate.Limiter)
-	r.sweepAt = minEchoSweep
+// NewPeerRates returns buckets of kinds kinds per peer, each refilling
+// perSecond tokens a second up to burst.
+func NewPeerRates(kinds int, perSecond float64, burst int) *PeerRates {
+	return &PeerRates{limit: rate.Limit(perSecond), burst: burst, kinds: kinds,
+		peers: make(map[string][]*rate.Limiter), sweepAt: minRateSweep}
 }
 
-// allow takes a token from peer's bucket of this kind, if there is one.
-func (r *echoRates) allow(peer string, kind int) bool {
+// Allow takes a token from peer's bucket of this kind, if there is one.
+func (r *PeerRates) Allow(peer string, kind int) bool { return r.AllowN(peer, kind, 1) }
+
+// AllowN takes n tokens from peer's bucket of this kind, if it has them.
+func (r *PeerRates) AllowN(peer string, kind, n int) bool {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -192,16 +198,16 @@ func (r *echoRates) allow(peer string, kind int) bool {
 		if len(r.peers) >= r.sweepAt {
 			r.sweepLocked(now)
 		}
-		b = new([numBuckets]*rate.Limiter)
+		b = make([]*rate.Limiter, r.kinds)
 		for i := range b {
 			b[i] = rate.NewLimiter(r.limit, r.burst)
 		}
 		r.peers[peer] = b
 	}
-	return b[kind].AllowN(now, 1)
+	return b[kind].AllowN(now, n)
 }
 
-func (r *echoRates) sweepLocked(now time.Time) {
+func (r *PeerRates) sweepLocked(now time.Time) {
 	for peer, b := range r.peers {
 		full := true
 		for _, l := range b {
@@ -214,10 +220,11 @@ func (r *echoRates) sweepLocked(now time.Time) {
 			delete(r.peers, peer)
 		}
 	}
-	r.sweepAt = max(minEchoSweep, 2*len(r.peers))
+	r.sweepAt = max(minRateSweep, 2*len(r.peers))
 }
 
-func (r *echoRates) size() int {
+// size is how many peers have buckets.
+func (r *PeerRates) size() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.peers)

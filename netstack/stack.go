@@ -244,7 +244,7 @@ type Stack struct {
 	openTCP  atomic.Int64 // TCP flows from admission to their end
 	openICMP atomic.Int64 // echo flows open
 
-	echoRates echoRates
+	echoRates *PeerRates
 	// echoForbiddenLogged is set once the host's refusal of ICMP sockets
 	// has been logged.
 	echoForbiddenLogged atomic.Bool
@@ -280,7 +280,7 @@ func New(dev *tun.Device, cfg Config) (*Stack, error) {
 		echoFlows: make(map[echoKey]*echoFlow),
 	}
 	s.limits.init(&cfg)
-	s.echoRates.init(cfg.ICMPRate, cfg.ICMPBurst)
+	s.echoRates = NewPeerRates(numBuckets, cfg.ICMPRate, cfg.ICMPBurst)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 
 	s.stack = stack.New(stack.Options{
