@@ -269,18 +269,7 @@ func TestUnprivilegedProcess(t *testing.T) {
 	} // else: already unprivileged; run it directly.
 
 	// Everything the process reads must be readable by nobody.
-	dir, err := os.MkdirTemp("", "appconnector-proc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "appconnector")
-	copyFile(t, self, bin, 0o755)
+	dir, bin := sharedDir(t)
 
 	serverKey, _ := wgconf.GeneratePrivateKey()
 	clientKey, _ := netstacktest.NewPrivateKey()

@@ -53,7 +53,7 @@ func asNobody(t *testing.T) []string {
 // test binary (bin) that every user may run.
 func sharedDir(t *testing.T) (dir, bin string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "appconnector-statedir-")
+	dir, err := os.MkdirTemp("", "appconnector-shared-")
 	if err != nil {
 		t.Fatal(err)
 	}
