@@ -198,6 +198,17 @@ func (s *Stack) screenICMPError(pkt *stack.PacketBuffer) bool {
 	if size == 0 {
 		return true
 	}
+	// Most packets are TCP or UDP: the fixed IP header says so without
+	// pulling up more of the packet.
+	if h, ok := pkt.Data().PullUp(min(size, header.IPv6MinimumSize)); ok && len(h) >= header.IPv4MinimumSize {
+		switch {
+		case h[0]>>4 == 4 && h[9] != uint8(header.ICMPv4ProtocolNumber):
+			return true
+		case h[0]>>4 == 6 && len(h) >= header.IPv6MinimumSize &&
+			(h[6] == uint8(header.TCPProtocolNumber) || h[6] == uint8(header.UDPProtocolNumber)):
+			return true
+		}
+	}
 	// An error's interesting part is within its first 576 (IPv4) or
 	// 1280 (IPv6) bytes; the rest is only quoted payload.
 	n := min(size, header.IPv6MinimumMTU+header.IPv6MinimumSize)
