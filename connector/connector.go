@@ -71,10 +71,13 @@ type Config struct {
 	// streams; beyond it a request gets 429. Zero means the Defaults.
 	MaxAPIConns, MaxAPIConnsPerPeer, MaxWatchesPerPeer int
 
-	// RouteTTL is how long a learned route lives after the last DNS
-	// answer that named it (routes with an open flow never expire). Zero
-	// means DefaultRouteTTL.
-	RouteTTL time.Duration
+	// A learned route lives clamp(TTL, RouteTTLMin, RouteTTL) after the
+	// last DNS answer that named it (TTL: that answer record's), and at
+	// least RouteGrace after its last flow ended; never while a flow to
+	// it is open. Zero values mean DefaultRouteTTL, DefaultRouteTTLMin and
+	// DefaultRouteGrace; a negative RouteTTLMin gives every route
+	// RouteTTL whatever its TTL, a negative RouteGrace no grace.
+	RouteTTL, RouteTTLMin, RouteGrace time.Duration
 	// MaxLearned and MaxLearnedPerApp cap the learned routes; at a cap the
 	// least recently seen route with no open flow is evicted: first one
 	// the asking peer's questions hold, then one no flow used in the last
@@ -188,6 +191,8 @@ func New(cfg Config) (*Connector, error) {
 	}
 	c.table = newRouteTable(tableConfig{
 		ttl:        orDefault(cfg.RouteTTL, DefaultRouteTTL),
+		ttlMin:     orDefault(cfg.RouteTTLMin, DefaultRouteTTLMin),
+		grace:      max(orDefault(cfg.RouteGrace, DefaultRouteGrace), 0),
 		maxLearned: orDefault(cfg.MaxLearned, DefaultMaxLearned),
 		maxPerApp:  orDefault(cfg.MaxLearnedPerApp, DefaultMaxLearnedPerApp),
 		maxPerPeer: cfg.MaxLearnedPerPeer,
@@ -238,6 +243,7 @@ func New(cfg Config) (*Connector, error) {
 	// address is allowed exactly when a TCP or UDP flow to it would be.
 	nc.Allow = func(f netstack.Flow) bool { return c.table.allow(c.peers.lookup(f.Src.Addr()), f.Dst.Addr()) }
 	nc.PeerOf = func(a netip.Addr) string { return c.peers.lookup(a).key }
+	nc.FlowsEnded = c.table.flowEnded
 	flowLog := log.With("component", "netstack")
 	nc.Logf = func(format string, args ...any) { flowLog.Info(fmt.Sprintf(format, args...)) }
 	c.stack, err = netstack.New(c.tun, nc)
@@ -385,11 +391,19 @@ func (c *Connector) listenPort() (uint16, error) {
 	return 0, errors.New("wireguard reported no listen port")
 }
 
-// maintain drops expired learned routes once a minute and writes the
-// learned routes when they changed, at most every flushEvery.
+// expireEvery is how often expired learned routes are dropped: a route
+// outlives its lifetime by at most this (less when lifetimes are short).
+const expireEvery = 5 * time.Second
+
+// maintain drops expired learned routes and writes the learned routes
+// when they changed, at most every flushEvery.
 func (c *Connector) maintain() {
 	defer c.bg.Done()
-	expire := time.NewTicker(time.Minute)
+	every := expireEvery
+	if m := c.table.cfg.ttlMin; m > 0 {
+		every = min(every, max(m/4, 50*time.Millisecond))
+	}
+	expire := time.NewTicker(every)
 	defer expire.Stop()
 	flush := time.NewTicker(c.flushEvery)
 	defer flush.Stop()

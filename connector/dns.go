@@ -158,13 +158,38 @@ func (d *dnsService) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		}
 		resp.Truncate(size)
 	}
-	if err := w.WriteMsg(resp); err != nil {
+	b, err := packChecked(resp)
+	if err != nil {
+		// An upstream's answer that parsed but does not survive being
+		// written out again (miekg/dns writes a record read with empty
+		// data as a malformed one): the client would get garbage.
+		d.logf("dns: reply to %v cannot be relayed, SERVFAIL instead: %v", src, err)
+		if b, err = packChecked(withEDE(reply(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeInvalidData, "the upstream's answer is malformed")); err != nil {
+			d.logf("dns: reply to %v: %v", src, err)
+			return
+		}
+	}
+	if _, err := w.Write(b); err != nil {
 		d.logf("dns: reply to %v: %v", src, err)
 	}
 }
 
+// packChecked packs m and checks that the result reads back.
+func packChecked(m *dns.Msg) ([]byte, error) {
+	b, err := m.Pack()
+	if err != nil {
+		return nil, err
+	}
+	var back dns.Msg
+	if err := back.Unpack(b); err != nil {
+		return nil, fmt.Errorf("packed answer does not read back: %w", err)
+	}
+	return b, nil
+}
+
 // answer builds the reply to req from peer p. Routes are learned before it
-// returns.
+// returns. What the connector decides itself carries an Extended DNS
+// Error (RFC 8914) saying why, for clients that asked with EDNS.
 func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Msg {
 	if req.Response || req.Opcode != dns.OpcodeQuery || len(req.Question) != 1 {
 		d.stats.FormErr.Add(1)
@@ -173,81 +198,134 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	q := req.Question[0]
 	if q.Qclass != dns.ClassINET {
 		d.stats.Refused.Add(1)
-		return reply(req, dns.RcodeRefused)
+		return withEDE(reply(req, dns.RcodeRefused), dns.ExtendedErrorCodeNotSupported, "only class IN is served")
 	}
 	known, ok := d.c.table.lookupName(q.Name, p)
 	switch {
 	case known && !ok:
 		// An app's name, but not for this peer.
 		d.stats.Refused.Add(1)
-		return reply(req, dns.RcodeRefused)
+		return withEDE(reply(req, dns.RcodeRefused), dns.ExtendedErrorCodeProhibited, "a name of an app this peer may not use")
 	case !known && !d.forward:
 		d.stats.Refused.Add(1)
-		return reply(req, dns.RcodeRefused)
+		return withEDE(reply(req, dns.RcodeRefused), dns.ExtendedErrorCodeBlocked, "not a name of any app of this connector")
 	case known && d.c.draining.Load():
 		// Shutting down: flows to the answer would be refused, so send
 		// the client to another connector now.
 		d.stats.ServFail.Add(1)
-		return reply(req, dns.RcodeServerFailure)
+		return withEDE(reply(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNotReady, "the connector is shutting down")
 	}
 	if !d.questions.take(p.key) {
 		d.stats.Limited.Add(1)
 		d.logf("dns: %s: too many questions in flight; SERVFAIL", q.Name)
-		return reply(req, dns.RcodeServerFailure)
+		return withEDE(reply(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, "too many questions in flight")
 	}
 	up, err := d.exchange(ctx, q, req)
 	d.questions.give(p.key)
 	if err != nil {
 		// Each failing upstream was logged when it started failing.
 		d.stats.ServFail.Add(1)
-		return reply(req, dns.RcodeServerFailure)
+		code := uint16(dns.ExtendedErrorCodeNetworkError)
+		if errors.Is(err, errUpstreamRcode) {
+			code = dns.ExtendedErrorCodeNoReachableAuthority
+		}
+		return withEDE(reply(req, dns.RcodeServerFailure), code, err.Error())
 	}
 	if !known {
 		d.stats.Forwarded.Add(1)
 		return relay(req, up)
 	}
-	// The names the answer's CNAME chain passes through may belong to
-	// other apps. One the peer may not use makes the whole answer
-	// REFUSED, as the question for that name itself would be: the
-	// addresses are that app's, and the answer would tell them. The
-	// addresses are learned for the app of the last name on the chain
-	// that has one, under that app's rules (its approval, its
-	// allowPrivate), not for an open app whose name merely points there;
-	// the domain recorded is the question's unless the chain left its
-	// apps.
+	// The names the answer's chain passes through (CNAMEs, and the
+	// targets of service bindings) may belong to other apps. One the
+	// peer may not use makes the whole answer REFUSED, as the question
+	// for that name itself would be: the addresses are that app's, and
+	// the answer would tell them. The addresses are learned for the app
+	// of the last name on the chain that has one, under that app's rules
+	// (its approval, its allowPrivate), not for an open app whose name
+	// merely points there; the domain recorded is the question's unless
+	// the chain left its apps.
 	owner := q.Name
 	if up.Rcode == dns.RcodeSuccess {
-		for _, n := range chainNames(q.Name, up.Answer)[1:] {
+		for _, n := range chainNames(q.Name, q.Qtype, up.Answer)[1:] {
 			switch known, ok := d.c.table.lookupName(n, p); {
 			case known && !ok:
 				d.c.table.countChainRefused()
 				d.stats.Refused.Add(1)
-				d.logf("dns: %s: REFUSED: its CNAME chain reaches %s, a name of an app this peer may not use", q.Name, n)
-				return reply(req, dns.RcodeRefused)
+				d.logf("dns: %s: REFUSED: its answer's chain reaches %s, a name of an app this peer may not use", q.Name, n)
+				return withEDE(reply(req, dns.RcodeRefused), dns.ExtendedErrorCodeProhibited, "the answer leads to a name of an app this peer may not use")
 			case known && !d.c.table.sameApps(n, owner):
 				owner = n
 			}
 		}
 	}
-	if up.Rcode == dns.RcodeSuccess && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeAAAA) {
-		addrs, err := chainAddrs(q.Name, up.Answer)
+	var filtered string // why some addresses of the answer were not learned
+	var refused []notLearned
+	if up.Rcode == dns.RcodeSuccess && learnsFrom(q.Qtype) {
+		addrs, err := chainAddrs(q.Name, q.Qtype, up.Answer)
 		if err == nil {
 			if n := d.c.table.unlearned(addrs); n > 0 && !d.learnRate.AllowN(p.key, 0, min(n, d.learnMax)) {
 				d.stats.Limited.Add(1)
 				d.logf("dns: %s: the asking peer is learning new routes too fast; SERVFAIL", q.Name)
-				return reply(req, dns.RcodeServerFailure)
+				return withEDE(reply(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, "this peer is learning new routes too fast")
 			}
 		}
 		if err != nil {
 			d.c.table.countChainRefused()
 			d.logf("dns: %s: no routes learned: %v", q.Name, err)
-		} else if refused := d.c.table.learn(p, owner, addrs); len(refused) > 0 {
-			d.logf("dns: %s: not learned, unsafe answers: %v", q.Name, refused)
+			filtered = "no routes learned: " + err.Error()
+		} else if refused = d.c.table.learn(p, owner, addrs); len(refused) > 0 {
+			d.logf("dns: %s: not learned: %v", q.Name, refused)
+			filtered = fmt.Sprintf("not learned: %v", refused)
 		}
 	}
 	d.stats.Answered.Add(1)
-	return relay(req, up)
+	m := relay(req, up)
+	// A hint is a suggestion: a client told none connects to what the
+	// target name resolves to instead. One this peer cannot reach (not
+	// learned, or waiting for approval) is not told.
+	reachable := func(a netip.Addr) bool { return d.c.table.reachable(p, a) }
+	stripHints(m.Answer, reachable)
+	stripHints(m.Extra, reachable)
+	// No client caches the answer past the longest life of its routes.
+	capTTLs(m, d.c.table.cfg.ttl)
+	if filtered != "" {
+		withEDE(m, dns.ExtendedErrorCodeFiltered, filtered)
+	}
+	return m
 }
+
+// capTTLs lowers the TTLs of m's records to at most maxTTL.
+func capTTLs(m *dns.Msg, maxTTL time.Duration) {
+	limit := uint32(min(maxTTL/time.Second, 1<<31-1))
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			if h := rr.Header(); h.Rrtype != dns.TypeOPT && h.Ttl > limit {
+				h.Ttl = limit
+			}
+		}
+	}
+}
+
+// maxEDEText bounds an Extended DNS Error's text, so that it never
+// pushes an answer over the size a client accepts on its own.
+const maxEDEText = 200
+
+// withEDE adds an Extended DNS Error (RFC 8914) with code and text to m,
+// if m has an EDNS record (the question had one), and returns m.
+func withEDE(m *dns.Msg, code uint16, text string) *dns.Msg {
+	opt := m.IsEdns0()
+	if opt == nil {
+		return m
+	}
+	if len(text) > maxEDEText {
+		text = text[:maxEDEText-3] + "..."
+	}
+	opt.Option = append(opt.Option, &dns.EDNS0_EDE{InfoCode: code, ExtraText: text})
+	return m
+}
+
+// errUpstreamRcode is an upstream's answer of SERVFAIL or REFUSED.
+var errUpstreamRcode = errors.New("answered")
 
 // exchange asks the upstreams, in order, for q. A truncated UDP answer is
 // asked again over TCP.
@@ -287,7 +365,7 @@ func (d *dnsService) exchange(ctx context.Context, q dns.Question, req *dns.Msg)
 		if err == nil {
 			// The upstream answered: it is up, even if this name fails.
 			d.upstreamOK(up)
-			err = fmt.Errorf("rcode %s", dns.RcodeToString[r.Rcode])
+			err = fmt.Errorf("%w %s", errUpstreamRcode, dns.RcodeToString[r.Rcode])
 		} else if ctx.Err() == nil {
 			// Failed on its own, not because the question ran out of time.
 			d.upstreamFailed(up, q, err)

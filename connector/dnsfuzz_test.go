@@ -2,6 +2,7 @@ package connector_test
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -144,6 +145,100 @@ func FuzzDNSInterceptor(f *testing.F) {
 			a := rt.Prefix.Addr()
 			if a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsUnspecified() {
 				t.Fatalf("learned a route to %v (%+v)", rt.Prefix, rt)
+			}
+		}
+	})
+}
+
+// FuzzServiceBindingAnswer asks for the HTTPS (or SVCB) record of an app
+// name while the upstream answers with arbitrary bytes. The connector must
+// answer (any rcode), learn no unsafe address, and tell the client no hint
+// that is not a route it may use.
+//
+//	go test ./connector -run X -fuzz FuzzServiceBindingAnswer -fuzztime 60s -fuzzminimizetime 10s
+func FuzzServiceBindingAnswer(f *testing.F) {
+	up := startScriptedUpstream(f)
+	e := newEnvWith(f, connector.Config{DNSUpstreams: []string{up.pc.LocalAddr().String()}, DNSTimeout: 300 * time.Millisecond},
+		`[{"name": "web", "connectors": ["*"], "domains": ["*.example.com"]}]`)
+	dnsAddr := net.JoinHostPort(connV4.Addr().String(), "53")
+	seed := func(qtype uint16, records ...string) {
+		q := new(dns.Msg).SetQuestion("svc.example.com.", qtype)
+		m := new(dns.Msg).SetReply(q)
+		for _, s := range records {
+			rr, err := dns.NewRR(s)
+			if err != nil {
+				f.Fatal(err)
+			}
+			m.Answer = append(m.Answer, rr)
+		}
+		b, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(qtype == dns.TypeSVCB, b)
+	}
+	seed(dns.TypeHTTPS, "svc.example.com. 60 IN HTTPS 1 . alpn=h2 ipv4hint=192.0.2.1,10.0.0.1 ipv6hint=2001:db8::1,fe80::1")
+	seed(dns.TypeHTTPS, "svc.example.com. 60 IN CNAME x.example.net.", "x.example.net. 60 IN HTTPS 0 y.example.net.",
+		"y.example.net. 60 IN HTTPS 1 . ipv4hint=192.0.2.2,127.0.0.1")
+	seed(dns.TypeHTTPS, "svc.example.com. 60 IN HTTPS 0 svc.example.com.", "svc.example.com. 60 IN HTTPS 1 . ipv4hint=10.1.1.1")
+	seed(dns.TypeSVCB, "svc.example.com. 60 IN SVCB 1 . port=853 ipv4hint=192.0.2.3,169.254.169.254")
+	seed(dns.TypeHTTPS, "evil.example.org. 60 IN HTTPS 1 . ipv4hint=10.2.2.2")
+
+	f.Fuzz(func(t *testing.T, svcb bool, answer []byte) {
+		up.set(answer)
+		qtype := dns.TypeHTTPS
+		if svcb {
+			qtype = dns.TypeSVCB
+		}
+		c, err := e.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", dnsAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		co := &dns.Conn{Conn: c, UDPSize: 1232}
+		q := new(dns.Msg).SetQuestion("svc.example.com.", qtype)
+		q.SetEdns0(1232, false)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := co.WriteMsg(q); err != nil {
+			t.Fatal(err)
+		}
+		var r *dns.Msg
+		for r == nil || r.Id != q.Id {
+			if r, err = co.ReadMsg(); err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+		}
+		routes := map[netip.Addr]bool{}
+		for _, rt := range e.conn.Routes() {
+			a := rt.Prefix.Addr()
+			if a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsUnspecified() {
+				t.Fatalf("learned a route to %v (%+v)", rt.Prefix, rt)
+			}
+			routes[a] = true
+		}
+		for _, rr := range append(r.Answer, r.Extra...) {
+			var s *dns.SVCB
+			switch rr := rr.(type) {
+			case *dns.SVCB:
+				s = rr
+			case *dns.HTTPS:
+				s = &rr.SVCB
+			default:
+				continue
+			}
+			for _, kv := range s.Value {
+				var hints []net.IP
+				switch kv := kv.(type) {
+				case *dns.SVCBIPv4Hint:
+					hints = kv.Hint
+				case *dns.SVCBIPv6Hint:
+					hints = kv.Hint
+				}
+				for _, ip := range hints {
+					if a, ok := netip.AddrFromSlice(ip); !ok || !routes[a.Unmap()] && !routes[a] {
+						t.Fatalf("the answer hints %v, not a route: %v", ip, rr)
+					}
+				}
 			}
 		}
 	})

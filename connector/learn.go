@@ -2,7 +2,9 @@ package connector
 
 import (
 	"errors"
+	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/miekg/dns"
 )
@@ -17,15 +19,53 @@ var (
 	errChainAmbiguous = errors.New("cname chain is ambiguous")
 )
 
-// chainAddrs returns the A and AAAA addresses that answer qname: those
-// owned by qname or by a name reached from it through the answer's CNAME
-// records. Records off that chain are ignored, whatever they claim. A loop,
-// a chain longer than maxChain, or an ambiguous chain (a name with two
-// CNAME targets, or with a CNAME and addresses) is an error and yields no
-// addresses.
-func chainAddrs(qname string, answer []dns.RR) ([]netip.Addr, error) {
-	cname := make(map[string]string)
-	hasAddr := make(map[string]bool)
+// answerAddr is an address an answer gives for its question, with the
+// TTL of the record that gave it.
+type answerAddr struct {
+	addr netip.Addr
+	ttl  uint32
+}
+
+// learnsFrom reports whether answers to questions of type qtype teach
+// routes: addresses (A, AAAA) and service bindings (HTTPS, SVCB), whose
+// ipv4hint and ipv6hint addresses clients connect to.
+func learnsFrom(qtype uint16) bool {
+	switch qtype {
+	case dns.TypeA, dns.TypeAAAA, dns.TypeHTTPS, dns.TypeSVCB:
+		return true
+	}
+	return false
+}
+
+// serviceOf returns rr as a service binding if it is one of type qtype
+// (an HTTPS record answers only HTTPS questions, an SVCB record only SVCB
+// questions), nil otherwise.
+func serviceOf(rr dns.RR, qtype uint16) *dns.SVCB {
+	switch rr := rr.(type) {
+	case *dns.SVCB:
+		if qtype == dns.TypeSVCB {
+			return rr
+		}
+	case *dns.HTTPS:
+		if qtype == dns.TypeHTTPS {
+			return &rr.SVCB
+		}
+	}
+	return nil
+}
+
+// answerGraph is what an answer says about names: the CNAME of each, the
+// AliasMode targets of service bindings, and which names own data
+// (addresses or service bindings).
+type answerGraph struct {
+	cname     map[string]string
+	alias     map[string][]string
+	hasData   map[string]bool
+	ambiguous bool // a name with two CNAME targets
+}
+
+func newAnswerGraph(qtype uint16, answer []dns.RR) answerGraph {
+	g := answerGraph{cname: map[string]string{}, alias: map[string][]string{}, hasData: map[string]bool{}}
 	for _, rr := range answer {
 		h := rr.Header()
 		if h.Class != dns.ClassINET {
@@ -35,77 +75,186 @@ func chainAddrs(qname string, answer []dns.RR) ([]netip.Addr, error) {
 		switch rr := rr.(type) {
 		case *dns.CNAME:
 			target := canonicalName(rr.Target)
-			if prev, ok := cname[owner]; ok && prev != target {
-				return nil, errChainAmbiguous
+			if prev, ok := g.cname[owner]; ok && prev != target {
+				g.ambiguous = true
 			}
-			cname[owner] = target
+			g.cname[owner] = target
 		case *dns.A, *dns.AAAA:
-			hasAddr[owner] = true
+			g.hasData[owner] = true
+		default:
+			s := serviceOf(rr, qtype)
+			if s == nil {
+				continue
+			}
+			g.hasData[owner] = true
+			// An AliasMode record sends the client on to its target;
+			// "." (no service) sends it nowhere.
+			if t := canonicalName(s.Target); s.Priority == 0 && t != "" && !slices.Contains(g.alias[owner], t) {
+				g.alias[owner] = append(g.alias[owner], t)
+			}
 		}
+	}
+	return g
+}
+
+// chainAddrs returns the addresses that answer qname, a question of type
+// qtype: the A and AAAA records, and the ipv4hint and ipv6hint values of
+// ServiceMode HTTPS or SVCB records, owned by qname or by a name reached
+// from it through the answer's CNAME records and AliasMode targets.
+// Records off that chain are ignored, whatever they claim. A loop, a chain
+// longer than maxChain, or an ambiguous chain (a name with two CNAME
+// targets, or with a CNAME and data of its own) is an error and yields no
+// addresses.
+func chainAddrs(qname string, qtype uint16, answer []dns.RR) ([]answerAddr, error) {
+	g := newAnswerGraph(qtype, answer)
+	if g.ambiguous {
+		return nil, errChainAmbiguous
 	}
 	onChain := map[string]bool{}
-	name := canonicalName(qname)
-	for hops := 0; ; hops++ {
+	onPath := map[string]bool{}
+	var walk func(name string, hops int) error
+	walk = func(name string, hops int) error {
+		if onPath[name] {
+			return errChainLoop
+		}
 		if onChain[name] {
-			return nil, errChainLoop
+			return nil // reached before by another alias
 		}
-		onChain[name] = true
-		next, ok := cname[name]
-		if !ok {
-			break
+		if hops > maxChain {
+			return errChainTooLong
 		}
-		if hasAddr[name] {
-			return nil, errChainAmbiguous
+		onChain[name], onPath[name] = true, true
+		defer delete(onPath, name)
+		if next, ok := g.cname[name]; ok {
+			if g.hasData[name] {
+				return errChainAmbiguous
+			}
+			return walk(next, hops+1)
 		}
-		if hops == maxChain {
-			return nil, errChainTooLong
+		for _, t := range g.alias[name] {
+			if err := walk(t, hops+1); err != nil {
+				return err
+			}
 		}
-		name = next
+		return nil
 	}
-	var out []netip.Addr
+	if err := walk(canonicalName(qname), 0); err != nil {
+		return nil, err
+	}
+	var out []answerAddr
+	add := func(ip net.IP, ttl uint32) {
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			out = append(out, answerAddr{a, ttl})
+		}
+	}
 	for _, rr := range answer {
-		if rr.Header().Class != dns.ClassINET || !onChain[canonicalName(rr.Header().Name)] {
+		h := rr.Header()
+		if h.Class != dns.ClassINET || !onChain[canonicalName(h.Name)] {
 			continue
 		}
-		var a netip.Addr
 		switch rr := rr.(type) {
 		case *dns.A:
-			a, _ = netip.AddrFromSlice(rr.A.To4())
+			add(rr.A.To4(), h.Ttl)
 		case *dns.AAAA:
-			a, _ = netip.AddrFromSlice(rr.AAAA.To16())
+			add(rr.AAAA.To16(), h.Ttl)
 		default:
-			continue
-		}
-		if a.IsValid() {
-			out = append(out, a)
+			s := serviceOf(rr, qtype)
+			if s == nil || s.Priority == 0 {
+				continue
+			}
+			for _, kv := range s.Value {
+				switch kv := kv.(type) {
+				case *dns.SVCBIPv4Hint:
+					for _, ip := range kv.Hint {
+						add(ip.To4(), h.Ttl)
+					}
+				case *dns.SVCBIPv6Hint:
+					for _, ip := range kv.Hint {
+						add(ip.To16(), h.Ttl)
+					}
+				}
+			}
 		}
 	}
 	return out, nil
 }
 
 // chainNames returns qname and the names reached from it through the
-// answer's CNAME records, nearest first, at most maxChain+1 of them. An
-// ambiguous chain (a name with two targets) yields every target, so that
-// no name a client may follow is missed; a loop ends it.
-func chainNames(qname string, answer []dns.RR) []string {
+// answer's CNAME records and the targets of its service bindings of type
+// qtype (AliasMode, and ServiceMode targets a client connects to), nearest
+// first, at most maxChain+1 of them. An ambiguous chain (a name with two
+// targets) yields every target, so that no name a client may follow is
+// missed; a loop ends it.
+func chainNames(qname string, qtype uint16, answer []dns.RR) []string {
 	targets := make(map[string][]string)
 	for _, rr := range answer {
-		if c, ok := rr.(*dns.CNAME); ok && c.Hdr.Class == dns.ClassINET {
-			owner := canonicalName(c.Hdr.Name)
-			targets[owner] = append(targets[owner], canonicalName(c.Target))
+		h := rr.Header()
+		if h.Class != dns.ClassINET {
+			continue
+		}
+		owner := canonicalName(h.Name)
+		switch rr := rr.(type) {
+		case *dns.CNAME:
+			targets[owner] = append(targets[owner], canonicalName(rr.Target))
+		default:
+			if s := serviceOf(rr, qtype); s != nil {
+				if t := canonicalName(s.Target); t != "" {
+					targets[owner] = append(targets[owner], t)
+				}
+			}
 		}
 	}
 	names := []string{canonicalName(qname)}
 	seen := map[string]bool{names[0]: true}
 	for i := 0; i < len(names) && len(names) <= maxChain; i++ {
 		for _, t := range targets[names[i]] {
-			if !seen[t] {
+			if !seen[t] && len(names) <= maxChain {
 				seen[t] = true
 				names = append(names, t)
 			}
 		}
 	}
 	return names
+}
+
+// stripHints removes the addresses keep rejects from the ipv4hint and
+// ipv6hint values of the HTTPS and SVCB records in rrs (a key left with
+// no address goes), so that no client is told an address it may not
+// reach. The rest of each record, ECH and ALPN among it, stays as it was.
+func stripHints(rrs []dns.RR, keep func(netip.Addr) bool) {
+	for _, rr := range rrs {
+		var s *dns.SVCB
+		switch rr := rr.(type) {
+		case *dns.SVCB:
+			s = rr
+		case *dns.HTTPS:
+			s = &rr.SVCB
+		default:
+			continue
+		}
+		kept := s.Value[:0]
+		for _, kv := range s.Value {
+			var hints *[]net.IP
+			var form func(net.IP) net.IP // as chainAddrs reads the hint
+			switch kv := kv.(type) {
+			case *dns.SVCBIPv4Hint:
+				hints, form = &kv.Hint, net.IP.To4
+			case *dns.SVCBIPv6Hint:
+				hints, form = &kv.Hint, net.IP.To16
+			}
+			if hints != nil {
+				*hints = slices.DeleteFunc(*hints, func(ip net.IP) bool {
+					a, ok := netip.AddrFromSlice(form(ip))
+					return !ok || !keep(a)
+				})
+				if len(*hints) == 0 {
+					continue
+				}
+			}
+			kept = append(kept, kv)
+		}
+		s.Value = kept
+	}
 }
 
 // unsafeRanges are answers that are not learned unless an app's

@@ -67,7 +67,10 @@ type storedRoute struct {
 	Domain    string     `json:"domain"`
 	FirstSeen time.Time  `json:"firstSeen"`
 	LastSeen  time.Time  `json:"lastSeen"`
-	Approved  bool       `json:"approved"`
+	// Expires is when the answers' lifetime ends; absent in files
+	// written before lifetimes followed TTLs.
+	Expires  time.Time `json:"expires,omitzero"`
+	Approved bool      `json:"approved"`
 }
 
 // routesFile is the file format; Version changes if the format does.

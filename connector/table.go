@@ -1,6 +1,7 @@
 package connector
 
 import (
+	"container/heap"
 	"container/list"
 	"net/netip"
 	"slices"
@@ -13,7 +14,13 @@ import (
 
 // Defaults for the route table.
 const (
+	// A learned route lives clamp(TTL, DefaultRouteTTLMin,
+	// DefaultRouteTTL) after the last answer that named it (TTL: the
+	// answer record's), and at least DefaultRouteGrace after its last
+	// flow ended.
 	DefaultRouteTTL          = 7 * 24 * time.Hour
+	DefaultRouteTTLMin       = 10 * time.Minute
+	DefaultRouteGrace        = 2 * time.Minute
 	DefaultMaxLearned        = 100_000
 	DefaultMaxLearnedPerApp  = 10_000
 	defaultMaxLearnedCeiling = 10_000_000
@@ -44,6 +51,12 @@ type Route struct {
 	State     RouteState   `json:"state"`
 	FirstSeen time.Time    `json:"firstSeen,omitzero"`
 	LastSeen  time.Time    `json:"lastSeen,omitzero"`
+	// Expires is when a learned route goes unless DNS names it again
+	// or a flow uses it: its answer's lifetime, or the grace period after
+	// its last flow, whichever ends later. A route with an open flow does
+	// not expire while the flow lasts.
+	Expires time.Time `json:"expires,omitzero"`
+	InUse   bool      `json:"inUse,omitempty"` // a flow to it is open now
 }
 
 // peerID identifies the peer a flow or query comes from: its public key
@@ -71,11 +84,17 @@ func (a *servedApp) usableBy(p peerID) bool { return a.PeerAllowed(p.key, p.tags
 
 // claim is one app's hold on a learned address.
 type claim struct {
-	app          *servedApp
-	route        *learnedRoute
-	domain       string
-	first, last  time.Time
-	approved     bool
+	app         *servedApp
+	route       *learnedRoute
+	domain      string
+	first, last time.Time
+	approved    bool
+	// expires is when the answers that named the address stop vouching
+	// for it; due is when expire looks at the claim next (expires, or
+	// later while a flow holds the address), its key in the table's
+	// heap at position heapIdx.
+	expires, due time.Time
+	heapIdx      int
 	inApp, inAll *list.Element
 	// peer is the key of the peer whose question last named the address
 	// ("" for a claim restored from the state file); inPeer is the claim
@@ -96,7 +115,10 @@ type learnedRoute struct {
 
 // tableConfig is the part of Config the table uses.
 type tableConfig struct {
-	ttl                   time.Duration
+	// ttl and ttlMin bound the lifetime an answer's TTL gives a route
+	// (ttlMin <= 0: every answer gives ttl); grace is how long a route
+	// outlives its last flow.
+	ttl, ttlMin, grace    time.Duration
 	maxLearned, maxPerApp int
 	maxPerPeer            int // learned routes a peer's questions may hold
 	hostAddrs             []netip.Addr
@@ -127,12 +149,19 @@ type routeTable struct {
 
 	localRefused atomic.Uint64
 
+	// flowEnds holds when the last open flow to an address ended
+	// (UnixNano), for the grace period; expire drops entries older than
+	// it. Its lock is taken with no other held, or under mu.
+	endsMu   sync.Mutex
+	flowEnds map[netip.Addr]int64
+
 	mu      sync.RWMutex // guards the fields after it
 	apps    []*servedApp
 	byName  map[string]*servedApp
 	match   *matcher
 	learned map[netip.Addr]*learnedRoute
 	all     list.List             // every claim, least recently seen first
+	due     claimHeap             // every claim, soonest due first
 	byPeer  map[string]*list.List // each peer's claims, least recently seen first
 	version uint64
 	changed chan struct{} // closed and replaced when version changes
@@ -240,10 +269,11 @@ func (t *routeTable) sameApps(a, b string) bool {
 
 // learn records addrs, the answer for name asked by peer p, as routes of
 // the apps name belongs to now (the policy may have changed while the
-// answer was in flight). It returns once the routes are in the table: a
-// flow that starts after learn returns is forwarded. Unsafe addresses are
-// refused, counted and returned.
-func (t *routeTable) learn(p peerID, name string, addrs []netip.Addr) (refused []netip.Addr) {
+// answer was in flight), each living for the lifetime its TTL gives. It
+// returns once the routes are in the table: a flow that starts after
+// learn returns is forwarded. Unsafe addresses are refused, counted and
+// returned with the reason, as are addresses the caps left no room for.
+func (t *routeTable) learn(p peerID, name string, addrs []answerAddr) (refused []notLearned) {
 	name = canonicalName(name)
 	// The host's addresses as they are now (the kernel's answer, outside
 	// the lock): one added after start is never learned either, like
@@ -251,7 +281,7 @@ func (t *routeTable) learn(p peerID, name string, addrs []netip.Addr) (refused [
 	// the app's allowPrivate, as before.)
 	local := make([]bool, len(addrs))
 	for i, a := range addrs {
-		local[i] = !a.IsLoopback() && t.cfg.isLocal(a)
+		local[i] = !a.addr.IsLoopback() && t.cfg.isLocal(a.addr)
 	}
 	now := t.cfg.now()
 	t.mu.Lock()
@@ -265,14 +295,24 @@ func (t *routeTable) learn(p peerID, name string, addrs []netip.Addr) (refused [
 	}
 	changed := false
 	for _, a := range apps {
-		for i, addr := range addrs {
-			if local[i] || t.refusalLocked(a, addr) != "" {
-				t.stats.UnsafeRefused++
-				refused = append(refused, addr)
-				continue
+		for i, aa := range addrs {
+			addr := aa.addr
+			why := t.refusalLocked(a, addr)
+			if local[i] {
+				why = "an address of the connector's host"
 			}
-			if t.claimLocked(a, addr, name, now, p.key) {
-				changed = true
+			if why != "" {
+				t.stats.UnsafeRefused++
+			} else {
+				switch t.claimLocked(a, addr, name, now, now.Add(t.lifetime(aa.ttl)), p.key) {
+				case claimNew:
+					changed = true
+				case claimFull:
+					why = "the route table is full of routes in use"
+				}
+			}
+			if why != "" && !slices.ContainsFunc(refused, func(n notLearned) bool { return n.addr == addr }) {
+				refused = append(refused, notLearned{addr, why})
 			}
 		}
 	}
@@ -285,13 +325,36 @@ func (t *routeTable) learn(p peerID, name string, addrs []netip.Addr) (refused [
 	return refused
 }
 
+// notLearned is an address of an answer that was not learned, and why.
+type notLearned struct {
+	addr netip.Addr
+	why  string
+}
+
+func (n notLearned) String() string { return n.addr.String() + " (" + n.why + ")" }
+
+// What claimLocked did.
+const (
+	claimRefreshed = iota // the claim existed
+	claimNew
+	claimFull // no room at a cap: every candidate for eviction is in use
+)
+
+// lifetime is how long an answer with TTL ttl keeps a route.
+func (t *routeTable) lifetime(ttl uint32) time.Duration {
+	if t.cfg.ttlMin <= 0 {
+		return t.cfg.ttl
+	}
+	return min(max(time.Duration(ttl)*time.Second, t.cfg.ttlMin), t.cfg.ttl)
+}
+
 // unlearned counts the addresses of addrs the table has not learned.
-func (t *routeTable) unlearned(addrs []netip.Addr) int {
+func (t *routeTable) unlearned(addrs []answerAddr) int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	n := 0
 	for _, a := range addrs {
-		if t.learned[a] == nil {
+		if t.learned[a.addr] == nil {
 			n++
 		}
 	}
@@ -309,38 +372,46 @@ func (t *routeTable) refusalLocked(a *servedApp, addr netip.Addr) string {
 }
 
 // claimLocked adds or refreshes app a's claim on addr, as taught by the
-// question of peer (its key; "" for none), and reports whether a new
-// claim was made.
+// question of peer (its key; "" for none) with an answer vouching for it
+// until expires, and reports what it did (claimNew, ...). A refresh
+// never shortens a claim: a cache's later answer carries a smaller TTL.
 //
 // At a cap a claim makes room by evicting one without an open flow: at
 // the peer's own cap, its own least recently seen; at the app's or the
 // table's, the peer's own first, then one no flow used lately, then any.
 // So a peer asking for many names under a wildcard app churns its own
 // routes, not the ones other peers use.
-func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now time.Time, peer string) bool {
+func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now, expires time.Time, peer string) int {
 	r := t.learned[addr]
 	if r != nil {
 		for _, c := range r.claims {
 			if c.app == a {
 				c.last, c.domain = now, name
+				if expires.After(c.expires) {
+					c.expires = expires
+					if expires.After(c.due) {
+						c.due = expires
+						heap.Fix(&t.due, c.heapIdx)
+					}
+				}
 				a.claims.MoveToBack(c.inApp)
 				t.all.MoveToBack(c.inAll)
 				t.setPeerLocked(c, peer)
-				return false
+				return claimRefreshed
 			}
 		}
 	}
 	if l := t.byPeer[peer]; peer != "" && l != nil && l.Len() >= t.cfg.maxPerPeer && !t.evictOwnLocked(peer, nil) {
 		t.stats.CapRefused++
-		return false
+		return claimFull
 	}
 	if a.claims.Len() >= t.cfg.maxPerApp && !t.evictOwnLocked(peer, a) && !t.evictLocked(&a.claims, peer) {
 		t.stats.CapRefused++
-		return false
+		return claimFull
 	}
 	if t.all.Len() >= t.cfg.maxLearned && !t.evictOwnLocked(peer, nil) && !t.evictLocked(&t.all, peer) {
 		t.stats.CapRefused++
-		return false
+		return claimFull
 	}
 	// Eviction may have dropped the route found above.
 	r = t.learned[addr]
@@ -348,12 +419,13 @@ func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now
 		r = &learnedRoute{addr: addr}
 		t.learned[addr] = r
 	}
-	c := &claim{app: a, route: r, domain: name, first: now, last: now, approved: a.Approval != ApprovalManual}
+	c := &claim{app: a, route: r, domain: name, first: now, last: now, expires: expires, due: expires, approved: a.Approval != ApprovalManual}
+	heap.Push(&t.due, c)
 	c.inApp = a.claims.PushBack(c)
 	c.inAll = t.all.PushBack(c)
 	t.setPeerLocked(c, peer)
 	r.claims = append(r.claims, c)
-	return true
+	return claimNew
 }
 
 // setPeerLocked makes peer the one that last taught claim c.
@@ -429,6 +501,7 @@ func (t *routeTable) evictLocked(l *list.List, peer string) bool {
 }
 
 func (t *routeTable) dropClaimLocked(c *claim) {
+	heap.Remove(&t.due, c.heapIdx)
 	c.app.claims.Remove(c.inApp)
 	t.all.Remove(c.inAll)
 	t.unsetPeerLocked(c)
@@ -440,29 +513,112 @@ func (t *routeTable) dropClaimLocked(c *claim) {
 	t.dirty = true
 }
 
-// expire drops learned routes not seen in DNS for the TTL, except those
-// with an open flow.
+// expire drops the learned claims whose answers' lifetime has passed,
+// unless a flow to the address is open or ended less than the grace period
+// ago; those are looked at again later.
 func (t *routeTable) expire() {
-	cutoff := t.cfg.now().Add(-t.cfg.ttl)
+	now := t.cfg.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for e := t.all.Front(); e != nil; {
-		next := e.Next()
-		c := e.Value.(*claim)
-		if !c.last.Before(cutoff) {
-			break // the rest were seen later
+	for len(t.due) > 0 && !t.due[0].due.After(now) {
+		c := t.due[0]
+		if t.cfg.inUse(c.route.addr) {
+			// Looked at again later; when the flow ends, its grace
+			// period starts.
+			c.due = now.Add(max(t.cfg.grace, inUseRecheck))
+			heap.Fix(&t.due, 0)
+			continue
 		}
-		if !t.cfg.inUse(c.route.addr) {
-			t.dropClaimLocked(c)
-			t.stats.Expired++
-			n++
+		if next := t.keepUntilLocked(c, now); next.After(now) {
+			c.due = next
+			heap.Fix(&t.due, 0)
+			continue
 		}
-		e = next
+		t.dropClaimLocked(c)
+		t.stats.Expired++
+		n++
 	}
+	t.pruneFlowEnds(now)
 	if n > 0 {
 		t.bumpLocked()
 	}
+}
+
+// inUseRecheck is the least time before expire looks again at a claim it
+// kept for an open flow.
+const inUseRecheck = 10 * time.Second
+
+// keepUntilLocked is the earliest c may expire, seen at now: its
+// answers' expiry, or the grace period after its address's last flow, or
+// (with a flow open) a grace period from now, when it is looked at again.
+func (t *routeTable) keepUntilLocked(c *claim, now time.Time) time.Time {
+	until := c.expires
+	if t.cfg.inUse(c.route.addr) {
+		return maxTime(until, now.Add(t.cfg.grace))
+	}
+	t.endsMu.Lock()
+	end, ok := t.flowEnds[c.route.addr]
+	t.endsMu.Unlock()
+	if ok {
+		until = maxTime(until, time.Unix(0, end).Add(t.cfg.grace))
+	}
+	return until
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// flowEnded records that the last open flow to addr ended, starting its
+// grace period. It takes no lock but endsMu: the stack calls it holding
+// its own.
+func (t *routeTable) flowEnded(addr netip.Addr) {
+	now := t.cfg.now().UnixNano()
+	t.endsMu.Lock()
+	if t.flowEnds == nil {
+		t.flowEnds = map[netip.Addr]int64{}
+	}
+	t.flowEnds[addr] = now
+	t.endsMu.Unlock()
+}
+
+// pruneFlowEnds forgets flow ends whose grace period is over.
+func (t *routeTable) pruneFlowEnds(now time.Time) {
+	old := now.Add(-t.cfg.grace).UnixNano()
+	t.endsMu.Lock()
+	defer t.endsMu.Unlock()
+	for a, end := range t.flowEnds {
+		if end < old {
+			delete(t.flowEnds, a)
+		}
+	}
+}
+
+// claimHeap orders claims by when they are due, for expire.
+type claimHeap []*claim
+
+func (h claimHeap) Len() int           { return len(h) }
+func (h claimHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h claimHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *claimHeap) Push(x any) {
+	c := x.(*claim)
+	c.heapIdx = len(*h)
+	*h = append(*h, c)
+}
+func (h *claimHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	c.heapIdx = -1
+	return c
 }
 
 // allow reports whether peer p may open a flow to dst: dst is inside a
@@ -492,8 +648,20 @@ func (t *routeTable) allow(p peerID, dst netip.Addr) bool {
 	return false
 }
 
+// reachable reports whether allow would let peer p open a flow to dst,
+// from the routes alone and without counting it as a flow.
+func (t *routeTable) reachable(p peerID, dst netip.Addr) bool {
+	return t.allowFromRoutes(p, dst, false)
+}
+
 // allowRoutes is allow's decision from the routes alone.
 func (t *routeTable) allowRoutes(p peerID, dst netip.Addr) bool {
+	return t.allowFromRoutes(p, dst, true)
+}
+
+// allowFromRoutes is allowRoutes; flow says whether to record a flow
+// starting.
+func (t *routeTable) allowFromRoutes(p peerID, dst netip.Addr, flow bool) bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	restricted := false
@@ -513,7 +681,9 @@ func (t *routeTable) allowRoutes(p peerID, dst netip.Addr) bool {
 	if r := t.learned[dst]; r != nil {
 		for _, c := range r.claims {
 			if c.approved && c.app.usableBy(p) {
-				r.lastFlow.Store(t.cfg.now().UnixNano())
+				if flow {
+					r.lastFlow.Store(t.cfg.now().UnixNano())
+				}
 				return true
 			}
 		}
@@ -613,6 +783,7 @@ func (t *routeTable) advertisedFor(usable func(*servedApp) bool) (uint64, advert
 
 // routes lists every route, configured and learned, for the admin API.
 func (t *routeTable) routes() (uint64, []Route) {
+	now := t.cfg.now()
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	var out []Route
@@ -627,6 +798,7 @@ func (t *routeTable) routes() (uint64, []Route) {
 				Prefix: netip.PrefixFrom(c.route.addr, c.route.addr.BitLen()),
 				App:    a.Name, Domain: c.domain, Source: "learned", State: st,
 				FirstSeen: c.first, LastSeen: c.last,
+				Expires: t.keepUntilLocked(c, now), InUse: t.cfg.inUse(c.route.addr),
 			})
 		}
 	}
@@ -723,7 +895,7 @@ func (t *routeTable) snapshot(force bool) ([]storedRoute, bool) {
 		c := e.Value.(*claim)
 		out = append(out, storedRoute{
 			Addr: c.route.addr, App: c.app.Name, Domain: c.domain,
-			FirstSeen: c.first, LastSeen: c.last, Approved: c.approved,
+			FirstSeen: c.first, LastSeen: c.last, Expires: c.expires, Approved: c.approved,
 		})
 	}
 	t.dirty = false
@@ -745,6 +917,10 @@ func (t *routeTable) restore(rs []storedRoute) int {
 		if rs[i].FirstSeen.After(rs[i].LastSeen) {
 			rs[i].FirstSeen = rs[i].LastSeen
 		}
+		// A file from before lifetimes followed TTLs: the longest.
+		if rs[i].Expires.IsZero() || rs[i].Expires.After(rs[i].LastSeen.Add(t.cfg.ttl)) {
+			rs[i].Expires = rs[i].LastSeen.Add(t.cfg.ttl)
+		}
 	}
 	slices.SortStableFunc(rs, func(a, b storedRoute) int { return a.LastSeen.Compare(b.LastSeen) })
 	t.mu.Lock()
@@ -753,10 +929,10 @@ func (t *routeTable) restore(rs []storedRoute) int {
 	for _, r := range rs {
 		a := t.byName[r.App]
 		if a == nil || !slices.Contains(t.match.match(r.Domain), a.idx) || t.refusalLocked(a, r.Addr) != "" ||
-			r.LastSeen.Before(now.Add(-t.cfg.ttl)) {
+			!r.Expires.After(now) {
 			continue
 		}
-		if !t.claimLocked(a, r.Addr, canonicalName(r.Domain), r.LastSeen, "") {
+		if t.claimLocked(a, r.Addr, canonicalName(r.Domain), r.LastSeen, r.Expires, "") != claimNew {
 			continue
 		}
 		c := t.learned[r.Addr].claims[len(t.learned[r.Addr].claims)-1]

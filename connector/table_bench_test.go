@@ -28,7 +28,7 @@ func BenchmarkLearn100k(b *testing.B) {
 		start := time.Now()
 		for i := range n {
 			a := netip.AddrFrom4([4]byte{11, byte(i >> 16), byte(i >> 8), byte(i)})
-			tbl.learn(anyPeer, fmt.Sprintf("n%d.flood.example", i), []netip.Addr{a})
+			tbl.learn(anyPeer, fmt.Sprintf("n%d.flood.example", i), ttl60([]netip.Addr{a}))
 		}
 		learnTime := time.Since(start)
 		runtime.GC()

@@ -34,6 +34,15 @@ func addrs(ss ...string) []netip.Addr {
 	return out
 }
 
+// ttl60 gives each address the TTL 60 s, as an answer would.
+func ttl60(as []netip.Addr) []answerAddr {
+	out := make([]answerAddr, len(as))
+	for i, a := range as {
+		out[i] = answerAddr{a, 60}
+	}
+	return out
+}
+
 func prefixes(ss ...string) []netip.Prefix {
 	var out []netip.Prefix
 	for _, s := range ss {
@@ -49,7 +58,7 @@ func learnName(t *testing.T, tbl *routeTable, name string, as ...string) {
 	if known, ok := tbl.lookupName(name, anyPeer); !known || !ok {
 		t.Fatalf("%s belongs to no app this peer may use", name)
 	}
-	tbl.learn(anyPeer, name, addrs(as...))
+	tbl.learn(anyPeer, name, ttl60(addrs(as...)))
 }
 
 func TestTableLearnAllowAdvertise(t *testing.T) {
@@ -245,10 +254,10 @@ func TestTableUnsafeAndPeers(t *testing.T) {
 	if known, ok := tbl.lookupName("eng.example.com", anyPeer); !known || ok {
 		t.Errorf("untagged peer: known %v ok %v; want the name known but refused", known, ok)
 	}
-	if refused := tbl.learn(anyPeer, "eng.example.com", addrs("192.0.2.51")); refused != nil || tbl.allow(eng, netip.MustParseAddr("192.0.2.51")) {
+	if refused := tbl.learn(anyPeer, "eng.example.com", ttl60(addrs("192.0.2.51"))); refused != nil || tbl.allow(eng, netip.MustParseAddr("192.0.2.51")) {
 		t.Error("an answer to a peer that may not use the app was learned")
 	}
-	tbl.learn(eng, "eng.example.com", addrs("192.0.2.50"))
+	tbl.learn(eng, "eng.example.com", ttl60(addrs("192.0.2.50")))
 	if !tbl.allow(eng, netip.MustParseAddr("192.0.2.50")) || tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.50")) {
 		t.Error("per-app peer access not applied to the learned route")
 	}
@@ -417,7 +426,7 @@ func TestTable100kNamesUnderWildcard(t *testing.T) {
 	for i := range names {
 		clk.t = clk.t.Add(time.Millisecond)
 		name := "n" + strconv.Itoa(i) + ".w.example"
-		if refused := tbl.learn(anyPeer, name, []netip.Addr{addrOf(i)}); len(refused) > 0 {
+		if refused := tbl.learn(anyPeer, name, ttl60([]netip.Addr{addrOf(i)})); len(refused) > 0 {
 			t.Fatalf("%s: refused %v", name, refused)
 		}
 	}
@@ -462,17 +471,17 @@ func TestTableEvictionSparesOtherPeers(t *testing.T) {
 			tbl.setApps([]App{{Name: "w", Domains: []string{"*.w.com"}, Approval: "auto"}})
 			a, b := peerID{key: "A"}, peerID{key: "B"}
 			bAddr := netip.MustParseAddr("198.51.100.1")
-			tbl.learn(b, "b.w.com", []netip.Addr{bAddr})
+			tbl.learn(b, "b.w.com", ttl60([]netip.Addr{bAddr}))
 			if !tbl.allow(b, bAddr) { // B's flow: its route is in use lately
 				t.Fatal("B's learned route not forwarded")
 			}
 			// Another route of B, not used since: it may go, but only
 			// after A's own.
 			bIdle := netip.MustParseAddr("198.51.100.2")
-			tbl.learn(b, "idle.w.com", []netip.Addr{bIdle})
+			tbl.learn(b, "idle.w.com", ttl60([]netip.Addr{bIdle}))
 			for i := range 10_000 {
 				clk.t = clk.t.Add(time.Millisecond)
-				tbl.learn(a, fmt.Sprintf("n%d.w.com", i), []netip.Addr{netip.AddrFrom4([4]byte{203, 0, byte(i >> 8), byte(i)})})
+				tbl.learn(a, fmt.Sprintf("n%d.w.com", i), ttl60([]netip.Addr{netip.AddrFrom4([4]byte{203, 0, byte(i >> 8), byte(i)})}))
 			}
 			if !tbl.allow(b, bAddr) {
 				t.Fatal("peer A's questions evicted the route peer B uses")
@@ -491,12 +500,12 @@ func TestTableEvictionSparesOtherPeers(t *testing.T) {
 				t.Errorf("A holds %d learned routes (want %d), the table %d (want %d)", ownA, wantA, all, wantA+2)
 			}
 			// B, learning more at the app's cap, takes room from A.
-			tbl.learn(b, "more.w.com", []netip.Addr{netip.MustParseAddr("198.51.100.3")})
+			tbl.learn(b, "more.w.com", ttl60([]netip.Addr{netip.MustParseAddr("198.51.100.3")}))
 			if !tbl.allow(b, netip.MustParseAddr("198.51.100.3")) {
 				t.Error("B could not learn a route with A filling the app")
 			}
 			// The peer whose question last named a route holds it.
-			tbl.learn(a, "b.w.com", []netip.Addr{bAddr})
+			tbl.learn(a, "b.w.com", ttl60([]netip.Addr{bAddr}))
 			tbl.mu.RLock()
 			owner := tbl.learned[bAddr].claims[0].peer
 			tbl.mu.RUnlock()
@@ -504,5 +513,134 @@ func TestTableEvictionSparesOtherPeers(t *testing.T) {
 				t.Errorf("the route's holder is %q after A's question, want A", owner)
 			}
 		})
+	}
+}
+
+func TestTableLifetimeFromTTL(t *testing.T) {
+	inUse := map[netip.Addr]bool{}
+	clk := &fakeClock{t: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
+	tbl := newRouteTable(tableConfig{
+		ttl: 24 * time.Hour, ttlMin: 10 * time.Minute, grace: 2 * time.Minute,
+		maxLearned: 100, maxPerApp: 100, own: map[netip.Addr]bool{}, now: clk.now,
+		inUse: func(a netip.Addr) bool { return inUse[a] },
+	})
+	tbl.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}})
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	start := clk.t
+	tbl.learn(anyPeer, "short.a.com", []answerAddr{{a("192.0.2.1"), 60}})     // 10 min, the floor
+	tbl.learn(anyPeer, "hour.a.com", []answerAddr{{a("192.0.2.2"), 3600}})    // 1 h
+	tbl.learn(anyPeer, "long.a.com", []answerAddr{{a("192.0.2.3"), 1 << 30}}) // 24 h, the ceiling
+	tbl.learn(anyPeer, "used.a.com", []answerAddr{{a("192.0.2.4"), 60}})
+	wantExpiry := map[netip.Addr]time.Time{
+		a("192.0.2.1"): start.Add(10 * time.Minute), a("192.0.2.2"): start.Add(time.Hour),
+		a("192.0.2.3"): start.Add(24 * time.Hour), a("192.0.2.4"): start.Add(10 * time.Minute),
+	}
+	_, rs := tbl.routes()
+	for _, r := range rs {
+		if want := wantExpiry[r.Prefix.Addr()]; !r.Expires.Equal(want) {
+			t.Errorf("%v expires %v, want %v", r.Prefix, r.Expires, want)
+		}
+	}
+	// A later answer from a cache carries less TTL: no shorter life.
+	clk.t = start.Add(5 * time.Minute)
+	tbl.learn(anyPeer, "hour.a.com", []answerAddr{{a("192.0.2.2"), 10}})
+	alive := func(want ...string) {
+		t.Helper()
+		tbl.expire()
+		_, rs := tbl.routes()
+		var got []string
+		for _, r := range rs {
+			got = append(got, r.Prefix.Addr().String())
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("at +%v: routes %v, want %v", clk.t.Sub(start), got, want)
+		}
+	}
+	inUse[a("192.0.2.4")] = true
+	clk.t = start.Add(10*time.Minute + time.Second)
+	alive("192.0.2.2", "192.0.2.3", "192.0.2.4") // .1 expired; .4 has a flow
+	clk.t = start.Add(50 * time.Minute)
+	alive("192.0.2.2", "192.0.2.3", "192.0.2.4") // the flow goes on
+	inUse[a("192.0.2.4")] = false
+	tbl.flowEnded(a("192.0.2.4"))
+	clk.t = start.Add(51 * time.Minute)
+	alive("192.0.2.2", "192.0.2.3", "192.0.2.4") // within the grace period
+	if _, rs := tbl.routes(); !rs[2].Expires.Equal(start.Add(52 * time.Minute)) {
+		t.Errorf("after its flow: %v expires %v, want the end of the grace period", rs[2].Prefix, rs[2].Expires)
+	}
+	clk.t = start.Add(52*time.Minute + time.Second)
+	alive("192.0.2.2", "192.0.2.3")
+	clk.t = start.Add(time.Hour + time.Second)
+	alive("192.0.2.3")
+	clk.t = start.Add(24*time.Hour + time.Second)
+	alive()
+	if st := tbl.statsSnapshot(); st.Expired != 4 {
+		t.Errorf("Expired = %d, want 4", st.Expired)
+	}
+
+	// With no floor, every answer gives the ceiling, as before lifetimes
+	// followed TTLs.
+	fixed := newRouteTable(tableConfig{ttl: time.Hour, ttlMin: -1, maxLearned: 10, maxPerApp: 10, own: map[netip.Addr]bool{}, now: clk.now})
+	fixed.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}})
+	fixed.learn(anyPeer, "x.a.com", []answerAddr{{a("192.0.2.9"), 5}})
+	if _, rs := fixed.routes(); len(rs) != 1 || !rs[0].Expires.Equal(clk.t.Add(time.Hour)) {
+		t.Errorf("fixed lifetime: %+v", rs)
+	}
+}
+
+// A CDN name answers 4 addresses out of a pool that rotates every 60 s,
+// with TTL 60, for 24 hours: with lifetimes from TTLs the table holds the
+// last few minutes' addresses; with a fixed 7-day lifetime it holds all.
+func TestTableRotatingCDN(t *testing.T) {
+	count := func(ttlMin time.Duration) int {
+		clk := &fakeClock{t: time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)}
+		tbl := newRouteTable(tableConfig{ttl: 7 * 24 * time.Hour, ttlMin: ttlMin, grace: 2 * time.Minute,
+			maxLearned: 1 << 20, maxPerApp: 1 << 20, own: map[netip.Addr]bool{}, now: clk.now})
+		tbl.setApps([]App{{Name: "cdn", Domains: []string{"cdn.example.com"}, Approval: "auto"}})
+		for minute := range 24 * 60 {
+			var as []answerAddr
+			for i := range 4 {
+				n := minute*4 + i
+				as = append(as, answerAddr{netip.AddrFrom4([4]byte{198, 18, byte(n >> 8), byte(n)}), 60})
+			}
+			tbl.learn(anyPeer, "cdn.example.com", as)
+			clk.t = clk.t.Add(time.Minute)
+			tbl.expire()
+		}
+		_, rs := tbl.routes()
+		return len(rs)
+	}
+	fixed, fromTTL := count(-1), count(DefaultRouteTTLMin)
+	t.Logf("routes after 24 h of a CDN rotating 4 addresses a minute: fixed 7 days %d, from TTLs %d", fixed, fromTTL)
+	if fixed != 24*60*4 || fromTTL > 10*4 {
+		t.Errorf("routes: fixed %d (want %d), from TTLs %d (want at most %d)", fixed, 24*60*4, fromTTL, 10*4)
+	}
+}
+
+func TestTableLifetimeSurvivesRestart(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
+	cfg := tableConfig{ttl: 24 * time.Hour, ttlMin: 10 * time.Minute, maxLearned: 10, maxPerApp: 10, own: map[netip.Addr]bool{}, now: clk.now}
+	apps := []App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}}
+	tbl := newRouteTable(cfg)
+	tbl.setApps(apps)
+	tbl.learn(anyPeer, "x.a.com", []answerAddr{{netip.MustParseAddr("192.0.2.1"), 3600}})
+	tbl.learn(anyPeer, "y.a.com", []answerAddr{{netip.MustParseAddr("192.0.2.2"), 60}})
+	saved, _ := tbl.snapshot(true)
+	// A file written before lifetimes followed TTLs has no expiry: the
+	// longest lifetime from its last answer.
+	saved = append(saved, storedRoute{Addr: netip.MustParseAddr("192.0.2.3"), App: "a", Domain: "z.a.com", FirstSeen: clk.t, LastSeen: clk.t, Approved: true})
+
+	clk.t = clk.t.Add(30 * time.Minute) // y's 10 minutes are over
+	tbl2 := newRouteTable(cfg)
+	tbl2.setApps(apps)
+	if kept := tbl2.restore(saved); kept != 2 {
+		t.Errorf("restored %d routes, want 2", kept)
+	}
+	_, rs := tbl2.routes()
+	want := map[string]time.Time{"192.0.2.1/32": clk.t.Add(30 * time.Minute), "192.0.2.3/32": clk.t.Add(-30 * time.Minute).Add(24 * time.Hour)}
+	for _, r := range rs {
+		if w, ok := want[r.Prefix.String()]; !ok || !r.Expires.Equal(w) {
+			t.Errorf("restored %v expiring %v, want %v", r.Prefix, r.Expires, w)
+		}
 	}
 }

@@ -21,6 +21,7 @@ type limiter struct {
 	dials, flows int
 	peers        map[string]*peerUsage
 	dests        map[netip.Addr]int // open flows per destination address
+	lastEnded    func(netip.Addr)   // Config.FlowsEnded; nil: none
 }
 
 type peerUsage struct {
@@ -32,6 +33,7 @@ func (l *limiter) init(cfg *Config) {
 	l.maxFlows, l.maxPeerFlows = cfg.MaxFlows, cfg.MaxFlowsPerPeer
 	l.peers = make(map[string]*peerUsage)
 	l.dests = make(map[netip.Addr]int)
+	l.lastEnded = cfg.FlowsEnded
 }
 
 // admit takes a flow slot for peer's flow to dst and, if dial is set, a
@@ -76,6 +78,11 @@ func (l *limiter) flowDone(peer string, dst netip.Addr) {
 	l.flows--
 	if l.dests[dst]--; l.dests[dst] == 0 {
 		delete(l.dests, dst)
+		if l.lastEnded != nil {
+			// Under the lock: no one sees the address without flows
+			// before its end is recorded.
+			l.lastEnded(dst)
+		}
 	}
 	p := l.peers[peer]
 	p.flows--

@@ -116,6 +116,11 @@ type Config struct {
 	// per-peer limits. Nil uses the source address itself.
 	PeerOf func(netip.Addr) string
 
+	// FlowsEnded, if set, is called when the last open flow to an address
+	// ends (any protocol), before FlowsTo reports none. It is called with
+	// the stack's flow lock held: it must not block or call the Stack.
+	FlowsEnded func(dst netip.Addr)
+
 	// Dialer opens host sockets for forwarded flows. Nil uses a net.Dialer.
 	Dialer Dialer
 	// DialTimeout bounds each host dial. Zero means DefaultDialTimeout.

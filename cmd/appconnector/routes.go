@@ -104,9 +104,13 @@ func routes(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PREFIX\tAPP\tDOMAIN\tSOURCE\tSTATE\tFIRST SEEN\tLAST SEEN")
+	fmt.Fprintln(tw, "PREFIX\tAPP\tDOMAIN\tSOURCE\tSTATE\tFIRST SEEN\tLAST SEEN\tEXPIRES")
 	for _, r := range table.Routes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Prefix, r.App, dash(r.Domain), r.Source, r.State, when(r.FirstSeen), when(r.LastSeen))
+		expires := when(r.Expires)
+		if r.InUse {
+			expires = "in use"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Prefix, r.App, dash(r.Domain), r.Source, r.State, when(r.FirstSeen), when(r.LastSeen), expires)
 	}
 	tw.Flush()
 	return 0

@@ -28,7 +28,8 @@ type upFlags struct {
 	config, policy, state, listen, logLevel string
 	dnsUpstream, tags, admin, uapi          string
 	forwardUnknown                          bool
-	routeTTL, drainTimeout                  time.Duration
+	routeTTL, routeTTLMin, routeGrace       time.Duration
+	drainTimeout                            time.Duration
 	maxRoutes, maxRoutesPerApp              int
 	maxRoutesPerPeer                        int
 }
@@ -46,7 +47,10 @@ func up(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&f.forwardUnknown, "dns-forward-all", false, "also resolve names of no app (without learning routes); by default they are REFUSED")
 	fs.StringVar(&f.tags, "tags", connector.DefaultTag, "this connector's `tags`, comma-separated: it serves the apps whose connectors name one of them")
 	fs.StringVar(&f.admin, "admin", "", "admin API `address`: a loopback IP:port, or a unix socket path (default: admin.sock in --state)")
-	fs.DurationVar(&f.routeTTL, "route-ttl", connector.DefaultRouteTTL, "a learned route expires this long after DNS last named it (never while a flow uses it)")
+	fs.DurationVar(&f.routeTTL, "route-ttl-max", connector.DefaultRouteTTL, "the longest a learned route lives after the last DNS answer that named it")
+	fs.DurationVar(&f.routeTTL, "route-ttl", connector.DefaultRouteTTL, "the older name of --route-ttl-max")
+	fs.DurationVar(&f.routeTTLMin, "route-ttl-min", connector.DefaultRouteTTLMin, "the shortest a learned route lives after the last DNS answer that named it; between the two, the answer's TTL decides (0: every route lives --route-ttl-max)")
+	fs.DurationVar(&f.routeGrace, "route-grace", connector.DefaultRouteGrace, "a learned route lives at least this long after its last flow ended (never expires while a flow uses it)")
 	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME`: a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, refuse new flows and wait this long for open ones to end before resetting them")
 	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxLearned, "most learned routes in all")
@@ -60,6 +64,10 @@ func up(args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "appconnector up: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if err := checkLifetimes(f); err != nil {
+		fmt.Fprintf(stderr, "appconnector up: %v\n", err)
 		return 2
 	}
 	log, err := newLogger(stderr, f.logLevel)
@@ -176,6 +184,8 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 		DNSUpstreams:        upstreams,
 		ForwardUnknownNames: f.forwardUnknown,
 		RouteTTL:            f.routeTTL,
+		RouteTTLMin:         negativeIfZero(f.routeTTLMin),
+		RouteGrace:          negativeIfZero(f.routeGrace),
 		MaxLearned:          f.maxRoutes,
 		MaxLearnedPerApp:    f.maxRoutesPerApp,
 		MaxLearnedPerPeer:   f.maxRoutesPerPeer,
@@ -449,4 +459,28 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// negativeIfZero turns a flag's 0 ("none") into the Config's negative
+// value for none, where the Config's zero means its default.
+func negativeIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+// checkLifetimes checks the learned routes' lifetime flags.
+func checkLifetimes(f upFlags) error {
+	switch {
+	case f.routeTTL <= 0:
+		return fmt.Errorf("--route-ttl-max %v: want a positive duration", f.routeTTL)
+	case f.routeTTLMin < 0:
+		return fmt.Errorf("--route-ttl-min %v: want 0 or a positive duration", f.routeTTLMin)
+	case f.routeTTLMin > f.routeTTL:
+		return fmt.Errorf("--route-ttl-min %v is longer than --route-ttl-max %v", f.routeTTLMin, f.routeTTL)
+	case f.routeGrace < 0:
+		return fmt.Errorf("--route-grace %v: want 0 or a positive duration", f.routeGrace)
+	}
+	return nil
 }
