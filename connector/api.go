@@ -267,7 +267,8 @@ func routeSet(v uint64, adv advertisement) RouteSet {
 //	POST /v1/routes/approve?prefix=P     approve pending routes inside P
 //	POST /v1/routes/approve?all=1        approve every pending route
 //	GET  /metrics                        Prometheus metrics
-//	GET  /healthz                        200 "ok" while serving; 503 while draining or closed
+//	GET  /healthz                        200 "ok" while serving; 503 while draining or closed, or
+//	                                     when no DNS upstream has answered for 30 s (the reason in the body)
 //
 // Requests from web browsers are refused (any Origin or Sec-Fetch-Site
 // header, or a Host that is not a loopback address or "admin"), so a web
@@ -311,6 +312,8 @@ func (c *Connector) AdminHandler() http.Handler {
 			http.Error(w, "closed", http.StatusServiceUnavailable)
 		case c.draining.Load():
 			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case c.dns.unhealthy() != "":
+			http.Error(w, c.dns.unhealthy(), http.StatusServiceUnavailable)
 		default:
 			fmt.Fprintln(w, "ok")
 		}

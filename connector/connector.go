@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/miekg/dns"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 
@@ -47,10 +46,18 @@ type Config struct {
 	// Tags are this connector's tags. Empty means DefaultTag.
 	Tags []string
 
-	// DNSUpstreams are the "ip:port" addresses of the DNS servers app
-	// names are resolved with, tried in order. Empty means DNS questions
-	// for app names are answered SERVFAIL.
+	// DNSUpstreams are the DNS servers app names are resolved with, tried
+	// in order: "ip:port" (plain DNS), "tls://host[:port]" (DNS over TLS,
+	// port 853 by default) or "https://host[:port]/path" (DNS over HTTPS).
+	// Empty means DNS questions for app names are answered SERVFAIL.
 	DNSUpstreams []string
+	// DNSUpstreamOptions configures the encrypted upstreams: the roots
+	// their certificates are verified with, how their host names are
+	// looked up.
+	DNSUpstreamOptions UpstreamOptions
+	// DNSHealthWindow: when no upstream has answered for this long,
+	// /healthz answers 503. Zero means DefaultDNSHealthWindow.
+	DNSHealthWindow time.Duration
 	// ForwardUnknownNames makes the connector resolve names that belong
 	// to no app too (without learning routes from them). By default they
 	// are REFUSED: the connector is not an open resolver.
@@ -165,10 +172,13 @@ func New(cfg Config) (*Connector, error) {
 	if len(cfg.WireGuard.Interface.Addresses) == 0 {
 		return nil, errors.New("connector: the interface has no Address")
 	}
+	var upstreams []*upstream
 	for _, u := range cfg.DNSUpstreams {
-		if _, err := netip.ParseAddrPort(u); err != nil {
-			return nil, fmt.Errorf("connector: dns upstream %q: want ip:port", u)
+		up, err := parseUpstream(u, cfg.DNSUpstreamOptions)
+		if err != nil {
+			return nil, fmt.Errorf("connector: %w", err)
 		}
+		upstreams = append(upstreams, up)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -251,7 +261,7 @@ func New(cfg Config) (*Connector, error) {
 		c.tun.Close()
 		return nil, fmt.Errorf("connector: %w", err)
 	}
-	if err := c.startDNS(cfg); err != nil {
+	if err := c.startDNS(cfg, upstreams); err != nil {
 		c.stack.Close()
 		c.tun.Close()
 		return nil, fmt.Errorf("connector: %w", err)
@@ -282,6 +292,13 @@ func New(cfg Config) (*Connector, error) {
 	}
 	c.bg.Add(1)
 	go c.maintain()
+	if len(upstreams) > 0 {
+		c.bg.Add(1)
+		go func() {
+			defer c.bg.Done()
+			c.dns.probe(c.ctx)
+		}()
+	}
 	return c, nil
 }
 
@@ -295,15 +312,15 @@ func orDefault[T comparable](v, d T) T {
 
 // startDNS listens on port 53 (UDP and TCP) of every tunnel address, and
 // serves the route API on port 80.
-func (c *Connector) startDNS(cfg Config) error {
+func (c *Connector) startDNS(cfg Config, upstreams []*upstream) error {
 	dlog := c.log.With("component", "dns")
 	c.dns = &dnsService{
 		c:         c,
-		upstreams: cfg.DNSUpstreams,
+		upstreams: upstreams,
+		started:   time.Now(),
+		healthWin: orDefault(cfg.DNSHealthWindow, DefaultDNSHealthWindow),
 		forward:   cfg.ForwardUnknownNames,
 		timeout:   orDefault(cfg.DNSTimeout, defaultDNSTimeout),
-		udp:       &dns.Client{Net: "udp", UDPSize: ednsSize, Timeout: upstreamTryTimeout},
-		tcp:       &dns.Client{Net: "tcp", Timeout: upstreamTryTimeout},
 		logf:      netstack.RateLimit(func(f string, a ...any) { dlog.Info(fmt.Sprintf(f, a...)) }, 5, 10),
 		warnf:     func(f string, a ...any) { dlog.Warn(fmt.Sprintf(f, a...)) },
 		tcpIdle:   orDefault(cfg.DNSTCPIdleTimeout, defaultDNSTCPIdle),
@@ -314,6 +331,8 @@ func (c *Connector) startDNS(cfg Config) error {
 		questions: connLimit{max: maxDNSInFlight, perPeer: maxDNSInFlightPerPeer},
 		learnRate: netstack.NewPeerRates(1, orDefault(cfg.LearnRate, DefaultLearnRate), orDefault(cfg.LearnBurst, DefaultLearnBurst)),
 		learnMax:  orDefault(cfg.LearnBurst, DefaultLearnBurst),
+		stale:     staleCache{max: orDefault(cfg.MaxLearned, DefaultMaxLearned)},
+		now:       c.table.cfg.now,
 	}
 	var pcs []net.PacketConn
 	var lns, apiLns []net.Listener
@@ -491,6 +510,7 @@ type Stats struct {
 	Routes   tableStats
 	DNS      struct {
 		Answered, Refused, ServFail, Forwarded, FormErr, Limited uint64
+		Stale                                                    uint64 // answered from the last answer: every upstream failed
 		TCPConns, TCPConnsRefused                                uint64 // DNS-over-TCP connections open now, and closed at a cap
 	}
 	// API is the route API: connections and watch streams open now, and
@@ -510,6 +530,7 @@ func (c *Connector) Stats() Stats {
 	d := &c.dns.stats
 	st.DNS.Answered, st.DNS.Refused, st.DNS.ServFail = d.Answered.Load(), d.Refused.Load(), d.ServFail.Load()
 	st.DNS.Forwarded, st.DNS.FormErr, st.DNS.Limited = d.Forwarded.Load(), d.FormErr.Load(), d.Limited.Load()
+	st.DNS.Stale = d.Stale.Load()
 	st.DNS.TCPConns, st.DNS.TCPConnsRefused = c.dns.tcpConns.openNow(), c.dns.tcpConns.refused.Load()
 	if a := c.api; a != nil {
 		st.API.Conns, st.API.ConnsRefused = a.conns.openNow(), a.conns.refused.Load()
@@ -555,6 +576,7 @@ func (c *Connector) Close() error {
 	c.api.close()
 	c.stack.Close()
 	c.bg.Wait()
+	c.dns.closeUpstreams()
 	// The device forgets its peers when it closes: read them first.
 	peers, perr := c.readPeers()
 	c.wg.Close() // closes the tun device and the bind

@@ -64,16 +64,17 @@ const (
 
 // dnsStats are the DNS counters.
 type dnsStats struct {
-	Answered, Refused, ServFail, Forwarded, FormErr, Limited atomic.Uint64
+	Answered, Refused, ServFail, Forwarded, FormErr, Limited, Stale atomic.Uint64
 }
 
 // dnsService serves DNS for one Connector.
 type dnsService struct {
 	c         *Connector
-	upstreams []string
-	forward   bool // forward names of no app instead of refusing them
+	upstreams []*upstream
+	started   time.Time     // health counts from here before any answer
+	healthWin time.Duration // Config.DNSHealthWindow
+	forward   bool          // forward names of no app instead of refusing them
 	timeout   time.Duration
-	udp, tcp  *dns.Client
 	logf      func(format string, args ...any) // rate-limited
 	// warnf logs an upstream starting or stopping to fail: once per
 	// change, not once per question.
@@ -88,7 +89,9 @@ type dnsService struct {
 	// questions are the questions being resolved upstream.
 	questions connLimit
 	learnRate *netstack.PeerRates // new learned addresses, per peer
-	learnMax  int                 // its burst
+	stale     staleCache          // the last answers for app names
+	now       func() time.Time
+	learnMax  int // its burst
 
 	mu      sync.Mutex // guards the fields after it
 	servers []*dns.Server
@@ -143,6 +146,14 @@ func (d *dnsService) close() {
 		srv.Shutdown()
 	}
 	d.wg.Wait()
+}
+
+// closeUpstreams closes the upstreams' kept connections, once nothing
+// asks them any more.
+func (d *dnsService) closeUpstreams() {
+	for _, up := range d.upstreams {
+		up.ex.close()
+	}
 }
 
 // ServeDNS implements dns.Handler.
@@ -222,6 +233,17 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	}
 	up, err := d.exchange(ctx, q, req)
 	d.questions.give(p.key)
+	var stale time.Duration // the age of the answer, if served stale
+	key := staleKey{name: canonicalName(q.Name), qtype: q.Qtype}
+	if opt := req.IsEdns0(); opt != nil {
+		key.do = opt.Do()
+	}
+	if err != nil && known {
+		if m, age := d.stale.get(key, d.now()); m != nil {
+			d.logf("dns: %s: every upstream failed, the answer of %s ago served stale: %v", q.Name, age.Round(time.Second), err)
+			up, err, stale = m, nil, max(age, 1)
+		}
+	}
 	if err != nil {
 		// Each failing upstream was logged when it started failing.
 		d.stats.ServFail.Add(1)
@@ -234,6 +256,9 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	if !known {
 		d.stats.Forwarded.Add(1)
 		return relay(req, up)
+	}
+	if stale == 0 && up.Rcode == dns.RcodeSuccess {
+		d.stale.put(key, up, d.now())
 	}
 	// The names the answer's chain passes through (CNAMEs, and the
 	// targets of service bindings) may belong to other apps. One the
@@ -278,7 +303,11 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 			filtered = fmt.Sprintf("not learned: %v", refused)
 		}
 	}
-	d.stats.Answered.Add(1)
+	if stale > 0 {
+		d.stats.Stale.Add(1)
+	} else {
+		d.stats.Answered.Add(1)
+	}
 	m := relay(req, up)
 	// A hint is a suggestion: a client told none connects to what the
 	// target name resolves to instead. One this peer cannot reach (not
@@ -288,6 +317,9 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	stripHints(m.Extra, reachable)
 	// No client caches the answer past the longest life of its routes.
 	capTTLs(m, d.c.table.cfg.ttl)
+	if stale > 0 {
+		withEDE(m, dns.ExtendedErrorCodeStaleAnswer, fmt.Sprintf("every upstream failed; the answer of %s ago", stale.Round(time.Second)))
+	}
 	if filtered != "" {
 		withEDE(m, dns.ExtendedErrorCodeFiltered, filtered)
 	}
@@ -350,29 +382,76 @@ func (d *dnsService) exchange(ctx context.Context, q dns.Question, req *dns.Msg)
 			break
 		}
 		tctx, cancel := context.WithTimeout(ctx, upstreamTryTimeout)
-		r, _, err := d.udp.ExchangeContext(tctx, m, up)
-		var ne net.Error
-		if (err == nil && r.Truncated) || (err != nil && tctx.Err() == nil && !(errors.As(err, &ne) && ne.Timeout())) {
-			// Truncated, or an answer that did not fit or parse (some
-			// servers send large answers without TC): ask over TCP.
-			r, _, err = d.tcp.ExchangeContext(tctx, m, up)
-		}
+		r, err := up.exchange(tctx, m)
 		cancel()
 		if err == nil && r.Rcode != dns.RcodeServerFailure && r.Rcode != dns.RcodeRefused {
-			d.upstreamOK(up)
+			d.upstreamOK(up.name)
 			return r, nil
 		}
 		if err == nil {
 			// The upstream answered: it is up, even if this name fails.
-			d.upstreamOK(up)
+			d.upstreamOK(up.name)
 			err = fmt.Errorf("%w %s", errUpstreamRcode, dns.RcodeToString[r.Rcode])
 		} else if ctx.Err() == nil {
 			// Failed on its own, not because the question ran out of time.
-			d.upstreamFailed(up, q, err)
+			d.upstreamFailed(up.name, q, err)
 		}
-		errs = append(errs, fmt.Errorf("upstream %s: %w", up, err))
+		errs = append(errs, fmt.Errorf("upstream %s: %w", up.name, err))
 	}
 	return nil, errors.Join(errs...)
+}
+
+// lastAnswer is when an upstream last answered (not SERVFAIL): the start
+// of service if none has yet.
+func (d *dnsService) lastAnswer() time.Time {
+	last := d.started
+	for _, up := range d.upstreams {
+		if t := up.lastOK.Load(); t > last.UnixNano() {
+			last = time.Unix(0, t)
+		}
+	}
+	return last
+}
+
+// unhealthy says why DNS is failing, or "" if it is not: no upstream
+// answered within the health window.
+func (d *dnsService) unhealthy() string {
+	if len(d.upstreams) == 0 {
+		return ""
+	}
+	if since := time.Since(d.lastAnswer()); since > d.healthWin {
+		return fmt.Sprintf("no DNS upstream has answered for %s", since.Round(time.Second))
+	}
+	return ""
+}
+
+// probe asks every upstream the probe question when none answered in the
+// last third of the health window, until ctx ends, so that an idle
+// connector knows whether its upstreams are up.
+func (d *dnsService) probe(ctx context.Context) {
+	every := d.healthWin / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if time.Since(d.lastAnswer()) < every {
+			continue
+		}
+		for _, up := range d.upstreams {
+			pctx, cancel := context.WithTimeout(ctx, upstreamTryTimeout)
+			_, err := up.exchange(pctx, probeQuestion())
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				d.upstreamFailed(up.name, dns.Question{Name: ".", Qtype: dns.TypeNS}, err)
+			} else if err == nil {
+				d.upstreamOK(up.name)
+			}
+		}
+	}
 }
 
 // upstreamFailed records that up failed to answer q, logging only the

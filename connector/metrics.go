@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -35,6 +36,8 @@ type metrics struct {
 	tcpRecoveries, dupAckWindows                  *prometheus.Desc
 	icmpRequests, icmpReplies, icmpProhibited     *prometheus.Desc
 	icmpErrorsDropped                             *prometheus.Desc
+	upQueries, upFailures, upLatency, upLastOK    *prometheus.Desc
+	dnsHealthy                                    *prometheus.Desc
 }
 
 func newMetrics(c *Connector) *metrics {
@@ -80,6 +83,11 @@ func newMetrics(c *Connector) *metrics {
 		icmpRequests:    d("icmp_echo_requests_total", "Echo requests from peers to addresses other than the connector's own, by result (refused ones are in flows_refused_total).", "result"),
 		icmpReplies:     d("icmp_echo_replies_total", "Echo replies from the host relayed back to peers."),
 		icmpProhibited:  d("icmp_prohibited_total", "ICMP administratively prohibited answers sent to peers for refused echo requests."),
+		upQueries:       d("dns_upstream_queries_total", "Questions sent to each DNS upstream (the connector's health probes included).", "upstream"),
+		upFailures:      d("dns_upstream_failures_total", "Questions a DNS upstream did not answer (error, timeout, malformed) or answered SERVFAIL.", "upstream"),
+		upLatency:       d("dns_upstream_latency_seconds", "Time a DNS upstream took to answer.", "upstream"),
+		upLastOK:        d("dns_upstream_last_answer_timestamp_seconds", "Unix time of a DNS upstream's last answer other than SERVFAIL; 0 if none.", "upstream"),
+		dnsHealthy:      d("dns_healthy", "1 while some DNS upstream answered in the last 30 s (or none is configured); 0 makes /healthz 503."),
 		icmpErrorsDropped: d("icmp_errors_dropped_total", "ICMP errors from peers kept from the userspace stack, by reason: quoting another peer's flow, "+
 			"announcing an MTU below the minimum, over the peer's rate, malformed or fragmented.", "reason"),
 	}
@@ -91,7 +99,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.tunDropped, m.tunBlocked, m.flowsOpen, m.flows, m.flowsRefused, m.dialsInFlight, m.dialsFailed,
 		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.apiConns, m.apiWatches, m.apiRefused, m.routes,
 		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.hostAddrRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.tcpRecoveries, m.dupAckWindows, m.draining,
-		m.icmpRequests, m.icmpReplies, m.icmpProhibited, m.icmpErrorsDropped} {
+		m.icmpRequests, m.icmpReplies, m.icmpProhibited, m.icmpErrorsDropped,
+		m.upQueries, m.upFailures, m.upLatency, m.upLastOK, m.dnsHealthy} {
 		ch <- d
 	}
 }
@@ -162,6 +171,29 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.dnsQueries, st.DNS.ServFail, "servfail")
 	counter(m.dnsQueries, st.DNS.FormErr, "formerr")
 	counter(m.dnsQueries, st.DNS.Limited, "limited")
+	counter(m.dnsQueries, st.DNS.Stale, "stale")
+	for _, up := range m.c.dns.upstreams {
+		counter(m.upQueries, up.queries.Load(), up.name)
+		counter(m.upFailures, up.failures.Load(), up.name)
+		var total uint64
+		buckets := make(map[float64]uint64, len(latencyBuckets))
+		for i, le := range latencyBuckets {
+			total += up.buckets[i].Load()
+			buckets[le] = total
+		}
+		total += up.buckets[len(latencyBuckets)].Load()
+		ch <- prometheus.MustNewConstHistogram(m.upLatency, total, time.Duration(up.sumNanos.Load()).Seconds(), buckets, up.name)
+		var last float64
+		if t := up.lastOK.Load(); t != 0 {
+			last = float64(t) / 1e9
+		}
+		gauge(m.upLastOK, last, up.name)
+	}
+	healthy := 1.0
+	if m.c.dns.unhealthy() != "" {
+		healthy = 0
+	}
+	gauge(m.dnsHealthy, healthy)
 	gauge(m.dnsTCPConns, float64(st.DNS.TCPConns))
 	counter(m.dnsTCPRefused, st.DNS.TCPConnsRefused)
 	gauge(m.apiConns, float64(st.API.Conns))

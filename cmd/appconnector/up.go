@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 type upFlags struct {
 	config, policy, state, listen, logLevel string
 	dnsUpstream, tags, admin, uapi          string
+	dnsUpstreamCA                           string
 	forwardUnknown                          bool
 	routeTTL, routeTTLMin, routeGrace       time.Duration
 	drainTimeout                            time.Duration
@@ -43,7 +45,8 @@ func up(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.state, "state", "", "state `directory`: keys of the embedded default, learned routes, admin socket (default: $XDG_STATE_HOME/appconnector or ~/.local/state/appconnector)")
 	fs.StringVar(&f.listen, "listen", "", "host `address` for the WireGuard UDP socket, as IP or IP:port (default: all addresses)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
-	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "DNS `servers` for app names, as ip[:port],... (default: the name servers of /etc/resolv.conf)")
+	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "DNS `servers` for app names, tried in order: ip[:port], tls://host[:853] (DNS over TLS) or https://host/dns-query (DNS over HTTPS), comma-separated (default: the name servers of /etc/resolv.conf)")
+	fs.StringVar(&f.dnsUpstreamCA, "dns-upstream-ca", "", "PEM `file` of CA certificates trusted, besides the system's, for tls:// and https:// upstreams")
 	fs.BoolVar(&f.forwardUnknown, "dns-forward-all", false, "also resolve names of no app (without learning routes); by default they are REFUSED")
 	fs.StringVar(&f.tags, "tags", connector.DefaultTag, "this connector's `tags`, comma-separated: it serves the apps whose connectors name one of them")
 	fs.StringVar(&f.admin, "admin", "", "admin API `address`: a loopback IP:port, or a unix socket path (default: admin.sock in --state)")
@@ -101,9 +104,15 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 	if err != nil {
 		return err
 	}
-	upstreams, err := parseUpstreams("dns-upstream", f.dnsUpstream)
+	upstreams, err := parseServers("dns-upstream", f.dnsUpstream, true)
 	if err != nil {
 		return err
+	}
+	var upstreamOpts connector.UpstreamOptions
+	if f.dnsUpstreamCA != "" {
+		if upstreamOpts.RootCAs, err = loadRoots(f.dnsUpstreamCA); err != nil {
+			return err
+		}
 	}
 	if len(upstreams) == 0 {
 		if upstreams, err = connector.SystemResolvers("/etc/resolv.conf"); err != nil {
@@ -182,6 +191,7 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 		Policy:              policy,
 		Tags:                tags,
 		DNSUpstreams:        upstreams,
+		DNSUpstreamOptions:  upstreamOpts,
 		ForwardUnknownNames: f.forwardUnknown,
 		RouteTTL:            f.routeTTL,
 		RouteTTLMin:         negativeIfZero(f.routeTTLMin),
@@ -331,10 +341,20 @@ func parseListen(s string) (netip.Addr, uint16, error) {
 // parseUpstreams accepts "ip[:port],..." (port 53 by default) given to
 // flag name.
 func parseUpstreams(name, s string) ([]string, error) {
+	return parseServers(name, s, false)
+}
+
+// parseServers is parseUpstreams; with encrypted set it also takes
+// tls:// and https:// upstreams, which connector.New checks.
+func parseServers(name, s string, encrypted bool) ([]string, error) {
 	var out []string
 	for _, u := range strings.Split(s, ",") {
 		u = strings.TrimSpace(u)
 		if u == "" {
+			continue
+		}
+		if encrypted && strings.Contains(u, "://") {
+			out = append(out, u)
 			continue
 		}
 		if ap, err := netip.ParseAddrPort(u); err == nil {
@@ -343,7 +363,11 @@ func parseUpstreams(name, s string) ([]string, error) {
 		}
 		a, err := netip.ParseAddr(strings.Trim(u, "[]"))
 		if err != nil {
-			return nil, fmt.Errorf("--%s %q: want ip or ip:port", name, u)
+			want := "ip or ip:port"
+			if encrypted {
+				want = "ip, ip:port, tls://host[:port] or https://host[:port]/path"
+			}
+			return nil, fmt.Errorf("--%s %q: want %s", name, u, want)
 		}
 		out = append(out, netip.AddrPortFrom(a, 53).String())
 	}
@@ -483,4 +507,21 @@ func checkLifetimes(f upFlags) error {
 		return fmt.Errorf("--route-grace %v: want 0 or a positive duration", f.routeGrace)
 	}
 	return nil
+}
+
+// loadRoots returns the system's roots plus the CA certificates of a PEM
+// file.
+func loadRoots(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--dns-upstream-ca: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--dns-upstream-ca %s: no PEM certificate in it", path)
+	}
+	return pool, nil
 }

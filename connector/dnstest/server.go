@@ -23,7 +23,8 @@ import (
 type Server struct {
 	// Addr is the "127.0.0.1:port" the server listens on (UDP and TCP).
 	Addr string
-	// Queries counts the questions received.
+	// Queries counts the questions received, but not those for the root
+	// name, which the connector's health probe asks when idle.
 	Queries atomic.Int64
 
 	mu      sync.Mutex
@@ -72,6 +73,32 @@ func Start(records ...string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dnstest: %w", err)
 	}
+	return s.serve(pc, ln), nil
+}
+
+// StartAt starts a server on addr ("127.0.0.1:port", UDP and TCP), such
+// as that of a server closed before, with the given records.
+func StartAt(addr string, records ...string) (*Server, error) {
+	s := &Server{records: map[string][]dns.RR{}, rcode: map[string]int{}}
+	for _, r := range records {
+		if err := s.Add(r); err != nil {
+			return nil, err
+		}
+	}
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dnstest: %w", err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("dnstest: %w", err)
+	}
+	return s.serve(pc, ln), nil
+}
+
+// serve serves on pc and ln, returning once both are serving.
+func (s *Server) serve(pc net.PacketConn, ln net.Listener) *Server {
 	s.Addr = pc.LocalAddr().String()
 	s.udp = &dns.Server{PacketConn: pc, Handler: s}
 	s.tcp = &dns.Server{Listener: ln, Handler: s}
@@ -85,7 +112,7 @@ func Start(records ...string) (*Server, error) {
 		}()
 		<-started
 	}
-	return s, nil
+	return s
 }
 
 // Close stops the server and waits for its goroutines.
@@ -121,7 +148,9 @@ func (s *Server) SetRcode(name string, rcode int) {
 
 // ServeDNS implements dns.Handler.
 func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	s.Queries.Add(1)
+	if len(req.Question) != 1 || req.Question[0].Name != "." {
+		s.Queries.Add(1)
+	}
 	m := new(dns.Msg)
 	m.SetReply(req)
 	m.Authoritative = true

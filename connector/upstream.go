@@ -1,0 +1,428 @@
+package connector
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// The DNS servers app names are resolved with: plain (UDP, then TCP for a
+// truncated answer), DNS over TLS (RFC 7858) and DNS over HTTPS (RFC 8484).
+// Each keeps its counters and latency for /metrics and its last answer
+// for /healthz.
+
+// DefaultDNSHealthWindow is how long the connector counts as healthy
+// after an upstream last answered; beyond it, /healthz says 503 so that
+// clients and load balancers move to another connector. An idle
+// connector asks its upstreams a question of its own (the root's NS)
+// every third of it, so that its health does not depend on peers asking.
+const DefaultDNSHealthWindow = 30 * time.Second
+
+// Encrypted upstreams' host names are resolved with the host's resolver
+// and again this often (on failure, the last addresses stay in use).
+const upstreamResolveEvery = 5 * time.Minute
+
+// maxIdleDoTConns is how many idle DNS-over-TLS connections an upstream
+// keeps for reuse.
+const maxIdleDoTConns = 4
+
+// latencyBuckets are the upper bounds, in seconds, of the upstream
+// latency histogram.
+var latencyBuckets = []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5}
+
+// UpstreamOptions configures the encrypted upstreams.
+type UpstreamOptions struct {
+	// RootCAs verifies the servers' certificates; nil means the system's
+	// roots.
+	RootCAs *x509.CertPool
+	// Resolve looks up an upstream's host name; nil means the host's
+	// resolver (net.DefaultResolver).
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+// upstream is one DNS server.
+type upstream struct {
+	name string // as configured
+	ex   exchanger
+
+	queries, failures atomic.Uint64
+	buckets           [14]atomic.Uint64 // per latencyBuckets, then +Inf
+	sumNanos          atomic.Uint64
+	lastOK            atomic.Int64 // UnixNano of its last answer, 0 if none
+}
+
+// exchanger sends one question and reads its answer.
+type exchanger interface {
+	exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error)
+	close()
+}
+
+// parseUpstream reads an upstream: "ip:port" (plain DNS), "tls://host[:port]"
+// (DNS over TLS, port 853 by default) or "https://host[:port]/path" (DNS
+// over HTTPS).
+func parseUpstream(s string, opts UpstreamOptions) (*upstream, error) {
+	if !strings.Contains(s, "://") {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return nil, fmt.Errorf("dns upstream %q: want ip:port, tls://host[:port] or https://host/path", s)
+		}
+		return &upstream{name: s, ex: newPlainUpstream(ap.String())}, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("dns upstream %q: %w", s, err)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Hostname() == "" {
+		return nil, fmt.Errorf("dns upstream %q: want tls://host[:port] or https://host[:port]/path, with no user, query or fragment", s)
+	}
+	var defPort string
+	switch u.Scheme {
+	case "tls":
+		if u.Path != "" && u.Path != "/" {
+			return nil, fmt.Errorf("dns upstream %q: a tls:// upstream has no path", s)
+		}
+		defPort = "853"
+	case "https":
+		if u.Path == "" || u.Path == "/" {
+			return nil, fmt.Errorf("dns upstream %q: an https:// upstream needs its path, such as /dns-query", s)
+		}
+		defPort = "443"
+	default:
+		return nil, fmt.Errorf("dns upstream %q: scheme %q: want tls or https", s, u.Scheme)
+	}
+	port := u.Port()
+	if port == "" {
+		port = defPort
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return nil, fmt.Errorf("dns upstream %q: bad port %q", s, port)
+	}
+	host := u.Hostname()
+	tc := &tls.Config{ServerName: host, RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12}
+	d := newHostDialer(host, port, opts.Resolve)
+	if u.Scheme == "tls" {
+		return &upstream{name: s, ex: &dotUpstream{dial: d, tls: tc}}, nil
+	}
+	tc.NextProtos = []string{"h2", "http/1.1"}
+	return &upstream{name: s, ex: newDoHUpstream(u.String(), d, tc)}, nil
+}
+
+// exchange asks this upstream, recording the outcome.
+func (u *upstream) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	u.queries.Add(1)
+	start := time.Now()
+	r, err := u.ex.exchange(ctx, m)
+	if err == nil && (r.Id != m.Id || len(r.Question) != 1 || !strings.EqualFold(r.Question[0].Name, m.Question[0].Name) ||
+		r.Question[0].Qtype != m.Question[0].Qtype) {
+		err = errors.New("the answer is for another question")
+	}
+	if err != nil {
+		u.failures.Add(1)
+		return nil, err
+	}
+	took := time.Since(start)
+	i := 0
+	for i < len(latencyBuckets) && took.Seconds() > latencyBuckets[i] {
+		i++
+	}
+	u.buckets[i].Add(1)
+	u.sumNanos.Add(uint64(took))
+	if r.Rcode != dns.RcodeServerFailure {
+		u.lastOK.Store(time.Now().UnixNano())
+	} else {
+		u.failures.Add(1)
+	}
+	return r, nil
+}
+
+// plainUpstream is DNS over UDP, and over TCP for answers too large for
+// UDP.
+type plainUpstream struct {
+	addr     string
+	udp, tcp *dns.Client
+}
+
+func newPlainUpstream(addr string) *plainUpstream {
+	return &plainUpstream{
+		addr: addr,
+		udp:  &dns.Client{Net: "udp", UDPSize: ednsSize, Timeout: upstreamTryTimeout},
+		tcp:  &dns.Client{Net: "tcp", Timeout: upstreamTryTimeout},
+	}
+}
+
+func (p *plainUpstream) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	r, _, err := p.udp.ExchangeContext(ctx, m, p.addr)
+	var ne net.Error
+	if (err == nil && r.Truncated) || (err != nil && ctx.Err() == nil && !(errors.As(err, &ne) && ne.Timeout())) {
+		// Truncated, or an answer that did not fit or parse (some
+		// servers send large answers without TC): ask over TCP.
+		r, _, err = p.tcp.ExchangeContext(ctx, m, p.addr)
+	}
+	return r, err
+}
+
+func (p *plainUpstream) close() {}
+
+// hostDialer dials an encrypted upstream's host: its addresses, looked up
+// on first use and again every upstreamResolveEvery, tried in order.
+type hostDialer struct {
+	host, port string
+	resolve    func(ctx context.Context, host string) ([]netip.Addr, error)
+
+	mu       sync.Mutex
+	addrs    []netip.Addr
+	resolved time.Time
+}
+
+func newHostDialer(host, port string, resolve func(context.Context, string) ([]netip.Addr, error)) *hostDialer {
+	d := &hostDialer{host: host, port: port, resolve: resolve}
+	if a, err := netip.ParseAddr(host); err == nil {
+		d.addrs = []netip.Addr{a.Unmap()} // a literal needs no lookup
+		d.resolve = nil
+	}
+	if d.resolve == nil && d.addrs == nil {
+		d.resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
+	return d
+}
+
+// lookup returns the host's addresses, looking them up again when they
+// are old; a failed lookup keeps the last ones.
+func (d *hostDialer) lookup(ctx context.Context) ([]netip.Addr, error) {
+	d.mu.Lock()
+	addrs, fresh := d.addrs, time.Since(d.resolved) < upstreamResolveEvery
+	d.mu.Unlock()
+	if d.resolve == nil || (fresh && len(addrs) > 0) {
+		return addrs, nil
+	}
+	got, err := d.resolve(ctx, d.host)
+	if err == nil && len(got) == 0 {
+		err = errors.New("no addresses")
+	}
+	if err != nil {
+		if len(addrs) > 0 {
+			return addrs, nil
+		}
+		return nil, fmt.Errorf("look up %s: %w", d.host, err)
+	}
+	for i := range got {
+		got[i] = got[i].Unmap()
+	}
+	d.mu.Lock()
+	d.addrs, d.resolved = got, time.Now()
+	d.mu.Unlock()
+	return got, nil
+}
+
+func (d *hostDialer) DialContext(ctx context.Context, network, _ string) (net.Conn, error) {
+	addrs, err := d.lookup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var nd net.Dialer
+	var errs []error
+	for _, a := range addrs {
+		c, err := nd.DialContext(ctx, "tcp", net.JoinHostPort(a.String(), d.port))
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
+// dotUpstream is DNS over TLS. Connections are kept for reuse, one
+// question at a time on each.
+type dotUpstream struct {
+	dial *hostDialer
+	tls  *tls.Config
+
+	mu     sync.Mutex
+	idle   []*dns.Conn
+	closed bool
+}
+
+func (u *dotUpstream) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	// A kept connection the server has since closed fails at once: try
+	// once more on a new one.
+	for attempt := 0; ; attempt++ {
+		co, reused, err := u.conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r, err := exchangeOn(ctx, co, m)
+		if err == nil {
+			u.put(co)
+			return r, nil
+		}
+		co.Close()
+		if !reused || attempt > 0 || ctx.Err() != nil {
+			return nil, err
+		}
+	}
+}
+
+// exchangeOn writes m on co and reads its answer, within ctx's deadline.
+func exchangeOn(ctx context.Context, co *dns.Conn, m *dns.Msg) (*dns.Msg, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		co.SetDeadline(dl)
+	} else {
+		co.SetDeadline(time.Now().Add(upstreamTryTimeout))
+	}
+	stop := context.AfterFunc(ctx, func() { co.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := co.WriteMsg(m); err != nil {
+		return nil, err
+	}
+	for {
+		r, err := co.ReadMsg()
+		if err != nil {
+			return nil, err
+		}
+		if r.Id == m.Id {
+			return r, nil
+		}
+		// A late answer to an earlier question on this connection.
+	}
+}
+
+func (u *dotUpstream) conn(ctx context.Context) (co *dns.Conn, reused bool, err error) {
+	u.mu.Lock()
+	if n := len(u.idle); n > 0 {
+		co = u.idle[n-1]
+		u.idle = u.idle[:n-1]
+		u.mu.Unlock()
+		return co, true, nil
+	}
+	u.mu.Unlock()
+	raw, err := u.dial.DialContext(ctx, "tcp", "")
+	if err != nil {
+		return nil, false, err
+	}
+	tc := tls.Client(raw, u.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, false, fmt.Errorf("tls: %w", err)
+	}
+	return &dns.Conn{Conn: tc}, false, nil
+}
+
+func (u *dotUpstream) put(co *dns.Conn) {
+	co.SetDeadline(time.Time{})
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed || len(u.idle) >= maxIdleDoTConns {
+		co.Close()
+		return
+	}
+	u.idle = append(u.idle, co)
+}
+
+func (u *dotUpstream) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.closed = true
+	for _, co := range u.idle {
+		co.Close()
+	}
+	u.idle = nil
+}
+
+// dohUpstream is DNS over HTTPS: a POST of the question in wire format,
+// over HTTP/2 where the server speaks it, on kept connections.
+type dohUpstream struct {
+	url string
+	hc  *http.Client
+}
+
+// maxDoHAnswer bounds an answer's body (the largest DNS message).
+const maxDoHAnswer = 65535
+
+func newDoHUpstream(u string, d *hostDialer, tc *tls.Config) *dohUpstream {
+	return &dohUpstream{url: u, hc: &http.Client{Transport: &http.Transport{
+		DialContext:         d.DialContext,
+		TLSClientConfig:     tc,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: maxIdleDoTConns,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: upstreamTryTimeout,
+		Proxy:               nil, // the connector's own traffic goes direct
+	}}}
+}
+
+func (u *dohUpstream) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	// ID 0 (RFC 8484 section 4.1): identical questions look identical
+	// to HTTP caches.
+	q := m.Copy()
+	q.Id = 0
+	b, err := q.Pack()
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, "POST", u.url, bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/dns-message")
+	req.Header.Set("Accept", "application/dns-message")
+	resp, err := u.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("http status %s", resp.Status)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/dns-message" {
+		return nil, fmt.Errorf("content type %q, want application/dns-message", ct)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDoHAnswer+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > maxDoHAnswer {
+		return nil, errors.New("answer larger than a DNS message")
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(body); err != nil {
+		return nil, fmt.Errorf("answer: %w", err)
+	}
+	if r.Id != 0 {
+		return nil, fmt.Errorf("answer has ID %d, want 0", r.Id)
+	}
+	r.Id = m.Id
+	return r, nil
+}
+
+func (u *dohUpstream) close() { u.hc.CloseIdleConnections() }
+
+// probeQuestion is the question the health probe asks: the root's NS,
+// which every recursive resolver answers from its cache.
+func probeQuestion() *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(".", dns.TypeNS)
+	m.RecursionDesired = true
+	m.SetEdns0(ednsSize, false)
+	return m
+}
