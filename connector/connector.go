@@ -299,6 +299,8 @@ func New(cfg Config) (*Connector, error) {
 			c.dns.probe(c.ctx)
 		}()
 	}
+	c.bg.Add(1)
+	go c.prefetch()
 	return c, nil
 }
 

@@ -67,6 +67,12 @@ type App struct {
 	// wgconf.Peer.Tags). Nil means every peer; after ParsePolicy it is
 	// never empty but non-nil, and holds no duplicates. See PeerAllowed.
 	Peers []string `json:"peers,omitempty"`
+
+	// Prefetch makes the connector resolve the app's exact (non-wildcard)
+	// domains itself, at start and again before their routes would
+	// expire, so that the routes exist before any peer asks (for stock
+	// WireGuard clients, which take them as AllowedIPs and never ask).
+	Prefetch bool `json:"prefetch,omitempty"`
 }
 
 // Values of App.Approval.
@@ -181,6 +187,7 @@ var appKeys = map[string]func(ps *policyParser, st *appState, m jsonMember) erro
 	"approval":     parseAppApproval,
 	"allowPrivate": parseAppAllowPrivate,
 	"peers":        parseAppPeers,
+	"prefetch":     parseAppPrefetch,
 }
 
 // LoadPolicy reads the policy file at path and parses it with ParsePolicy.
@@ -247,6 +254,7 @@ func LoadPolicy(path string) (*Policy, error) {
 //     canonical form) and "tag:<name>" entries; "*" is not accepted, since
 //     leaving the key out already allows every peer, and neither is an
 //     empty list, which would allow no one. Duplicates are dropped.
+//   - "prefetch" is true or false (the default); see App.Prefetch.
 //
 // A null value counts as an absent key. Errors are *PolicyError values
 // naming the file, line and column, app, key and offending value; the
@@ -621,6 +629,17 @@ func parseAppApproval(ps *policyParser, st *appState, m jsonMember) error {
 		return ps.errAt(m.valOff, st, m.key, s, fmt.Errorf("want %q or %q", ApprovalAuto, ApprovalManual))
 	}
 	st.app.Approval = s
+	return nil
+}
+
+func parseAppPrefetch(ps *policyParser, st *appState, m jsonMember) error {
+	switch string(m.val) {
+	case "true":
+		st.app.Prefetch = true
+	case "false", "null":
+	default:
+		return ps.errAt(m.valOff, st, m.key, "", fmt.Errorf("want true or false, got %s %s", jsonKind(m.val), excerpt(string(m.val))))
+	}
 	return nil
 }
 

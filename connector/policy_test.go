@@ -425,11 +425,15 @@ func TestParsePolicyErrors(t *testing.T) {
 
 		// Keys.
 		{"unknown key", "[\n  {\n    \"name\": \"myapp\",\n    \"connectors\": [\"*\"],\n    \"domains\": [\"example.com\"],\n    \"owner\": \"it\"\n  }\n]",
-			6, 5, []string{`app "myapp"`, "owner: unknown key", "(want allowPrivate, approval, connectors, domains, name, peers, routes)"}},
+			6, 5, []string{`app "myapp"`, "owner: unknown key", "(want allowPrivate, approval, connectors, domains, name, peers, prefetch, routes)"}},
 		{"key case matters", "[\n  {\n    \"Name\": \"myapp\",\n    \"name\": \"myapp\"\n  }\n]",
 			3, 5, []string{`app "myapp"`, "Name: unknown key"}},
 		{"duplicate key", "[\n  {\n    \"name\": \"myapp\",\n    \"connectors\": [\"*\"],\n    \"routes\": [\"192.0.2.0/24\"],\n    \"routes\": [\"198.51.100.0/24\"]\n  }\n]",
 			6, 5, []string{`app "myapp"`, "routes: duplicate key (first on line 5)"}},
+
+		// prefetch.
+		{"prefetch not a bool", "[\n  {\"name\": \"a\", \"connectors\": [\"*\"], \"domains\": [\"a.example\"], \"prefetch\": \"yes\"}\n]",
+			2, 76, []string{`app "a"`, `prefetch: want true or false, got string "yes"`}},
 
 		// name.
 		{"name missing", "[\n  {\"connectors\": [\"*\"], \"routes\": [\"192.0.2.0/24\"]}\n]", 2, 3, []string{"app #1: name: missing required key"}},

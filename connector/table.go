@@ -5,6 +5,7 @@ import (
 	"container/list"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,7 +65,13 @@ type Route struct {
 type peerID struct {
 	key  string
 	tags []string
+	// self is the connector itself asking (prefetching): it may use
+	// every app, and holds no claims of its own.
+	self bool
 }
+
+// selfPeer is the connector asking on its own behalf.
+var selfPeer = peerID{self: true}
 
 // servedApp is an app this connector serves, with what the table derives
 // from it.
@@ -80,7 +87,7 @@ type servedApp struct {
 	claims list.List // of *claim
 }
 
-func (a *servedApp) usableBy(p peerID) bool { return a.PeerAllowed(p.key, p.tags) }
+func (a *servedApp) usableBy(p peerID) bool { return p.self || a.PeerAllowed(p.key, p.tags) }
 
 // claim is one app's hold on a learned address.
 type claim struct {
@@ -258,6 +265,26 @@ func (t *routeTable) lookupName(name string, p peerID) (known, ok bool) {
 		}
 	}
 	return len(idx) > 0, len(idx) > 0
+}
+
+// prefetchNames returns the exact domains of the apps that prefetch,
+// sorted.
+func (t *routeTable) prefetchNames() []string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var out []string
+	for _, a := range t.apps {
+		if !a.Prefetch {
+			continue
+		}
+		for _, d := range a.Domains {
+			if !strings.HasPrefix(d, "*.") {
+				out = append(out, d)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // sameApps reports whether names a and b belong to the same apps.
