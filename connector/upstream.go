@@ -72,6 +72,13 @@ type exchanger interface {
 	close()
 }
 
+// CheckUpstream reports whether s is an upstream Config.DNSUpstreams
+// accepts, with an error naming it if not.
+func CheckUpstream(s string) error {
+	_, err := parseUpstream(s, UpstreamOptions{})
+	return err
+}
+
 // parseUpstream reads an upstream: "ip:port" (plain DNS), "tls://host[:port]"
 // (DNS over TLS, port 853 by default) or "https://host[:port]/path" (DNS
 // over HTTPS).

@@ -94,6 +94,11 @@ func TestUsageErrors(t *testing.T) {
 		{"up", "--log-level", "loud"},
 		{"up", "extra"},
 		{"up", "--listen", "not-an-address"},
+		{"up", "--route-ttl-min", "2h", "--route-ttl-max", "1h"},
+		{"up", "--route-ttl-max", "0"},
+		{"up", "--route-grace", "-1s"},
+		{"up", "--dns-upstream", "udp://192.0.2.1"},
+		{"up", "--dns-upstream-ca", "/nonexistent/ca.pem"},
 	} {
 		var errb bytes.Buffer
 		if code := run(args, nil, io.Discard, &errb); code == 0 {

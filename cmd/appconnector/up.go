@@ -354,6 +354,9 @@ func parseServers(name, s string, encrypted bool) ([]string, error) {
 			continue
 		}
 		if encrypted && strings.Contains(u, "://") {
+			if err := connector.CheckUpstream(u); err != nil {
+				return nil, fmt.Errorf("--%s: %w", name, err)
+			}
 			out = append(out, u)
 			continue
 		}
