@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/dnstest"
@@ -73,6 +77,79 @@ func BenchmarkDNSLearnThroughConnector(b *testing.B) {
 	}
 }
 
+// The same for HTTPS questions (type 65) whose records carry an ipv4hint
+// and an ipv6hint, which the connector learns:
+//
+//	go test ./bench -run X -bench DNS.*HTTPS -benchtime 1000x
+func BenchmarkDNSDirectHTTPS(b *testing.B) {
+	names, records := httpsZone(b.N)
+	up, err := dnstest.Start(records...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer up.Close()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		start := time.Now()
+		c, err := net.Dial("udp", up.Addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		askHTTPS(b, c, names[i])
+		c.Close()
+		lat = append(lat, time.Since(start))
+	}
+	reportLatencies(b, lat)
+}
+
+func BenchmarkDNSLearnHTTPSThroughConnector(b *testing.B) {
+	names, records := httpsZone(b.N)
+	_, conn, dial, stop := dnsSetupDial(b, records, 2*b.N)
+	defer stop()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		start := time.Now()
+		c := dial()
+		askHTTPS(b, c, names[i])
+		c.Close()
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	reportLatencies(b, lat)
+	if n := len(conn.Routes()); n != 2*b.N {
+		b.Fatalf("%d routes learned for %d names with two hints each", n, b.N)
+	}
+}
+
+// httpsZone is n names with an HTTPS record each: ALPN, an IPv4 and an
+// IPv6 hint.
+func httpsZone(n int) (names []string, records []string) {
+	for i := range n {
+		name := fmt.Sprintf("h%d.bench.example.", i)
+		names = append(names, name)
+		records = append(records, fmt.Sprintf("%s 60 IN HTTPS 1 . alpn=h2,h3 ipv4hint=11.%d.%d.%d ipv6hint=2001:db8::%x",
+			name, i>>16&255, i>>8&255, i&255, i))
+	}
+	return names, records
+}
+
+// askHTTPS asks for name's HTTPS record on c and checks it has both hints.
+func askHTTPS(b *testing.B, c net.Conn, name string) {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	co := &dns.Conn{Conn: c, UDPSize: 1232}
+	m := new(dns.Msg).SetQuestion(name, dns.TypeHTTPS)
+	m.SetEdns0(1232, false)
+	if err := co.WriteMsg(m); err != nil {
+		b.Fatal(err)
+	}
+	r, err := co.ReadMsg()
+	if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || !strings.Contains(r.Answer[0].String(), "ipv6hint") {
+		b.Fatalf("%s: %v %v", name, r, err)
+	}
+}
+
 // BenchmarkDNSLearn100kMemory learns 100,000 routes through the tunnel
 // and reports what they cost in heap and in RSS:
 //
@@ -108,6 +185,13 @@ func BenchmarkDNSLearn100kMemory(b *testing.B) {
 // dnsSetup starts an upstream with records, a connector that learns up to
 // maxRoutes, and a client; ask sends one question through the tunnel.
 func dnsSetup(b *testing.B, records []string, maxRoutes int) (ask func(name string, wantAddr bool), conn *connector.Connector, stop func()) {
+	ask, conn, _, stop = dnsSetupDial(b, records, maxRoutes)
+	return ask, conn, stop
+}
+
+// dnsSetupDial is dnsSetup; dial also opens a UDP socket to the
+// connector's DNS through the tunnel.
+func dnsSetupDial(b *testing.B, records []string, maxRoutes int) (ask func(name string, wantAddr bool), conn *connector.Connector, dial func() net.Conn, stop func()) {
 	up, err := dnstest.Start(records...)
 	if err != nil {
 		b.Fatal(err)
@@ -159,8 +243,15 @@ func dnsSetup(b *testing.B, records []string, maxRoutes int) (ask func(name stri
 			b.Fatalf("%s: %s %v %v", name, rcode, addrs, err)
 		}
 	}
+	dial = func() net.Conn {
+		c, err := client.DialContext(context.Background(), "udp", dnsAddr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
 	ask("warmup.bench.example.", false) // brings the WireGuard session up
-	return ask, conn, func() {
+	return ask, conn, dial, func() {
 		client.Close()
 		conn.Close()
 		up.Close()

@@ -219,7 +219,13 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 		return withEDE(reply(req, dns.RcodeRefused), dns.ExtendedErrorCodeProhibited, "a name of an app this peer may not use")
 	case !known && !d.forward:
 		d.stats.Refused.Add(1)
-		return withEDE(reply(req, dns.RcodeRefused), dns.ExtendedErrorCodeBlocked, "not a name of any app of this connector")
+		m := withEDE(reply(req, dns.RcodeRefused), dns.ExtendedErrorCodeBlocked, "not a name of any app of this connector")
+		if why := d.unhealthy(); why != "" {
+			// The project's client probes with such a name: this tells
+			// it to ask another connector for app names.
+			withEDE(m, dns.ExtendedErrorCodeNotReady, why)
+		}
+		return m
 	case known && d.c.draining.Load():
 		// Shutting down: flows to the answer would be refused, so send
 		// the client to another connector now.

@@ -361,6 +361,7 @@ type ConnectorHealth struct {
 	PublicKey string        // base64
 	Address   netip.Addr    // its tunnel address (DNS)
 	Healthy   bool          // answering probes
+	DNSDown   bool          // its DNS upstreams fail: names are asked elsewhere first
 	RTT       time.Duration // smoothed probe round trip
 	Routes    int           // prefixes it routes for this client
 }
@@ -376,7 +377,7 @@ func (c *Client) Health() []ConnectorHealth {
 		healthy, rtt := l.state()
 		out = append(out, ConnectorHealth{
 			PublicKey: l.peer.PublicKey.String(), Address: l.dnsAddr,
-			Healthy: healthy, RTT: rtt, Routes: len(l.routes()),
+			Healthy: healthy, DNSDown: !l.dnsHealthy(), RTT: rtt, Routes: len(l.routes()),
 		})
 	}
 	return out

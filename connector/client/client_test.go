@@ -45,7 +45,7 @@ func startConnector(t *testing.T, n int, clientPub wgconf.Key, upstream string) 
 	return startConnectorWith(t, n, clientPub, upstream, appPolicy)
 }
 
-func startConnectorWith(t *testing.T, n int, clientPub wgconf.Key, upstream, policyJSON string) *testConnector {
+func startConnectorWith(t *testing.T, n int, clientPub wgconf.Key, upstream, policyJSON string, mods ...func(*connector.Config)) *testConnector {
 	t.Helper()
 	key, err := wgconf.GeneratePrivateKey()
 	if err != nil {
@@ -56,7 +56,7 @@ func startConnectorWith(t *testing.T, n int, clientPub wgconf.Key, upstream, pol
 		t.Fatal(err)
 	}
 	tc := &testConnector{key: key, tunnel: netip.AddrFrom4([4]byte{10, 90, byte(n), 1}), dialer: &netstacktest.Dialer{}}
-	tc.conn, err = connector.New(connector.Config{
+	cfg := connector.Config{
 		WireGuard: &wgconf.Config{
 			Interface: wgconf.Interface{PrivateKey: key, Addresses: []netip.Prefix{netip.PrefixFrom(tc.tunnel, 24)}},
 			Peers:     []wgconf.Peer{{PublicKey: clientPub, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")}}},
@@ -65,7 +65,11 @@ func startConnectorWith(t *testing.T, n int, clientPub wgconf.Key, upstream, pol
 		Policy:       policy,
 		DNSUpstreams: []string{upstream},
 		Netstack:     netstackCfg(tc.dialer),
-	})
+	}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	tc.conn, err = connector.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -348,3 +348,51 @@ func TestCloseIsPrompt(t *testing.T) {
 		}
 	}
 }
+
+// A connector whose DNS upstreams fail says so in its probe answers; the
+// client then asks another connector for app names, without touching
+// flows through the first.
+func TestUpstreamFailureMovesQuestions(t *testing.T) {
+	checkLeaks(t)
+	dead := dnstest.New(t)
+	deadAddr := dead.Addr
+	dead.Close()
+	good := dnstest.New(t, "q.app.example.com. 60 IN A 127.0.0.1")
+	key, err := wgconf.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shortWindow := func(c *connector.Config) { c.DNSHealthWindow = 300 * time.Millisecond }
+	sick := startConnectorWith(t, 1, key.PublicKey(), deadAddr, appPolicy, shortWindow)
+	well := startConnectorWith(t, 2, key.PublicKey(), good.Addr, appPolicy, shortWindow)
+	c, err := client.New(client.Config{
+		WireGuard: &wgconf.Config{
+			Interface: wgconf.Interface{PrivateKey: key, Addresses: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")},
+				DNS: []netip.Addr{sick.tunnel, well.tunnel}},
+			Peers: []wgconf.Peer{sick.peerFor(), well.peerFor()},
+		},
+		ListenAddr: loopback, Direct: &netstacktest.Dialer{},
+		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	netstacktest.WaitFor(t, func() bool {
+		h := c.Health()
+		return len(h) == 2 && h[0].Healthy && h[0].DNSDown && h[1].Healthy && !h[1].DNSDown
+	})
+	before := sick.conn.Stats().DNS
+	r := c.Resolver()
+	for range 10 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		addrs, err := r.LookupNetIP(ctx, "ip4", "q.app.example.com")
+		cancel()
+		if err != nil || len(addrs) != 1 {
+			t.Fatalf("lookup with one connector's upstream down: %v %v", addrs, err)
+		}
+	}
+	if after := sick.conn.Stats().DNS; after.ServFail != before.ServFail || after.Answered != before.Answered {
+		t.Errorf("the connector whose upstream is down was asked for app names: %+v → %+v", before, after)
+	}
+}

@@ -56,9 +56,13 @@ type link struct {
 	domains    *connector.DomainSet
 	domainList []string
 	healthy    bool
-	rtt        time.Duration
-	failures   int
-	conns      map[*trackedConn]struct{}
+	// dnsDown is set while the connector says its DNS upstreams fail
+	// (its probe answer carries Extended DNS Error 14): names go to
+	// another connector first, flows to its routes are not touched.
+	dnsDown  bool
+	rtt      time.Duration
+	failures int
+	conns    map[*trackedConn]struct{}
 	// ready is closed when the first route set arrived.
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -156,7 +160,7 @@ func (l *link) probeLoop() {
 	lastIn := l.tun.Stats().InboundPackets
 	for {
 		start := time.Now()
-		err := l.probe()
+		dnsDown, err := l.probe()
 		// A connector that is busy may answer late, but one that sends
 		// anything at all is alive: only silence counts as a miss.
 		in := l.tun.Stats().InboundPackets
@@ -169,6 +173,10 @@ func (l *link) probeLoop() {
 		} else if err == nil {
 			l.failures = 0
 			l.healthy = true
+			if dnsDown != l.dnsDown {
+				l.c.log.Warn("connector DNS health changed", "peer", l.name, "dns_upstreams_failing", dnsDown)
+			}
+			l.dnsDown = dnsDown
 			rtt := time.Since(start)
 			if l.rtt == 0 {
 				l.rtt = rtt
@@ -217,14 +225,27 @@ func (l *link) probeLoop() {
 }
 
 // probe sends one question the connector answers itself (REFUSED: no app
-// has the name), so only the tunnel and the connector are measured.
-func (l *link) probe() error {
+// has the name), so only the tunnel and the connector are measured. It
+// reports whether the answer says the connector's DNS upstreams fail
+// (Extended DNS Error 14, Not Ready).
+func (l *link) probe() (dnsDown bool, err error) {
 	ctx, cancel := context.WithTimeout(l.c.ctx, l.c.cfg.ProbeTimeout)
 	defer cancel()
 	m := new(dns.Msg)
 	m.SetQuestion("appconnector-probe.invalid.", dns.TypeA)
-	_, err := l.exchange(ctx, m)
-	return err
+	m.SetEdns0(1232, false)
+	r, err := l.exchange(ctx, m)
+	if err != nil {
+		return false, err
+	}
+	if opt := r.IsEdns0(); opt != nil {
+		for _, o := range opt.Option {
+			if ede, ok := o.(*dns.EDNS0_EDE); ok && ede.InfoCode == dns.ExtendedErrorCodeNotReady {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // exchange sends a DNS message to the connector through the tunnel (UDP,
@@ -429,6 +450,13 @@ func (l *link) ownsName(name string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.domains.Contains(name)
+}
+
+// dnsHealthy reports whether the connector last said its DNS works.
+func (l *link) dnsHealthy() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.dnsDown
 }
 
 func (l *link) state() (healthy bool, rtt time.Duration) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -100,23 +101,27 @@ func (c *Client) resolve(ctx context.Context, req *dns.Msg) (*dns.Msg, *link) {
 }
 
 // namesFor returns the healthy connectors serving an app that name
-// belongs to, lowest round trip first; if some serve it but none is
-// healthy, the unhealthy ones (a probe can be wrong; the question may
-// still get through).
+// belongs to, lowest round trip first, those whose DNS upstreams fail
+// after the others; if some serve it but none is healthy, the unhealthy
+// ones (a probe can be wrong; the question may still get through).
 func (c *Client) namesFor(name string) []*link {
-	var healthy, down []*link
+	var healthy, noDNS, down []*link
 	for _, l := range c.links {
 		if !l.dnsAddr.IsValid() || !l.ownsName(name) {
 			continue
 		}
-		if ok, _ := l.state(); ok {
-			healthy = append(healthy, l)
-		} else {
+		switch ok, _ := l.state(); {
+		case !ok:
 			down = append(down, l)
+		case !l.dnsHealthy():
+			noDNS = append(noDNS, l)
+		default:
+			healthy = append(healthy, l)
 		}
 	}
 	sortByRTT(healthy)
-	return append(healthy, down...)
+	sortByRTT(noDNS)
+	return slices.Concat(healthy, noDNS, down)
 }
 
 func sortByRTT(ls []*link) {
