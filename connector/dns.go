@@ -253,11 +253,13 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	if err != nil {
 		// Each failing upstream was logged when it started failing.
 		d.stats.ServFail.Add(1)
-		code := uint16(dns.ExtendedErrorCodeNetworkError)
+		// The text names no upstream: peers need not learn the
+		// connector's resolvers.
+		code, text := uint16(dns.ExtendedErrorCodeNetworkError), "no upstream answered"
 		if errors.Is(err, errUpstreamRcode) {
-			code = dns.ExtendedErrorCodeNoReachableAuthority
+			code, text = dns.ExtendedErrorCodeNoReachableAuthority, "the upstreams answered SERVFAIL or REFUSED"
 		}
-		return withEDE(reply(req, dns.RcodeServerFailure), code, err.Error())
+		return withEDE(reply(req, dns.RcodeServerFailure), code, text)
 	}
 	if !known {
 		d.stats.Forwarded.Add(1)

@@ -189,8 +189,16 @@ func TestDNSEncryptedUpstreams(t *testing.T) {
 	// that server.
 	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{"tls://localhost:" + dotPort}}, policy)
 	r := query(t, e, "tls.example.com.", dns.TypeA, false)
-	if ede := edeOf(r); r.Rcode != dns.RcodeServerFailure || ede == nil || !strings.Contains(ede.ExtraText, "certificate") {
+	if ede := edeOf(r); r.Rcode != dns.RcodeServerFailure || ede == nil || ede.InfoCode != dns.ExtendedErrorCodeNetworkError {
 		t.Errorf("unverified server: %v", r)
+	}
+	_, metrics := scrape(t, e, "/metrics")
+	label := `{upstream="tls://localhost:` + dotPort + `"}`
+	if n := metricValue(t, metrics, "appconnector_dns_upstream_failures_total"+label); n < 1 {
+		t.Errorf("failures of the unverified server: %v", n)
+	}
+	if n := metricValue(t, metrics, "appconnector_dns_upstream_latency_seconds_count"+label); n != 0 {
+		t.Errorf("%v answers taken from the unverified server", n)
 	}
 }
 
