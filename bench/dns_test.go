@@ -35,6 +35,17 @@ func reportLatencies(b *testing.B, d []time.Duration) {
 
 func BenchmarkDNSDirect(b *testing.B) {
 	names, records := benchZone(b.N)
+	benchDirect(b, records, func(c net.Conn, i int) {
+		rcode, addrs, err := dnstest.Query(c, names[i], "A")
+		if err != nil || rcode != "NOERROR" || len(addrs) != 1 {
+			b.Fatalf("%s: %s %v %v", names[i], rcode, addrs, err)
+		}
+	})
+}
+
+// benchDirect serves records from an upstream and times ask(c, i), a
+// question on a new UDP socket to it, for i in [0, b.N).
+func benchDirect(b *testing.B, records []string, ask func(c net.Conn, i int)) {
 	up, err := dnstest.Start(records...)
 	if err != nil {
 		b.Fatal(err)
@@ -49,11 +60,8 @@ func BenchmarkDNSDirect(b *testing.B) {
 			b.Fatal(err)
 		}
 		c.SetDeadline(time.Now().Add(5 * time.Second))
-		rcode, addrs, err := dnstest.Query(c, names[i], "A")
+		ask(c, i)
 		c.Close()
-		if err != nil || rcode != "NOERROR" || len(addrs) != 1 {
-			b.Fatalf("%s: %s %v %v", names[i], rcode, addrs, err)
-		}
 		lat = append(lat, time.Since(start))
 	}
 	reportLatencies(b, lat)
@@ -83,24 +91,7 @@ func BenchmarkDNSLearnThroughConnector(b *testing.B) {
 //	go test ./bench -run X -bench DNS.*HTTPS -benchtime 1000x
 func BenchmarkDNSDirectHTTPS(b *testing.B) {
 	names, records := httpsZone(b.N)
-	up, err := dnstest.Start(records...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer up.Close()
-	lat := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := range b.N {
-		start := time.Now()
-		c, err := net.Dial("udp", up.Addr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		askHTTPS(b, c, names[i])
-		c.Close()
-		lat = append(lat, time.Since(start))
-	}
-	reportLatencies(b, lat)
+	benchDirect(b, records, func(c net.Conn, i int) { askHTTPS(b, c, names[i]) })
 }
 
 func BenchmarkDNSLearnHTTPSThroughConnector(b *testing.B) {

@@ -176,21 +176,7 @@ func TestRouteAPIWatchDiffs(t *testing.T) {
 	for i := range n {
 		query(t, e, fmt.Sprintf("h%d.example.com.", i), 1, false)
 	}
-	hc := &http.Client{Transport: &http.Transport{DialContext: e.client.DialContext}}
-	defer hc.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+connV4.Addr().String()+"/v1/routes?watch=1&diff=1", nil)
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	if !sc.Scan() {
-		t.Fatalf("no first line: %v", sc.Err())
-	}
+	sc := watchDiffs(t, e)
 	var full connector.RouteSet
 	if err := json.Unmarshal(sc.Bytes(), &full); err != nil || !full.Full || len(full.Routes) == 0 {
 		t.Fatalf("first line: %s (%v); want the whole set marked full", sc.Bytes(), err)
@@ -210,4 +196,30 @@ func TestRouteAPIWatchDiffs(t *testing.T) {
 	if size := len(sc.Bytes()); size > 200 {
 		t.Errorf("one new route cost a %d-byte line (the whole set is %d)", size, fullSize)
 	}
+}
+
+// watchDiffs opens a route API watch stream with diff=1 through the
+// tunnel, for up to 30 s, and returns it with its first line (the whole
+// set) read. The test's end closes it.
+func watchDiffs(t *testing.T, e *env) *bufio.Scanner {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: e.client.DialContext}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+connV4.Addr().String()+"/v1/routes?watch=1&diff=1", nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		resp.Body.Close()
+		hc.CloseIdleConnections()
+	})
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	if !sc.Scan() {
+		t.Fatalf("no first line: %v", sc.Err())
+	}
+	return sc
 }

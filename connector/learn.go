@@ -41,15 +41,20 @@ func learnsFrom(qtype uint16) bool {
 // (an HTTPS record answers only HTTPS questions, an SVCB record only SVCB
 // questions), nil otherwise.
 func serviceOf(rr dns.RR, qtype uint16) *dns.SVCB {
+	if rr.Header().Rrtype != qtype {
+		return nil
+	}
+	return anyService(rr)
+}
+
+// anyService returns rr as a service binding if it is an HTTPS or SVCB
+// record, nil otherwise.
+func anyService(rr dns.RR) *dns.SVCB {
 	switch rr := rr.(type) {
 	case *dns.SVCB:
-		if qtype == dns.TypeSVCB {
-			return rr
-		}
+		return rr
 	case *dns.HTTPS:
-		if qtype == dns.TypeHTTPS {
-			return &rr.SVCB
-		}
+		return &rr.SVCB
 	}
 	return nil
 }
@@ -223,13 +228,8 @@ func chainNames(qname string, qtype uint16, answer []dns.RR) []string {
 // reach. The rest of each record, ECH and ALPN among it, stays as it was.
 func stripHints(rrs []dns.RR, keep func(netip.Addr) bool) {
 	for _, rr := range rrs {
-		var s *dns.SVCB
-		switch rr := rr.(type) {
-		case *dns.SVCB:
-			s = rr
-		case *dns.HTTPS:
-			s = &rr.SVCB
-		default:
+		s := anyService(rr)
+		if s == nil {
 			continue
 		}
 		kept := s.Value[:0]

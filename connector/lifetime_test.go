@@ -1,12 +1,9 @@
 package connector_test
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"slices"
 	"sync/atomic"
@@ -57,21 +54,8 @@ func TestLearnedRouteLifetime(t *testing.T) {
 		}
 	}
 
-	hc := &http.Client{Transport: &http.Transport{DialContext: e.client.DialContext}}
-	defer hc.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+connV4.Addr().String()+"/v1/routes?watch=1&diff=1", nil)
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	if !sc.Scan() {
-		t.Fatalf("no first line: %v", sc.Err())
-	}
+	sc := watchDiffs(t, e)
+	ctx := ctxTimeout(t, 30*time.Second)
 	removed := func() []netip.Prefix {
 		t.Helper()
 		if !sc.Scan() {
