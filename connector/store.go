@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -164,4 +165,75 @@ func loadRoutes(path string, now time.Time) ([]storedRoute, error) {
 		return nil, fmt.Errorf("load routes: %w", err)
 	}
 	return f.Routes, nil
+}
+
+// snapshot returns every claim for persistence if anything changed since
+// the last snapshot (or if force is set), and marks the table clean.
+func (t *routeTable) snapshot(force bool) ([]storedRoute, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.dirty && !force {
+		return nil, false
+	}
+	out := make([]storedRoute, 0, t.all.Len())
+	for e := t.all.Front(); e != nil; e = e.Next() {
+		c := e.Value.(*claim)
+		out = append(out, storedRoute{
+			Addr: c.route.addr, App: c.app.Name, Domain: c.domain,
+			FirstSeen: c.first, LastSeen: c.last, Expires: c.expires, Approved: c.approved,
+		})
+	}
+	t.dirty = false
+	return out, true
+}
+
+// restore adds persisted claims, oldest first, for apps and names the
+// current policy still has; it returns how many it kept. Unsafe addresses
+// (the policy may have changed) and claims over the caps are dropped.
+func (t *routeTable) restore(rs []storedRoute) int {
+	now := t.cfg.now()
+	rs = slices.Clone(rs)
+	for i := range rs {
+		// A clock that was ahead when the file was written must not
+		// keep routes alive (or ahead of newer ones) forever.
+		if rs[i].LastSeen.After(now) {
+			rs[i].LastSeen = now
+		}
+		if rs[i].FirstSeen.After(rs[i].LastSeen) {
+			rs[i].FirstSeen = rs[i].LastSeen
+		}
+		// A file from before lifetimes followed TTLs: the longest.
+		if rs[i].Expires.IsZero() || rs[i].Expires.After(rs[i].LastSeen.Add(t.cfg.ttl)) {
+			rs[i].Expires = rs[i].LastSeen.Add(t.cfg.ttl)
+		}
+	}
+	slices.SortStableFunc(rs, func(a, b storedRoute) int { return a.LastSeen.Compare(b.LastSeen) })
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	kept := 0
+	for _, r := range rs {
+		a := t.byName[r.App]
+		if a == nil || !slices.Contains(t.match.match(r.Domain), a.idx) || t.refusalLocked(a, r.Addr) != "" ||
+			!r.Expires.After(now) {
+			continue
+		}
+		if t.claimLocked(a, r.Addr, canonicalName(r.Domain), r.LastSeen, r.Expires, "") != claimNew {
+			continue
+		}
+		c := t.learned[r.Addr].claims[len(t.learned[r.Addr].claims)-1]
+		c.first = r.FirstSeen
+		c.approved = r.Approved || a.Approval != ApprovalManual
+		kept++
+	}
+	if kept > 0 {
+		t.bumpLocked()
+	}
+	return kept
+}
+
+// markDirty asks for the next snapshot to be taken (after a failed write).
+func (t *routeTable) markDirty() {
+	t.mu.Lock()
+	t.dirty = true
+	t.mu.Unlock()
 }
