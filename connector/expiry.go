@@ -46,7 +46,6 @@ func (t *routeTable) expire() {
 		t.stats.Expired++
 		n++
 	}
-	t.pruneFlowEnds(now)
 	if n > 0 {
 		t.bumpLocked()
 	}
@@ -64,10 +63,7 @@ func (t *routeTable) keepUntilLocked(c *claim, now time.Time) time.Time {
 	if t.cfg.inUse(c.route.addr) {
 		return maxTime(until, now.Add(t.cfg.grace))
 	}
-	t.endsMu.Lock()
-	end, ok := t.flowEnds[c.route.addr]
-	t.endsMu.Unlock()
-	if ok {
+	if end := c.route.lastFlowEnd.Load(); end != 0 {
 		until = maxTime(until, time.Unix(0, end).Add(t.cfg.grace))
 	}
 	return until
@@ -80,28 +76,14 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
-// flowEnded records that the last open flow to addr ended, starting its
-// grace period. It takes no lock but endsMu: the stack calls it holding
-// its own.
+// flowEnded records that the last open flow to addr is ending, starting
+// its grace period.
 func (t *routeTable) flowEnded(addr netip.Addr) {
 	now := t.cfg.now().UnixNano()
-	t.endsMu.Lock()
-	if t.flowEnds == nil {
-		t.flowEnds = map[netip.Addr]int64{}
-	}
-	t.flowEnds[addr] = now
-	t.endsMu.Unlock()
-}
-
-// pruneFlowEnds forgets flow ends whose grace period is over.
-func (t *routeTable) pruneFlowEnds(now time.Time) {
-	old := now.Add(-t.cfg.grace).UnixNano()
-	t.endsMu.Lock()
-	defer t.endsMu.Unlock()
-	for a, end := range t.flowEnds {
-		if end < old {
-			delete(t.flowEnds, a)
-		}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if r := t.learned[addr]; r != nil {
+		r.lastFlowEnd.Store(now)
 	}
 }
 

@@ -115,9 +115,10 @@ type claim struct {
 type learnedRoute struct {
 	addr   netip.Addr
 	claims []*claim
-	// lastFlow is when a flow to addr last started (UnixNano of the
-	// table's clock), 0 if none did.
-	lastFlow atomic.Int64
+	// lastFlow is when a flow to addr last started, lastFlowEnd when
+	// the last open one ended (UnixNano of the table's clock), 0 if none
+	// did.
+	lastFlow, lastFlowEnd atomic.Int64
 }
 
 // tableConfig is the part of Config the table uses.
@@ -155,12 +156,6 @@ type routeTable struct {
 	cfg tableConfig
 
 	localRefused atomic.Uint64
-
-	// flowEnds holds when the last open flow to an address ended
-	// (UnixNano), for the grace period; expire drops entries older than
-	// it. Its lock is taken with no other held, or under mu.
-	endsMu   sync.Mutex
-	flowEnds map[netip.Addr]int64
 
 	mu      sync.RWMutex // guards the fields after it
 	apps    []*servedApp

@@ -71,18 +71,21 @@ func (l *limiter) dialDone(peer string) {
 	l.peers[peer].dials--
 }
 
-// flowDone releases the flow slot taken by admit.
+// flowDone releases the flow slot taken by admit. When it is the last
+// flow to dst, Config.FlowsEnded hears of it before the count drops, with
+// the lock released, so that no one sees the address without flows before
+// its end is recorded.
 func (l *limiter) flowDone(peer string, dst netip.Addr) {
 	l.mu.Lock()
+	if l.lastEnded != nil && l.dests[dst] == 1 {
+		l.mu.Unlock()
+		l.lastEnded(dst)
+		l.mu.Lock()
+	}
 	defer l.mu.Unlock()
 	l.flows--
 	if l.dests[dst]--; l.dests[dst] == 0 {
 		delete(l.dests, dst)
-		if l.lastEnded != nil {
-			// Under the lock: no one sees the address without flows
-			// before its end is recorded.
-			l.lastEnded(dst)
-		}
 	}
 	p := l.peers[peer]
 	p.flows--

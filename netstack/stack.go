@@ -117,8 +117,8 @@ type Config struct {
 	PeerOf func(netip.Addr) string
 
 	// FlowsEnded, if set, is called when the last open flow to an address
-	// ends (any protocol), before FlowsTo reports none. It is called with
-	// the stack's flow lock held: it must not block or call the Stack.
+	// ends (any protocol), just before FlowsTo reports none. It must not
+	// block.
 	FlowsEnded func(dst netip.Addr)
 
 	// Dialer opens host sockets for forwarded flows. Nil uses a net.Dialer.
