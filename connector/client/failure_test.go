@@ -318,9 +318,11 @@ func TestDNSFloodBounded(t *testing.T) {
 			peak = max(peak, runtime.NumGoroutine()-base)
 		}
 	}
-	// Each question being answered holds a few goroutines; the cap on
-	// questions in flight bounds them, whatever the flood.
-	if peak > 2000 {
+	// A question being answered holds a goroutine; the cap on questions
+	// in flight (256) bounds them, whatever the flood: beyond it the
+	// reader answers SERVFAIL itself. (miekg/dns's server started one per
+	// datagram before any cap: peaks of 400 to 3,000 by scheduling luck.)
+	if peak > 300 {
 		t.Errorf("%d goroutines above baseline during a flood of 5,000 questions", peak)
 	}
 	t.Logf("peak: %d goroutines above baseline", peak)

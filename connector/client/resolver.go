@@ -414,53 +414,101 @@ func (c *Client) serveStream(conn net.Conn) {
 // that use a DNS server address rather than the Go library).
 type DNSServer struct {
 	servers []*dns.Server
+	pcs     []net.PacketConn
+	cancel  context.CancelFunc // ends the questions being answered
 	wg      sync.WaitGroup
 }
 
 // ServeDNS serves DNS on pc (UDP) and ln (TCP); either may be nil. The
 // returned server is running; Close stops it.
 func (c *Client) ServeDNS(pc net.PacketConn, ln net.Listener) (*DNSServer, error) {
-	s := &DNSServer{}
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		resp := c.exchange(c.ctx, req)
-		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
-			size := dns.MinMsgSize
-			if opt := req.IsEdns0(); opt != nil {
-				size = int(max(opt.UDPSize(), dns.MinMsgSize))
-			}
-			resp.Truncate(size)
-		}
-		w.WriteMsg(resp)
-	})
-	for _, srv := range []*dns.Server{
-		{PacketConn: pc, Handler: h},
-		{Listener: ln, Handler: h, IdleTimeout: func() time.Duration { return 10 * time.Second }},
-	} {
-		if srv.PacketConn == nil && srv.Listener == nil {
-			continue
-		}
-		started, failed := make(chan struct{}), make(chan error, 1)
-		srv.NotifyStartedFunc = func() { close(started) }
+	ctx, cancel := context.WithCancel(c.ctx)
+	s := &DNSServer{cancel: cancel}
+	if pc != nil {
+		s.pcs = append(s.pcs, pc)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := srv.ActivateAndServe(); err != nil {
-				failed <- err
-			}
+			c.serveUDP(ctx, pc, &s.wg)
 		}()
-		select {
-		case <-started:
-			s.servers = append(s.servers, srv)
-		case err := <-failed:
-			s.Close()
-			return nil, fmt.Errorf("client: serve dns: %w", err)
+	}
+	if ln == nil {
+		return s, nil
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) { w.WriteMsg(c.exchange(ctx, req)) })
+	srv := &dns.Server{Listener: ln, Handler: h, IdleTimeout: func() time.Duration { return 10 * time.Second }}
+	started, failed := make(chan struct{}), make(chan error, 1)
+	srv.NotifyStartedFunc = func() { close(started) }
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := srv.ActivateAndServe(); err != nil {
+			failed <- err
 		}
+	}()
+	select {
+	case <-started:
+		s.servers = append(s.servers, srv)
+	case err := <-failed:
+		s.Close()
+		return nil, fmt.Errorf("client: serve dns: %w", err)
 	}
 	return s, nil
 }
 
+// serveUDP answers the questions that arrive on pc until it is closed,
+// each on a goroutine of its own (added to wg), at most maxDNSInFlight at
+// once. Beyond that the reading goroutine answers SERVFAIL itself: a
+// flood holds no more goroutines than the cap, however fast it comes. A
+// datagram that is not a DNS message gets no answer.
+func (c *Client) serveUDP(ctx context.Context, pc net.PacketConn, wg *sync.WaitGroup) {
+	busy := make(chan struct{}, maxDNSInFlight)
+	buf := make([]byte, dns.MaxMsgSize)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // an ICMP error from an earlier reply, and the like
+		}
+		req := new(dns.Msg)
+		if req.Unpack(buf[:n]) != nil {
+			continue
+		}
+		select {
+		case busy <- struct{}{}:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-busy }()
+				replyUDP(pc, from, req, c.exchange(ctx, req))
+			}()
+		default:
+			replyUDP(pc, from, req, failure(req, dns.RcodeServerFailure))
+		}
+	}
+}
+
+// replyUDP sends resp, the answer to req, to from, truncated to the size
+// req accepts.
+func replyUDP(pc net.PacketConn, from net.Addr, req, resp *dns.Msg) {
+	size := dns.MinMsgSize
+	if opt := req.IsEdns0(); opt != nil {
+		size = int(max(opt.UDPSize(), dns.MinMsgSize))
+	}
+	resp.Truncate(size)
+	if b, err := resp.Pack(); err == nil {
+		pc.WriteTo(b, from)
+	}
+}
+
 // Close stops the DNS server and waits for it.
 func (s *DNSServer) Close() error {
+	s.cancel()
+	for _, pc := range s.pcs {
+		pc.Close()
+	}
 	for _, srv := range s.servers {
 		srv.Shutdown()
 	}
