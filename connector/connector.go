@@ -331,6 +331,7 @@ func (c *Connector) startDNS(cfg Config, upstreams []*upstream) error {
 			perPeer: orDefault(cfg.MaxDNSTCPConnsPerPeer, DefaultMaxDNSTCPConnsPerPeer),
 		},
 		questions: connLimit{max: maxDNSInFlight, perPeer: maxDNSInFlightPerPeer},
+		udpBusy:   connLimit{max: maxDNSInFlight, perPeer: maxDNSInFlightPerPeer},
 		learnRate: netstack.NewPeerRates(1, orDefault(cfg.LearnRate, DefaultLearnRate), orDefault(cfg.LearnBurst, DefaultLearnBurst)),
 		learnMax:  orDefault(cfg.LearnBurst, DefaultLearnBurst),
 		stale:     staleCache{max: orDefault(cfg.MaxLearned, DefaultMaxLearned)},

@@ -93,8 +93,12 @@ type dnsService struct {
 	now       func() time.Time
 	learnMax  int // its burst
 
+	// udpBusy counts the goroutines answering UDP questions.
+	udpBusy connLimit
+
 	mu      sync.Mutex // guards the fields after it
 	servers []*dns.Server
+	pcs     []net.PacketConn
 	wg      sync.WaitGroup
 }
 
@@ -123,7 +127,12 @@ func (d *dnsService) start(pcs []net.PacketConn, lns []net.Listener) {
 		}
 	}
 	for _, pc := range pcs {
-		serve(&dns.Server{PacketConn: pc, Handler: d, UDPSize: ednsSize})
+		d.pcs = append(d.pcs, pc)
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.serveUDP(pc)
+		}()
 	}
 	for _, ln := range lns {
 		serve(&dns.Server{
@@ -139,13 +148,55 @@ func (d *dnsService) start(pcs []net.PacketConn, lns []net.Listener) {
 // close stops the servers and waits for them.
 func (d *dnsService) close() {
 	d.mu.Lock()
-	servers := d.servers
-	d.servers = nil
+	servers, pcs := d.servers, d.pcs
+	d.servers, d.pcs = nil, nil
 	d.mu.Unlock()
+	for _, pc := range pcs {
+		pc.Close()
+	}
 	for _, srv := range servers {
 		srv.Shutdown()
 	}
 	d.wg.Wait()
+}
+
+// serveUDP answers the questions that arrive on pc until it is closed,
+// each on a goroutine of its own, as many at once as questions may be in
+// flight (over all peers and per peer). Beyond that the reading goroutine
+// answers SERVFAIL itself, so a peer's flood holds no more goroutines than
+// the caps, however fast it comes (a server that starts a goroutine per
+// datagram holds as many as the scheduler lets pile up). A datagram that
+// is not a DNS message gets no answer.
+func (d *dnsService) serveUDP(pc net.PacketConn) {
+	buf := make([]byte, dns.MaxMsgSize)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || d.c.ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		req := new(dns.Msg)
+		if req.Unpack(buf[:n]) != nil {
+			continue
+		}
+		src := addrOf(from)
+		p := d.c.peers.lookup(src)
+		if !d.udpBusy.take(p.key) {
+			d.stats.Limited.Add(1)
+			d.send(pc, from, src, d.wire(src, req, withEDE(reply(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, "too many questions in flight"), true))
+			continue
+		}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			defer d.udpBusy.give(p.key)
+			ctx, cancel := context.WithTimeout(d.c.ctx, d.timeout)
+			defer cancel()
+			d.send(pc, from, src, d.wire(src, req, d.answer(ctx, p, req), true))
+		}()
+	}
 }
 
 // closeUpstreams closes the upstreams' kept connections, once nothing
@@ -156,13 +207,32 @@ func (d *dnsService) closeUpstreams() {
 	}
 }
 
-// ServeDNS implements dns.Handler.
+// ServeDNS implements dns.Handler, for DNS over TCP.
 func (d *dnsService) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	src := addrOf(w.RemoteAddr())
 	ctx, cancel := context.WithTimeout(d.c.ctx, d.timeout)
 	defer cancel()
-	resp := d.answer(ctx, d.c.peers.lookup(src), req)
-	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+	if b := d.wire(src, req, d.answer(ctx, d.c.peers.lookup(src), req), false); b != nil {
+		if _, err := w.Write(b); err != nil {
+			d.logf("dns: reply to %v: %v", src, err)
+		}
+	}
+}
+
+// send writes b, a reply to src, to addr on pc.
+func (d *dnsService) send(pc net.PacketConn, addr net.Addr, src netip.Addr, b []byte) {
+	if b == nil {
+		return
+	}
+	if _, err := pc.WriteTo(b, addr); err != nil {
+		d.logf("dns: reply to %v: %v", src, err)
+	}
+}
+
+// wire is resp, the answer to req from src, in wire format (over UDP,
+// truncated to the size req accepts); nil if it cannot be written.
+func (d *dnsService) wire(src netip.Addr, req, resp *dns.Msg, udp bool) []byte {
+	if udp {
 		size := dns.MinMsgSize
 		if opt := req.IsEdns0(); opt != nil {
 			size = int(min(max(opt.UDPSize(), dns.MinMsgSize), ednsSize))
@@ -177,12 +247,10 @@ func (d *dnsService) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		d.logf("dns: reply to %v cannot be relayed, SERVFAIL instead: %v", src, err)
 		if b, err = packChecked(withEDE(reply(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeInvalidData, "the upstream's answer is malformed")); err != nil {
 			d.logf("dns: reply to %v: %v", src, err)
-			return
+			return nil
 		}
 	}
-	if _, err := w.Write(b); err != nil {
-		d.logf("dns: reply to %v: %v", src, err)
-	}
+	return b
 }
 
 // packChecked packs m and checks that the result reads back.

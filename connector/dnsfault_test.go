@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -423,4 +424,41 @@ func udpRcvbufErrors(t *testing.T) int64 {
 		}
 	}
 	return -1
+}
+
+// A peer flooding the connector with questions while the upstream is
+// silent holds no more goroutines than its questions in flight (64): the
+// rest are answered SERVFAIL by the reading goroutine.
+func TestDNSFloodHoldsBoundedGoroutines(t *testing.T) {
+	checkLeaks(t)
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{silent.LocalAddr().String()}, DNSTimeout: 2 * time.Second},
+		`[{"name": "web", "connectors": ["*"], "domains": ["*.example.com"]}]`)
+	c, err := e.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", net.JoinHostPort(connV4.Addr().String(), "53"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	query(t, e, "warm.example.org.", dns.TypeA, false) // the session is up
+	base := runtime.NumGoroutine()
+	peak := 0
+	for i := range 3000 {
+		m := new(dns.Msg).SetQuestion(fmt.Sprintf("n%d.example.com.", i), dns.TypeA)
+		b, _ := m.Pack()
+		c.Write(b)
+		if i%25 == 0 {
+			peak = max(peak, runtime.NumGoroutine()-base)
+		}
+	}
+	t.Logf("peak: %d goroutines above baseline", peak)
+	if peak > 64+16 {
+		t.Errorf("%d goroutines above baseline during a flood of 3,000 questions; want at most the peer's 64 in flight and a few", peak)
+	}
+	if n := e.conn.Stats().DNS.Limited; n == 0 {
+		t.Error("no question was answered at the cap")
+	}
 }
