@@ -19,6 +19,7 @@ import (
 	stocknetstack "golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/wgbind"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
@@ -102,7 +103,7 @@ func BenchmarkBulkConnector(b *testing.B) {
 
 	serverKey, _ := wgconf.GeneratePrivateKey()
 	clientKey, _ := netstacktest.NewPrivateKey()
-	policy, err := connector.ParsePolicy("bench", []byte(`[{"name": "sink", "connectors": ["*"], "routes": ["127.0.0.1/32"]}]`))
+	policy, err := apptype.ParsePolicy("bench", []byte(`[{"name": "sink", "connectors": ["*"], "routes": ["127.0.0.1/32"]}]`))
 	if err != nil {
 		b.Fatal(err)
 	}

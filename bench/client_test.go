@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
@@ -48,7 +49,7 @@ func startClientLab(b *testing.B) *clientLab {
 	if l.dns, err = dnstest.Start("app.bench.example. 60 IN A 127.0.0.1"); err != nil {
 		b.Fatal(err)
 	}
-	policy, err := connector.ParsePolicy("bench", []byte(`[{"name": "app", "connectors": ["*"], "domains": ["app.bench.example"], "allowPrivate": ["127.0.0.1/32"]}]`))
+	policy, err := apptype.ParsePolicy("bench", []byte(`[{"name": "app", "connectors": ["*"], "domains": ["app.bench.example"], "allowPrivate": ["127.0.0.1/32"]}]`))
 	if err != nil {
 		b.Fatal(err)
 	}

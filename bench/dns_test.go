@@ -15,6 +15,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
@@ -189,7 +190,7 @@ func dnsSetupDial(b *testing.B, records []string, maxRoutes int) (ask func(name 
 	}
 	serverKey, _ := wgconf.GeneratePrivateKey()
 	clientKey, _ := netstacktest.NewPrivateKey()
-	policy, err := connector.ParsePolicy("bench", []byte(`[{"name": "bench", "connectors": ["*"], "domains": ["*.bench.example"]}]`))
+	policy, err := apptype.ParsePolicy("bench", []byte(`[{"name": "bench", "connectors": ["*"], "domains": ["*.bench.example"]}]`))
 	if err != nil {
 		b.Fatal(err)
 	}

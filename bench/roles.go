@@ -11,6 +11,7 @@ import (
 	"runtime/pprof"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/wgconf"
 )
@@ -47,7 +48,7 @@ func connectorRole(dir, dnsUpstream string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	policy, err := connector.LoadPolicy(filepath.Join(dir, "policy.json"))
+	policy, err := apptype.LoadPolicy(filepath.Join(dir, "policy.json"))
 	if err != nil {
 		return err
 	}

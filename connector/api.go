@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/appconnector/appconnector/connector/apptype"
 )
 
 // Two HTTP APIs:
@@ -29,21 +31,6 @@ import (
 // it on a unix socket or a loopback address): GET /v1/routes lists every
 // route with its app, domain, source and state; POST /v1/routes/approve
 // approves pending routes.
-
-// RouteSet is what the route API answers.
-type RouteSet struct {
-	// Version is the route table's version; it grows with every change.
-	Version uint64 `json:"version"`
-	// Routes are the prefixes the peer should send through this
-	// connector.
-	Routes []netip.Prefix `json:"routes"`
-	// Domains are the domains of the apps the peer may use (the policy's
-	// form: "example.com", "*.example.com"): names to ask this connector.
-	Domains []string `json:"domains"`
-	// Full marks the first line of a ?watch=1&diff=1 stream, the whole
-	// set; the lines after it are RouteDiffs.
-	Full bool `json:"full,omitempty"`
-}
 
 // watchKeepalive is how often a watch stream with no change repeats the
 // current version, so a client notices a dead connector.
@@ -202,20 +189,9 @@ func (a *peerAPI) routes(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// RouteDiff is a line of a ?watch=1&diff=1 stream after the first: the
-// routes added and removed since the line before, and the domains when
-// they changed (absent: unchanged). A line with only the version repeats
-// it (a keepalive).
-type RouteDiff struct {
-	Version uint64         `json:"version"`
-	Added   []netip.Prefix `json:"added,omitempty"`
-	Removed []netip.Prefix `json:"removed,omitempty"`
-	Domains *[]string      `json:"domains,omitempty"`
-}
-
 // routeDiff is the change from advertisement prev to cur (both sorted).
-func routeDiff(v uint64, prev, cur advertisement) RouteDiff {
-	d := RouteDiff{Version: v}
+func routeDiff(v uint64, prev, cur advertisement) apptype.RouteDiff {
+	d := apptype.RouteDiff{Version: v}
 	i, j := 0, 0
 	for i < len(prev.prefixes) || j < len(cur.prefixes) {
 		switch {
@@ -247,8 +223,8 @@ func prefixLess(a, b netip.Prefix) bool {
 	return a.Bits() < b.Bits()
 }
 
-func routeSet(v uint64, adv advertisement) RouteSet {
-	rs := RouteSet{Version: v, Routes: adv.prefixes, Domains: adv.domains}
+func routeSet(v uint64, adv advertisement) apptype.RouteSet {
+	rs := apptype.RouteSet{Version: v, Routes: adv.prefixes, Domains: adv.domains}
 	if rs.Routes == nil {
 		rs.Routes = []netip.Prefix{}
 	}
@@ -300,8 +276,8 @@ func (c *Connector) AdminHandler() http.Handler {
 		v, rs := c.table.routes()
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(struct {
-			Version uint64  `json:"version"`
-			Routes  []Route `json:"routes"`
+			Version uint64          `json:"version"`
+			Routes  []apptype.Route `json:"routes"`
 		}{v, nonNilRoutes(rs)})
 	})
 	mux.Handle("GET /metrics", newMetrics(c).handler())
@@ -356,9 +332,9 @@ func adminHost(host string) bool {
 	return err == nil && a.IsLoopback()
 }
 
-func nonNilRoutes(rs []Route) []Route {
+func nonNilRoutes(rs []apptype.Route) []apptype.Route {
 	if rs == nil {
-		return []Route{}
+		return []apptype.Route{}
 	}
 	return rs
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -48,7 +49,7 @@ func TestRouteAPIWatchCap(t *testing.T) {
 		bodies = append(bodies, resp.Body)
 		switch resp.StatusCode {
 		case http.StatusOK:
-			var rs connector.RouteSet
+			var rs apptype.RouteSet
 			if err := json.NewDecoder(resp.Body).Decode(&rs); err != nil {
 				t.Fatalf("watch %d: first line: %v", i, err)
 			}
@@ -150,7 +151,7 @@ func TestRouteAPIConnectionsAndHeaders(t *testing.T) {
 	netstacktest.WaitFor(t, func() bool { return e.conn.Stats().API.Conns == perPeer-1 })
 	hc := &http.Client{Transport: &http.Transport{DialContext: e.client.DialContext}, Timeout: 5 * time.Second}
 	defer hc.CloseIdleConnections()
-	var rs connector.RouteSet
+	var rs apptype.RouteSet
 	getJSON(t, hc, "http://"+connV4.Addr().String()+"/v1/routes", &rs)
 }
 
@@ -177,7 +178,7 @@ func TestRouteAPIWatchDiffs(t *testing.T) {
 		query(t, e, fmt.Sprintf("h%d.example.com.", i), 1, false)
 	}
 	sc := watchDiffs(t, e)
-	var full connector.RouteSet
+	var full apptype.RouteSet
 	if err := json.Unmarshal(sc.Bytes(), &full); err != nil || !full.Full || len(full.Routes) == 0 {
 		t.Fatalf("first line: %s (%v); want the whole set marked full", sc.Bytes(), err)
 	}
@@ -186,7 +187,7 @@ func TestRouteAPIWatchDiffs(t *testing.T) {
 	if !sc.Scan() {
 		t.Fatalf("no update: %v", sc.Err())
 	}
-	var d connector.RouteDiff
+	var d apptype.RouteDiff
 	if err := json.Unmarshal(sc.Bytes(), &d); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
@@ -61,7 +62,7 @@ func TestCNAMEIntoAnotherApp(t *testing.T) {
 		t.Fatalf("side.example: %v", r)
 	}
 	rs := e.conn.Routes()
-	if len(rs) != 1 || rs[0].App != "m" || rs[0].Domain != "m.example" || rs[0].State != connector.StatePending {
+	if len(rs) != 1 || rs[0].App != "m" || rs[0].Domain != "m.example" || rs[0].State != apptype.StatePending {
 		t.Fatalf("routes after side.example: %+v; want 127.0.0.6 pending for app m", rs)
 	}
 	if err := dialOK(t, e, manual); err == nil {

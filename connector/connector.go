@@ -19,6 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/wgbind"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack"
@@ -42,7 +43,7 @@ type Config struct {
 
 	// Policy lists the apps. The connector serves those whose connectors
 	// name one of Tags (or "*"). Nil serves nothing.
-	Policy *Policy
+	Policy *apptype.Policy
 	// Tags are this connector's tags. Empty means DefaultTag.
 	Tags []string
 
@@ -486,19 +487,19 @@ func (c *Connector) Port() uint16 { return c.port }
 // SetPolicy replaces the policy; nil serves nothing. New flows and DNS
 // questions see the new apps at once; established flows are not touched.
 // Learned routes of apps or names that left the policy are withdrawn.
-func (c *Connector) SetPolicy(p *Policy) {
+func (c *Connector) SetPolicy(p *apptype.Policy) {
 	c.table.setApps(p.AppsFor(c.tags))
 }
 
 // Routes lists every route: configured, learned, pending and coalesced.
-func (c *Connector) Routes() []Route {
+func (c *Connector) Routes() []apptype.Route {
 	_, rs := c.table.routes()
 	return rs
 }
 
 // Advertised returns what the route API tells the peer with public key
 // peerKey (base64): the routes and domains of the apps it may use.
-func (c *Connector) Advertised(peerKey string) RouteSet {
+func (c *Connector) Advertised(peerKey string) apptype.RouteSet {
 	return routeSet(c.table.advertised(c.peers.byKey(peerKey)))
 }
 

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
@@ -75,7 +76,7 @@ func newEnvVia(t testing.TB, cfg connector.Config, policyJSON string, via func(n
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, err := connector.ParsePolicy("test-policy.json", []byte(policyJSON))
+	policy, err := apptype.ParsePolicy("test-policy.json", []byte(policyJSON))
 	if err != nil {
 		t.Fatal(err)
 	}

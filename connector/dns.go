@@ -12,6 +12,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/netstack"
 )
 
@@ -308,7 +309,7 @@ func (d *dnsService) answer(ctx context.Context, p peerID, req *dns.Msg) *dns.Ms
 	up, err := d.exchange(ctx, q, req)
 	d.questions.give(p.key)
 	var stale time.Duration // the age of the answer, if served stale
-	key := staleKey{name: canonicalName(q.Name), qtype: q.Qtype}
+	key := staleKey{name: apptype.CanonicalName(q.Name), qtype: q.Qtype}
 	if opt := req.IsEdns0(); opt != nil {
 		key.do = opt.Do()
 	}

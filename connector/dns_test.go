@@ -19,6 +19,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -136,31 +137,31 @@ func TestDNSLearnsRouteBeforeAnswer(t *testing.T) {
 		netstacktest.EchoTCP(t, c, 4096)
 		c.Close()
 	}
-	var learned []connector.Route
+	var learned []apptype.Route
 	for _, r := range e.conn.Routes() {
 		if r.Source == "learned" {
 			learned = append(learned, r)
 		}
 	}
-	if len(learned) != 2 || learned[0].Domain != "app.example.com" || learned[0].App != "web" || learned[0].State != connector.StateAdvertised {
+	if len(learned) != 2 || learned[0].Domain != "app.example.com" || learned[0].App != "web" || learned[0].State != apptype.StateAdvertised {
 		t.Errorf("learned routes: %+v", learned)
 	}
 
 	// The policy grows a configured prefix covering the learned route:
 	// the table settles to the prefix, the learned route coalesced into it.
-	grown, err := connector.ParsePolicy("grown.json", []byte(strings.Replace(dnsPolicy,
+	grown, err := apptype.ParsePolicy("grown.json", []byte(strings.Replace(dnsPolicy,
 		`"allowPrivate": ["127.0.0.1/32", "::1/128"]}`, `"allowPrivate": ["127.0.0.1/32", "::1/128"], "routes": ["127.0.0.0/8"]}`, 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.conn.SetPolicy(grown)
-	var states []connector.RouteState
+	var states []apptype.RouteState
 	for _, r := range e.conn.Routes() {
 		if r.Prefix.Addr().Is4() {
 			states = append(states, r.State)
 		}
 	}
-	if !slices.Equal(states, []connector.RouteState{connector.StateAdvertised, connector.StateCoalesced}) {
+	if !slices.Equal(states, []apptype.RouteState{apptype.StateAdvertised, apptype.StateCoalesced}) {
 		t.Errorf("after a covering prefix: %+v", e.conn.Routes())
 	}
 	adv := e.conn.Advertised(e.client.PublicKeyString()).Routes
@@ -332,7 +333,7 @@ func TestRouteAPIAndWatch(t *testing.T) {
 	defer hc.CloseIdleConnections()
 	base := "http://" + connV4.Addr().String()
 
-	var first connector.RouteSet
+	var first apptype.RouteSet
 	getJSON(t, hc, base+"/v1/routes", &first)
 	if len(first.Routes) != 0 {
 		t.Fatalf("routes before any answer: %v", first.Routes)
@@ -347,7 +348,7 @@ func TestRouteAPIAndWatch(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	dec := json.NewDecoder(resp.Body)
-	var cur connector.RouteSet
+	var cur apptype.RouteSet
 	if err := dec.Decode(&cur); err != nil || cur.Version != first.Version {
 		t.Fatalf("first watch line: %+v, %v", cur, err)
 	}
@@ -365,7 +366,7 @@ func TestRouteAPIAndWatch(t *testing.T) {
 	srv := httptest.NewServer(e.conn.AdminHandler())
 	defer srv.Close()
 	var table struct {
-		Routes []connector.Route `json:"routes"`
+		Routes []apptype.Route `json:"routes"`
 	}
 	getJSON(t, srv.Client(), srv.URL+"/v1/routes", &table)
 	if len(table.Routes) != 1 || table.Routes[0].Domain != "app.example.com" || table.Routes[0].App != "web" {
@@ -404,7 +405,7 @@ func TestManualApprovalBlocksUntilApproved(t *testing.T) {
 		"domains": ["app.example.com"], "allowPrivate": ["127.0.0.1/32"], "approval": "manual"}]`)
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	query(t, e, "app.example.com.", dns.TypeA, false)
-	if rs := e.conn.Routes(); len(rs) != 1 || rs[0].State != connector.StatePending {
+	if rs := e.conn.Routes(); len(rs) != 1 || rs[0].State != apptype.StatePending {
 		t.Fatalf("routes %+v, want one pending", rs)
 	}
 	if err := dialOK(t, e, echo); err == nil {
@@ -429,7 +430,7 @@ func TestManualApprovalBlocksUntilApproved(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
-	if rs := e.conn.Routes(); rs[0].State != connector.StatePending {
+	if rs := e.conn.Routes(); rs[0].State != apptype.StatePending {
 		t.Fatal("a refused request approved a route")
 	}
 	resp, err := srv.Client().Post(srv.URL+"/v1/routes/approve?prefix=127.0.0.1", "", nil)

@@ -1,9 +1,10 @@
-// Package connector is the app connector proper: it makes applications,
+// Package connector is the app connector's server: it makes applications,
 // named by domain, reachable through one WireGuard egress point.
 //
-// An app policy (see ParsePolicy and LoadPolicy) lists the apps, the
-// connectors that serve each one, and the domains and address routes that
-// belong to it. The package owns DNS interception for those domains,
-// domain matching, and the route table that decides which flows are
-// forwarded.
+// The app policy (package apptype) lists the apps, the connectors that
+// serve each one, and the domains and address routes that belong to it.
+// This package owns DNS interception for those domains and its upstreams,
+// the route table that decides which flows are forwarded (learning,
+// lifetimes, persistence), the route API peers follow, the admin API and
+// the metrics.
 package connector

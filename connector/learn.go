@@ -7,6 +7,8 @@ import (
 	"slices"
 
 	"github.com/miekg/dns"
+
+	"github.com/appconnector/appconnector/connector/apptype"
 )
 
 // maxChain is the longest CNAME chain followed from a question name.
@@ -76,10 +78,10 @@ func newAnswerGraph(qtype uint16, answer []dns.RR) answerGraph {
 		if h.Class != dns.ClassINET {
 			continue
 		}
-		owner := canonicalName(h.Name)
+		owner := apptype.CanonicalName(h.Name)
 		switch rr := rr.(type) {
 		case *dns.CNAME:
-			target := canonicalName(rr.Target)
+			target := apptype.CanonicalName(rr.Target)
 			if prev, ok := g.cname[owner]; ok && prev != target {
 				g.ambiguous = true
 			}
@@ -94,7 +96,7 @@ func newAnswerGraph(qtype uint16, answer []dns.RR) answerGraph {
 			g.hasData[owner] = true
 			// An AliasMode record sends the client on to its target;
 			// "." (no service) sends it nowhere.
-			if t := canonicalName(s.Target); s.Priority == 0 && t != "" && !slices.Contains(g.alias[owner], t) {
+			if t := apptype.CanonicalName(s.Target); s.Priority == 0 && t != "" && !slices.Contains(g.alias[owner], t) {
 				g.alias[owner] = append(g.alias[owner], t)
 			}
 		}
@@ -143,7 +145,7 @@ func chainAddrs(qname string, qtype uint16, answer []dns.RR) ([]answerAddr, erro
 		}
 		return nil
 	}
-	if err := walk(canonicalName(qname), 0); err != nil {
+	if err := walk(apptype.CanonicalName(qname), 0); err != nil {
 		return nil, err
 	}
 	var out []answerAddr
@@ -154,7 +156,7 @@ func chainAddrs(qname string, qtype uint16, answer []dns.RR) ([]answerAddr, erro
 	}
 	for _, rr := range answer {
 		h := rr.Header()
-		if h.Class != dns.ClassINET || !onChain[canonicalName(h.Name)] {
+		if h.Class != dns.ClassINET || !onChain[apptype.CanonicalName(h.Name)] {
 			continue
 		}
 		switch rr := rr.(type) {
@@ -197,19 +199,19 @@ func chainNames(qname string, qtype uint16, answer []dns.RR) []string {
 		if h.Class != dns.ClassINET {
 			continue
 		}
-		owner := canonicalName(h.Name)
+		owner := apptype.CanonicalName(h.Name)
 		switch rr := rr.(type) {
 		case *dns.CNAME:
-			targets[owner] = append(targets[owner], canonicalName(rr.Target))
+			targets[owner] = append(targets[owner], apptype.CanonicalName(rr.Target))
 		default:
 			if s := serviceOf(rr, qtype); s != nil {
-				if t := canonicalName(s.Target); t != "" {
+				if t := apptype.CanonicalName(s.Target); t != "" {
 					targets[owner] = append(targets[owner], t)
 				}
 			}
 		}
 	}
-	names := []string{canonicalName(qname)}
+	names := []string{apptype.CanonicalName(qname)}
 	seen := map[string]bool{names[0]: true}
 	for i := 0; i < len(names) && len(names) <= maxChain; i++ {
 		for _, t := range targets[names[i]] {

@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -61,7 +62,7 @@ func TestLearnedRouteLifetime(t *testing.T) {
 		if !sc.Scan() {
 			t.Fatalf("no update: %v", sc.Err())
 		}
-		var d connector.RouteDiff
+		var d apptype.RouteDiff
 		if err := json.Unmarshal(sc.Bytes(), &d); err != nil {
 			t.Fatalf("%s: %v", sc.Bytes(), err)
 		}

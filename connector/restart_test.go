@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
@@ -39,7 +40,7 @@ type restartRig struct {
 	state  string
 	key    wgconf.Key
 	port   uint16 // 0 until the first connector picked one
-	policy *connector.Policy
+	policy *apptype.Policy
 	dialer *netstacktest.Dialer
 }
 
@@ -56,7 +57,7 @@ func newRestartRig(t *testing.T) *restartRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, err := connector.ParsePolicy("test-policy.json", []byte(testPolicy))
+	policy, err := apptype.ParsePolicy("test-policy.json", []byte(testPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}

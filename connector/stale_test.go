@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/appconnector/appconnector/connector/apptype"
 )
 
 func TestStaleCacheBounded(t *testing.T) {
@@ -16,7 +18,7 @@ func TestStaleCacheBounded(t *testing.T) {
 		m.Answer = []dns.RR{rr}
 		return m
 	}
-	k := func(name string) staleKey { return staleKey{name: canonicalName(name), qtype: dns.TypeA} }
+	k := func(name string) staleKey { return staleKey{name: apptype.CanonicalName(name), qtype: dns.TypeA} }
 	c.put(k("a.example."), answer("a.example."), now)
 	c.put(k("b.example."), answer("b.example."), now)
 	c.put(k("a.example."), answer("a.example."), now.Add(time.Minute)) // a is the newest now

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/appconnector/appconnector/connector/apptype"
 )
 
 // writeFileAtomic replaces path with data so that a crash at any moment
@@ -213,16 +215,16 @@ func (t *routeTable) restore(rs []storedRoute) int {
 	kept := 0
 	for _, r := range rs {
 		a := t.byName[r.App]
-		if a == nil || !slices.Contains(t.match.match(r.Domain), a.idx) || t.refusalLocked(a, r.Addr) != "" ||
+		if a == nil || !slices.Contains(t.match.Match(r.Domain), a.idx) || t.refusalLocked(a, r.Addr) != "" ||
 			!r.Expires.After(now) {
 			continue
 		}
-		if t.claimLocked(a, r.Addr, canonicalName(r.Domain), r.LastSeen, r.Expires, "") != claimNew {
+		if t.claimLocked(a, r.Addr, apptype.CanonicalName(r.Domain), r.LastSeen, r.Expires, "") != claimNew {
 			continue
 		}
 		c := t.learned[r.Addr].claims[len(t.learned[r.Addr].claims)-1]
 		c.first = r.FirstSeen
-		c.approved = r.Approved || a.Approval != ApprovalManual
+		c.approved = r.Approved || a.Approval != apptype.ApprovalManual
 		kept++
 	}
 	if kept > 0 {

@@ -10,6 +10,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -79,14 +80,14 @@ func TestDNSLearnsServiceBindingHints(t *testing.T) {
 	if r := query(t, e, "cdn.example.com.", dns.TypeHTTPS, true); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 2 || edeOf(r) != nil {
 		t.Errorf("HTTPS through a CNAME: %v", r)
 	}
-	if !slices.ContainsFunc(e.conn.Routes(), func(rt connector.Route) bool { return rt.Domain == "cdn.example.com" }) {
+	if !slices.ContainsFunc(e.conn.Routes(), func(rt apptype.Route) bool { return rt.Domain == "cdn.example.com" }) {
 		t.Errorf("hint behind a CNAME not learned: %+v", e.conn.Routes())
 	}
 	// SVCB answers the same way.
 	if r := query(t, e, "plain.example.com.", dns.TypeSVCB, false); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
 		t.Errorf("SVCB: %v", r)
 	}
-	if !slices.ContainsFunc(e.conn.Routes(), func(rt connector.Route) bool { return rt.Domain == "plain.example.com" }) {
+	if !slices.ContainsFunc(e.conn.Routes(), func(rt apptype.Route) bool { return rt.Domain == "plain.example.com" }) {
 		t.Errorf("SVCB hint not learned: %+v", e.conn.Routes())
 	}
 	// A record whose only hint is refused keeps everything else.
@@ -94,7 +95,7 @@ func TestDNSLearnsServiceBindingHints(t *testing.T) {
 	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || strings.Contains(r.Answer[0].String(), "hint") {
 		t.Errorf("HTTPS with only a refused hint: %v", r)
 	}
-	if slices.ContainsFunc(e.conn.Routes(), func(rt connector.Route) bool { return rt.Prefix.Addr().Is4() && !rt.Prefix.Addr().IsLoopback() }) {
+	if slices.ContainsFunc(e.conn.Routes(), func(rt apptype.Route) bool { return rt.Prefix.Addr().Is4() && !rt.Prefix.Addr().IsLoopback() }) {
 		t.Errorf("a refused hint became a route: %+v", e.conn.Routes())
 	}
 }

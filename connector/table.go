@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go4.org/netipx"
+
+	"github.com/appconnector/appconnector/connector/apptype"
 )
 
 // Defaults for the route table.
@@ -26,39 +28,6 @@ const (
 	DefaultMaxLearnedPerApp  = 10_000
 	defaultMaxLearnedCeiling = 10_000_000
 )
-
-// RouteState is where a route stands.
-type RouteState string
-
-// Route states.
-const (
-	// Advertised routes are forwarded and announced to peers.
-	StateAdvertised RouteState = "advertised"
-	// Pending routes were learned for an app with manual approval and
-	// wait for an operator; they are neither forwarded nor announced.
-	StatePending RouteState = "pending"
-	// Coalesced routes were learned inside one of the app's configured
-	// routes: the configured prefix covers them, so they are not announced
-	// on their own.
-	StateCoalesced RouteState = "coalesced"
-)
-
-// Route is one entry of the route table as the admin API shows it.
-type Route struct {
-	Prefix    netip.Prefix `json:"prefix"`
-	App       string       `json:"app"`
-	Domain    string       `json:"domain,omitempty"` // the name it was learned from; empty if configured
-	Source    string       `json:"source"`           // "configured" or "learned"
-	State     RouteState   `json:"state"`
-	FirstSeen time.Time    `json:"firstSeen,omitzero"`
-	LastSeen  time.Time    `json:"lastSeen,omitzero"`
-	// Expires is when a learned route goes unless DNS names it again
-	// or a flow uses it: its answer's lifetime, or the grace period after
-	// its last flow, whichever ends later. A route with an open flow does
-	// not expire while the flow lasts.
-	Expires time.Time `json:"expires,omitzero"`
-	InUse   bool      `json:"inUse,omitempty"` // a flow to it is open now
-}
 
 // peerID identifies the peer a flow or query comes from: its public key
 // (base64) and the tags its [Peer] section carries.
@@ -76,7 +45,7 @@ var selfPeer = peerID{self: true}
 // servedApp is an app this connector serves, with what the table derives
 // from it.
 type servedApp struct {
-	App
+	apptype.App
 	idx int // position in the table's apps, as the matcher reports it
 	// forward is where its configured routes may be forwarded to (the
 	// routes less the guarded and never ranges).
@@ -160,7 +129,7 @@ type routeTable struct {
 	mu      sync.RWMutex // guards the fields after it
 	apps    []*servedApp
 	byName  map[string]*servedApp
-	match   *matcher
+	match   *apptype.Matcher
 	learned map[netip.Addr]*learnedRoute
 	all     list.List             // every claim, least recently seen first
 	due     claimHeap             // every claim, soonest due first
@@ -193,7 +162,7 @@ func newRouteTable(cfg tableConfig) *routeTable {
 		cfg:     cfg,
 		byPeer:  map[string]*list.List{},
 		byName:  map[string]*servedApp{},
-		match:   newMatcher(nil),
+		match:   apptype.NewMatcher(nil),
 		learned: map[netip.Addr]*learnedRoute{},
 		changed: make(chan struct{}),
 	}
@@ -204,7 +173,7 @@ func newRouteTable(cfg tableConfig) *routeTable {
 // or learned from names the app no longer matches, are withdrawn (an
 // address another app still holds stays). An app switched to automatic
 // approval has its pending routes approved.
-func (t *routeTable) setApps(apps []App) {
+func (t *routeTable) setApps(apps []apptype.App) {
 	served := make([]*servedApp, len(apps))
 	byName := make(map[string]*servedApp, len(apps))
 	for i, a := range apps {
@@ -216,7 +185,7 @@ func (t *routeTable) setApps(apps []App) {
 		served[i] = &servedApp{App: a, idx: i, forward: forwardSet(a.Routes, t.cfg.hostAddrs), covers: cs}
 		byName[a.Name] = served[i]
 	}
-	m := newMatcher(apps)
+	m := apptype.NewMatcher(apps)
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -226,7 +195,7 @@ func (t *routeTable) setApps(apps []App) {
 		c := e.Value.(*claim)
 		na := byName[c.app.Name]
 		switch {
-		case na == nil, !slices.Contains(m.match(c.domain), na.idx), t.refusalLocked(na, c.route.addr) != "":
+		case na == nil, !slices.Contains(m.Match(c.domain), na.idx), t.refusalLocked(na, c.route.addr) != "":
 			// The app, the name or the permission to learn this
 			// address (allowPrivate) is gone.
 			t.dropClaimLocked(c)
@@ -234,7 +203,7 @@ func (t *routeTable) setApps(apps []App) {
 			c.app.claims.Remove(c.inApp)
 			c.app = na
 			c.inApp = na.claims.PushBack(c)
-			if na.Approval != ApprovalManual && !c.approved {
+			if na.Approval != apptype.ApprovalManual && !c.approved {
 				c.approved = true
 				t.dirty = true
 			}
@@ -253,7 +222,7 @@ func (t *routeTable) setApps(apps []App) {
 func (t *routeTable) lookupName(name string, p peerID) (known, ok bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	idx := t.match.match(name)
+	idx := t.match.Match(name)
 	for _, i := range idx {
 		if !t.apps[i].usableBy(p) {
 			return true, false
@@ -286,7 +255,7 @@ func (t *routeTable) prefetchNames() []string {
 func (t *routeTable) sameApps(a, b string) bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	return slices.Equal(t.match.match(a), t.match.match(b))
+	return slices.Equal(t.match.Match(a), t.match.Match(b))
 }
 
 // learn records addrs, the answer for name asked by peer p, as routes of
@@ -296,7 +265,7 @@ func (t *routeTable) sameApps(a, b string) bool {
 // learn returns is forwarded. Unsafe addresses are refused, counted and
 // returned with the reason, as are addresses the caps left no room for.
 func (t *routeTable) learn(p peerID, name string, addrs []answerAddr) (refused []notLearned) {
-	name = canonicalName(name)
+	name = apptype.CanonicalName(name)
 	// The host's addresses as they are now (the kernel's answer, outside
 	// the lock): one added after start is never learned either, like
 	// those known at start. (Loopback is judged by the unsafe ranges and
@@ -309,7 +278,7 @@ func (t *routeTable) learn(p peerID, name string, addrs []answerAddr) (refused [
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var apps []*servedApp
-	for _, i := range t.match.match(name) {
+	for _, i := range t.match.Match(name) {
 		if !t.apps[i].usableBy(p) {
 			return nil
 		}
@@ -433,7 +402,7 @@ func (t *routeTable) claimLocked(a *servedApp, addr netip.Addr, name string, now
 		r = &learnedRoute{addr: addr}
 		t.learned[addr] = r
 	}
-	c := &claim{app: a, route: r, domain: name, first: now, last: now, expires: expires, due: expires, approved: a.Approval != ApprovalManual}
+	c := &claim{app: a, route: r, domain: name, first: now, last: now, expires: expires, due: expires, approved: a.Approval != apptype.ApprovalManual}
 	heap.Push(&t.due, c)
 	c.inApp = a.claims.PushBack(c)
 	c.inAll = t.all.PushBack(c)
@@ -688,19 +657,19 @@ func (t *routeTable) advertisedFor(usable func(*servedApp) bool) (uint64, advert
 }
 
 // routes lists every route, configured and learned, for the admin API.
-func (t *routeTable) routes() (uint64, []Route) {
+func (t *routeTable) routes() (uint64, []apptype.Route) {
 	now := t.cfg.now()
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	var out []Route
+	var out []apptype.Route
 	for _, a := range t.apps {
 		for _, r := range a.Routes {
-			out = append(out, Route{Prefix: r, App: a.Name, Source: "configured", State: StateAdvertised})
+			out = append(out, apptype.Route{Prefix: r, App: a.Name, Source: "configured", State: apptype.StateAdvertised})
 		}
 		for e := a.claims.Front(); e != nil; e = e.Next() {
 			c := e.Value.(*claim)
 			st := a.claimState(c)
-			out = append(out, Route{
+			out = append(out, apptype.Route{
 				Prefix: netip.PrefixFrom(c.route.addr, c.route.addr.BitLen()),
 				App:    a.Name, Domain: c.domain, Source: "learned", State: st,
 				FirstSeen: c.first, LastSeen: c.last,
@@ -708,7 +677,7 @@ func (t *routeTable) routes() (uint64, []Route) {
 			})
 		}
 	}
-	slices.SortStableFunc(out, func(x, y Route) int {
+	slices.SortStableFunc(out, func(x, y apptype.Route) int {
 		if c := x.Prefix.Addr().Compare(y.Prefix.Addr()); c != 0 {
 			return c
 		}
@@ -719,20 +688,20 @@ func (t *routeTable) routes() (uint64, []Route) {
 
 // claimState is the state of a learned route as routes and countRoutes
 // report it.
-func (a *servedApp) claimState(c *claim) RouteState {
+func (a *servedApp) claimState(c *claim) apptype.RouteState {
 	switch {
 	case !c.approved:
-		return StatePending
+		return apptype.StatePending
 	case a.covers.Contains(c.route.addr):
-		return StateCoalesced
+		return apptype.StateCoalesced
 	}
-	return StateAdvertised
+	return apptype.StateAdvertised
 }
 
 // routeCount is the number of routes of one app, source and state.
 type routeCount struct {
 	app, source string
-	state       RouteState
+	state       apptype.RouteState
 	n           int
 }
 
@@ -744,13 +713,13 @@ func (t *routeTable) countRoutes() []routeCount {
 	var out []routeCount
 	for _, a := range t.apps {
 		if len(a.Routes) > 0 {
-			out = append(out, routeCount{a.Name, "configured", StateAdvertised, len(a.Routes)})
+			out = append(out, routeCount{a.Name, "configured", apptype.StateAdvertised, len(a.Routes)})
 		}
-		n := map[RouteState]int{}
+		n := map[apptype.RouteState]int{}
 		for e := a.claims.Front(); e != nil; e = e.Next() {
 			n[a.claimState(e.Value.(*claim))]++
 		}
-		for _, st := range []RouteState{StateAdvertised, StatePending, StateCoalesced} {
+		for _, st := range []apptype.RouteState{apptype.StateAdvertised, apptype.StatePending, apptype.StateCoalesced} {
 			if n[st] > 0 {
 				out = append(out, routeCount{a.Name, "learned", st, n[st]})
 			}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -20,7 +21,7 @@ func BenchmarkLearn100k(b *testing.B) {
 	const n = 100_000
 	for range b.N {
 		tbl := newRouteTable(tableConfig{ttl: time.Hour, maxLearned: n, maxPerApp: n, own: map[netip.Addr]bool{}})
-		tbl.setApps([]App{{Name: "w", Domains: []string{"*.flood.example"}, Approval: ApprovalAuto}})
+		tbl.setApps([]apptype.App{{Name: "w", Domains: []string{"*.flood.example"}, Approval: apptype.ApprovalAuto}})
 		runtime.GC()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)

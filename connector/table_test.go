@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/appconnector/appconnector/connector/apptype"
 )
 
 type fakeClock struct{ t time.Time }
@@ -63,7 +65,7 @@ func learnName(t *testing.T, tbl *routeTable, name string, as ...string) {
 
 func TestTableLearnAllowAdvertise(t *testing.T) {
 	tbl, _ := newTestTable(t, 100, 100, nil)
-	tbl.setApps([]App{
+	tbl.setApps([]apptype.App{
 		{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"},
 		{Name: "b", Domains: []string{"b.com"}, Routes: prefixes("198.51.100.0/24"), Approval: "auto"},
 	})
@@ -98,8 +100,8 @@ func TestTableLearnAllowAdvertise(t *testing.T) {
 // earlier discoveries, every one of them is coalesced, not only the first.
 func TestTableCoalesce(t *testing.T) {
 	tbl, _ := newTestTable(t, 100, 100, nil)
-	app := App{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}
-	tbl.setApps([]App{app})
+	app := apptype.App{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}
+	tbl.setApps([]apptype.App{app})
 	learnName(t, tbl, "x.a.com", "192.0.2.1", "192.0.2.7", "192.0.2.200")
 	learnName(t, tbl, "y.a.com", "203.0.113.5")
 	_, adv0 := tbl.advertised(anyPeer)
@@ -108,7 +110,7 @@ func TestTableCoalesce(t *testing.T) {
 		t.Fatalf("advertised %v, want 4 host routes", adv)
 	}
 	app.Routes = prefixes("192.0.2.0/24")
-	tbl.setApps([]App{app})
+	tbl.setApps([]apptype.App{app})
 	_, adv0 = tbl.advertised(anyPeer)
 	adv = adv0.prefixes
 	if want := prefixes("192.0.2.0/24", "203.0.113.5/32"); !slices.Equal(adv, want) {
@@ -117,7 +119,7 @@ func TestTableCoalesce(t *testing.T) {
 	_, routes := tbl.routes()
 	coalesced := 0
 	for _, r := range routes {
-		if r.State == StateCoalesced {
+		if r.State == apptype.StateCoalesced {
 			coalesced++
 		}
 	}
@@ -128,8 +130,8 @@ func TestTableCoalesce(t *testing.T) {
 
 func TestTableApproval(t *testing.T) {
 	tbl, _ := newTestTable(t, 100, 100, nil)
-	app := App{Name: "m", Domains: []string{"m.com"}, Approval: "manual"}
-	tbl.setApps([]App{app})
+	app := apptype.App{Name: "m", Domains: []string{"m.com"}, Approval: "manual"}
+	tbl.setApps([]apptype.App{app})
 	learnName(t, tbl, "m.com", "192.0.2.1", "192.0.2.2")
 	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) {
 		t.Fatal("pending route forwarded")
@@ -149,7 +151,7 @@ func TestTableApproval(t *testing.T) {
 	// Switching the app to auto approves what is pending.
 	learnName(t, tbl, "m.com", "192.0.2.3")
 	app.Approval = "auto"
-	tbl.setApps([]App{app})
+	tbl.setApps([]apptype.App{app})
 	if !tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.3")) {
 		t.Error("pending route not approved when the app became automatic")
 	}
@@ -157,12 +159,12 @@ func TestTableApproval(t *testing.T) {
 
 func TestTableWithdrawAndRefcount(t *testing.T) {
 	tbl, _ := newTestTable(t, 100, 100, nil)
-	a := App{Name: "a", Domains: []string{"shared.com", "only-a.com"}, Approval: "auto"}
-	b := App{Name: "b", Domains: []string{"shared.com"}, Approval: "auto"}
-	tbl.setApps([]App{a, b})
+	a := apptype.App{Name: "a", Domains: []string{"shared.com", "only-a.com"}, Approval: "auto"}
+	b := apptype.App{Name: "b", Domains: []string{"shared.com"}, Approval: "auto"}
+	tbl.setApps([]apptype.App{a, b})
 	learnName(t, tbl, "shared.com", "192.0.2.1")
 	learnName(t, tbl, "only-a.com", "192.0.2.2")
-	tbl.setApps([]App{b}) // a leaves: its own route goes, the shared one stays
+	tbl.setApps([]apptype.App{b}) // a leaves: its own route goes, the shared one stays
 	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.2")) {
 		t.Error("route of a removed app still allowed")
 	}
@@ -170,7 +172,7 @@ func TestTableWithdrawAndRefcount(t *testing.T) {
 		t.Error("shared route withdrawn although app b holds it")
 	}
 	b.Domains = []string{"other.com"}
-	tbl.setApps([]App{b}) // the domain leaves app b
+	tbl.setApps([]apptype.App{b}) // the domain leaves app b
 	if tbl.allow(anyPeer, netip.MustParseAddr("192.0.2.1")) {
 		t.Error("route of a removed domain still allowed")
 	}
@@ -179,7 +181,7 @@ func TestTableWithdrawAndRefcount(t *testing.T) {
 func TestTableExpiry(t *testing.T) {
 	inUse := map[netip.Addr]bool{}
 	tbl, clk := newTestTable(t, 100, 100, inUse)
-	tbl.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}})
+	tbl.setApps([]apptype.App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}})
 	learnName(t, tbl, "x.a.com", "192.0.2.1", "192.0.2.2")
 	clk.t = clk.t.Add(30 * time.Minute)
 	learnName(t, tbl, "y.a.com", "192.0.2.3")
@@ -199,7 +201,7 @@ func TestTableExpiry(t *testing.T) {
 func TestTableCaps(t *testing.T) {
 	inUse := map[netip.Addr]bool{}
 	tbl, clk := newTestTable(t, 5, 3, inUse)
-	tbl.setApps([]App{
+	tbl.setApps([]apptype.App{
 		{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"},
 		{Name: "b", Domains: []string{"*.b.com"}, Approval: "auto"},
 	})
@@ -234,7 +236,7 @@ func TestTableCaps(t *testing.T) {
 
 func TestTableUnsafeAndPeers(t *testing.T) {
 	tbl, _ := newTestTable(t, 100, 100, nil)
-	tbl.setApps([]App{
+	tbl.setApps([]apptype.App{
 		{Name: "internal", Domains: []string{"wiki.corp"}, Approval: "auto", AllowPrivate: prefixes("10.20.0.0/16")},
 		{Name: "eng", Domains: []string{"eng.example.com"}, Approval: "auto", Peers: []string{"tag:eng"}},
 	})
@@ -280,7 +282,7 @@ func TestCoalesceDifferential(t *testing.T) {
 			routes = append(routes, netip.PrefixFrom(randAddr(), 22+r.IntN(11)).Masked())
 		}
 		tbl, _ := newTestTable(t, 1000, 1000, nil)
-		tbl.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Routes: routes, Approval: ApprovalAuto}})
+		tbl.setApps([]apptype.App{{Name: "a", Domains: []string{"*.a.com"}, Routes: routes, Approval: apptype.ApprovalAuto}})
 		learned := map[netip.Addr]bool{}
 		for i := range r.IntN(30) {
 			a := randAddr()
@@ -315,9 +317,9 @@ func TestCoalesceDifferential(t *testing.T) {
 
 func TestTableRestrictedAppWinsOverBroaderOne(t *testing.T) {
 	tbl, _ := newTestTable(t, 100, 100, nil)
-	tbl.setApps([]App{
-		{Name: "web", Domains: []string{"*.example.com"}, Approval: ApprovalAuto},
-		{Name: "billing", Domains: []string{"billing.example.com"}, Routes: prefixes("192.0.2.0/24"), Approval: ApprovalAuto, Peers: []string{"tag:finance"}},
+	tbl.setApps([]apptype.App{
+		{Name: "web", Domains: []string{"*.example.com"}, Approval: apptype.ApprovalAuto},
+		{Name: "billing", Domains: []string{"billing.example.com"}, Routes: prefixes("192.0.2.0/24"), Approval: apptype.ApprovalAuto, Peers: []string{"tag:finance"}},
 	})
 	finance := peerID{key: "f", tags: []string{"tag:finance"}}
 	if _, ok := tbl.lookupName("billing.example.com", anyPeer); ok {
@@ -340,14 +342,14 @@ func TestTableRestrictedAppWinsOverBroaderOne(t *testing.T) {
 func TestTableReloadAndRestoreRecheck(t *testing.T) {
 	tbl, clk := newTestTable(t, 100, 100, nil)
 	tbl.cfg.ownNets = prefixes("10.99.0.0/24")
-	app := App{Name: "wiki", Domains: []string{"wiki.corp"}, Approval: ApprovalAuto, AllowPrivate: prefixes("10.0.0.0/8")}
-	tbl.setApps([]App{app})
+	app := apptype.App{Name: "wiki", Domains: []string{"wiki.corp"}, Approval: apptype.ApprovalAuto, AllowPrivate: prefixes("10.0.0.0/8")}
+	tbl.setApps([]apptype.App{app})
 	learnName(t, tbl, "wiki.corp", "10.20.1.1", "10.99.0.7") // the second is another peer's tunnel address
 	if !tbl.allow(anyPeer, netip.MustParseAddr("10.20.1.1")) || tbl.allow(anyPeer, netip.MustParseAddr("10.99.0.7")) {
 		t.Fatal("learning inside allowPrivate / the tunnel network went wrong")
 	}
 	app.AllowPrivate = nil
-	tbl.setApps([]App{app})
+	tbl.setApps([]apptype.App{app})
 	if tbl.allow(anyPeer, netip.MustParseAddr("10.20.1.1")) {
 		t.Error("route kept after allowPrivate no longer covers it")
 	}
@@ -356,7 +358,7 @@ func TestTableReloadAndRestoreRecheck(t *testing.T) {
 	// clamped to now and then expires normally.
 	tbl2, clk2 := newTestTable(t, 100, 100, nil)
 	clk2.t = clk.t
-	tbl2.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Approval: ApprovalAuto}})
+	tbl2.setApps([]apptype.App{{Name: "a", Domains: []string{"*.a.com"}, Approval: apptype.ApprovalAuto}})
 	n := tbl2.restore([]storedRoute{
 		{Addr: netip.MustParseAddr("192.0.2.1"), App: "a", Domain: "old.a.com", FirstSeen: clk.t.Add(-3 * time.Hour), LastSeen: clk.t.Add(-2 * time.Hour)},
 		{Addr: netip.MustParseAddr("192.0.2.2"), App: "a", Domain: "future.a.com", FirstSeen: clk.t.Add(time.Hour), LastSeen: clk.t.Add(24 * time.Hour)},
@@ -376,7 +378,7 @@ func TestTableReloadAndRestoreRecheck(t *testing.T) {
 // configured, advertised, pending and coalesced routes.
 func TestCountRoutes(t *testing.T) {
 	tbl, _ := newTestTable(t, 100, 100, nil)
-	tbl.setApps([]App{
+	tbl.setApps([]apptype.App{
 		{Name: "m", Domains: []string{"m.com"}, Approval: "manual"},
 		{Name: "c", Domains: []string{"c.com"}, Routes: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/64")}},
 	})
@@ -390,7 +392,7 @@ func TestCountRoutes(t *testing.T) {
 		counts[[3]string{r.App, r.Source, string(r.State)}]++
 	}
 	for k, n := range counts {
-		want[routeCount{k[0], k[1], RouteState(k[2]), n}] = true
+		want[routeCount{k[0], k[1], apptype.RouteState(k[2]), n}] = true
 	}
 	got := tbl.countRoutes()
 	if len(got) != len(want) {
@@ -419,7 +421,7 @@ func TestTable100kNamesUnderWildcard(t *testing.T) {
 	oldInUse := addrOf(0) // the very first name's address, with a flow open
 	inUse := map[netip.Addr]bool{oldInUse: true}
 	tbl, clk := newTestTable(t, capacity, capacity, inUse)
-	tbl.setApps([]App{{Name: "w", Domains: []string{"*.w.example"}, Approval: "auto"}})
+	tbl.setApps([]apptype.App{{Name: "w", Domains: []string{"*.w.example"}, Approval: "auto"}})
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -468,7 +470,7 @@ func TestTableEvictionSparesOtherPeers(t *testing.T) {
 		t.Run(fmt.Sprintf("perPeer=%d", perPeer), func(t *testing.T) {
 			tbl, clk := newTestTable(t, 1000, 100, nil)
 			tbl.cfg.maxPerPeer = max(perPeer, tbl.cfg.maxPerPeer*(1-min(perPeer, 1)))
-			tbl.setApps([]App{{Name: "w", Domains: []string{"*.w.com"}, Approval: "auto"}})
+			tbl.setApps([]apptype.App{{Name: "w", Domains: []string{"*.w.com"}, Approval: "auto"}})
 			a, b := peerID{key: "A"}, peerID{key: "B"}
 			bAddr := netip.MustParseAddr("198.51.100.1")
 			tbl.learn(b, "b.w.com", ttl60([]netip.Addr{bAddr}))
@@ -524,7 +526,7 @@ func TestTableLifetimeFromTTL(t *testing.T) {
 		maxLearned: 100, maxPerApp: 100, own: map[netip.Addr]bool{}, now: clk.now,
 		inUse: func(a netip.Addr) bool { return inUse[a] },
 	})
-	tbl.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}})
+	tbl.setApps([]apptype.App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}})
 	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
 	start := clk.t
 	tbl.learn(anyPeer, "short.a.com", []answerAddr{{a("192.0.2.1"), 60}})     // 10 min, the floor
@@ -581,7 +583,7 @@ func TestTableLifetimeFromTTL(t *testing.T) {
 	// With no floor, every answer gives the ceiling, as before lifetimes
 	// followed TTLs.
 	fixed := newRouteTable(tableConfig{ttl: time.Hour, ttlMin: -1, maxLearned: 10, maxPerApp: 10, own: map[netip.Addr]bool{}, now: clk.now})
-	fixed.setApps([]App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}})
+	fixed.setApps([]apptype.App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}})
 	fixed.learn(anyPeer, "x.a.com", []answerAddr{{a("192.0.2.9"), 5}})
 	if _, rs := fixed.routes(); len(rs) != 1 || !rs[0].Expires.Equal(clk.t.Add(time.Hour)) {
 		t.Errorf("fixed lifetime: %+v", rs)
@@ -596,7 +598,7 @@ func TestTableRotatingCDN(t *testing.T) {
 		clk := &fakeClock{t: time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)}
 		tbl := newRouteTable(tableConfig{ttl: 7 * 24 * time.Hour, ttlMin: ttlMin, grace: 2 * time.Minute,
 			maxLearned: 1 << 20, maxPerApp: 1 << 20, own: map[netip.Addr]bool{}, now: clk.now})
-		tbl.setApps([]App{{Name: "cdn", Domains: []string{"cdn.example.com"}, Approval: "auto"}})
+		tbl.setApps([]apptype.App{{Name: "cdn", Domains: []string{"cdn.example.com"}, Approval: "auto"}})
 		for minute := range 24 * 60 {
 			var as []answerAddr
 			for i := range 4 {
@@ -620,7 +622,7 @@ func TestTableRotatingCDN(t *testing.T) {
 func TestTableLifetimeSurvivesRestart(t *testing.T) {
 	clk := &fakeClock{t: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
 	cfg := tableConfig{ttl: 24 * time.Hour, ttlMin: 10 * time.Minute, maxLearned: 10, maxPerApp: 10, own: map[netip.Addr]bool{}, now: clk.now}
-	apps := []App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}}
+	apps := []apptype.App{{Name: "a", Domains: []string{"*.a.com"}, Approval: "auto"}}
 	tbl := newRouteTable(cfg)
 	tbl.setApps(apps)
 	tbl.learn(anyPeer, "x.a.com", []answerAddr{{netip.MustParseAddr("192.0.2.1"), 3600}})

@@ -22,6 +22,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
 )
@@ -202,7 +203,7 @@ func TestDNSEncryptedUpstreams(t *testing.T) {
 	}
 }
 
-func hasRoute(rs []connector.Route, prefix string) bool {
+func hasRoute(rs []apptype.Route, prefix string) bool {
 	p := netip.MustParsePrefix(prefix)
 	for _, r := range rs {
 		if r.Prefix == p {

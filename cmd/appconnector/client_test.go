@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
@@ -52,7 +53,7 @@ func TestClientSidecar(t *testing.T) {
 	connKey, _ := wgconf.GeneratePrivateKey()
 	clientKey, _ := wgconf.GeneratePrivateKey()
 	tunnel := netip.MustParsePrefix("10.89.0.1/24")
-	policy, err := connector.ParsePolicy("p.json", []byte(`[{"name": "app", "connectors": ["*"], "domains": ["app.example.com"], "allowPrivate": ["127.0.0.1/32"]}]`))
+	policy, err := apptype.ParsePolicy("p.json", []byte(`[{"name": "app", "connectors": ["*"], "domains": ["app.example.com"], "allowPrivate": ["127.0.0.1/32"]}]`))
 	if err != nil {
 		t.Fatal(err)
 	}

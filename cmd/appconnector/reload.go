@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 )
 
 // policyWatcher re-reads the policy file on SIGHUP and every poll. A new
@@ -19,12 +20,12 @@ type policyWatcher struct {
 	lastErr string // the last error logged, so a lasting one is logged once
 }
 
-func newPolicyWatcher(path string) (*policyWatcher, *connector.Policy, error) {
+func newPolicyWatcher(path string) (*policyWatcher, *apptype.Policy, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := connector.ParsePolicy(path, data)
+	p, err := apptype.ParsePolicy(path, data)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -46,7 +47,7 @@ func (w *policyWatcher) reload(c *connector.Connector, log *slog.Logger, forced 
 		}
 		return
 	}
-	p, err := connector.ParsePolicy(w.path, data)
+	p, err := apptype.ParsePolicy(w.path, data)
 	if err != nil {
 		w.logErr(log, forced, "new policy rejected; the old one stays in force", err)
 		return

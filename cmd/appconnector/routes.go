@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 )
 
 // routes talks to a running connector's admin API.
@@ -90,8 +90,8 @@ func routes(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var table struct {
-		Version uint64            `json:"version"`
-		Routes  []connector.Route `json:"routes"`
+		Version uint64          `json:"version"`
+		Routes  []apptype.Route `json:"routes"`
 	}
 	if err := call(ctx, client, "GET", base+"/v1/routes", &table); err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)

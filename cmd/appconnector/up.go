@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack"
 )
@@ -119,7 +120,7 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 			log.Warn("no DNS upstream: app names will get SERVFAIL; pass --dns-upstream", "err", err)
 		}
 	}
-	policy := &connector.Policy{}
+	policy := &apptype.Policy{}
 	var policyFile *policyWatcher
 	if f.policy != "" {
 		if policyFile, policy, err = newPolicyWatcher(f.policy); err != nil {

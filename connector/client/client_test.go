@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
@@ -51,7 +52,7 @@ func startConnectorWith(t *testing.T, n int, clientPub wgconf.Key, upstream, pol
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, err := connector.ParsePolicy("policy.json", []byte(policyJSON))
+	policy, err := apptype.ParsePolicy("policy.json", []byte(policyJSON))
 	if err != nil {
 		t.Fatal(err)
 	}

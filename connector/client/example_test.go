@@ -10,6 +10,7 @@ import (
 	"net/netip"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
@@ -76,7 +77,7 @@ func startLab() *lab {
 	if l.dns, err = dnstest.Start("app.example.com. 60 IN A 127.0.0.1"); err != nil {
 		log.Fatal(err)
 	}
-	policy, err := connector.ParsePolicy("policy.json", []byte(`[{"name": "app", "connectors": ["*"],
+	policy, err := apptype.ParsePolicy("policy.json", []byte(`[{"name": "app", "connectors": ["*"],
 		"domains": ["app.example.com"], "allowPrivate": ["127.0.0.1/32"]}]`))
 	if err != nil {
 		log.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
@@ -257,7 +258,7 @@ func TestRouteWatchAfterRestart(t *testing.T) {
 	}
 	rs[0].relay.drop.Store(true)
 	rs[0].conn.Close() // its goodbyes are lost
-	policy, _ := connector.ParsePolicy("p", []byte(`[{"name": "web", "connectors": ["*"],
+	policy, _ := apptype.ParsePolicy("p", []byte(`[{"name": "web", "connectors": ["*"],
 		"domains": ["app.example.com", "*.new.test"], "allowPrivate": ["127.0.0.1/32"]}]`))
 	c2, err := connector.New(connector.Config{
 		WireGuard: &wgconf.Config{

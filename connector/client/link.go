@@ -19,7 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 
-	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/wgbind"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack"
@@ -53,7 +53,7 @@ type link struct {
 	static     []netip.Prefix
 	advertised []netip.Prefix
 	pinned     map[netip.Addr]time.Time
-	domains    *connector.DomainSet
+	domains    *apptype.DomainSet
 	domainList []string
 	healthy    bool
 	// dnsDown is set while the connector says its DNS upstreams fail
@@ -332,7 +332,7 @@ func (l *link) watchOnce(url string) error {
 	for sc.Scan() {
 		idle.Reset(watchIdle)
 		var line struct {
-			connector.RouteSet
+			apptype.RouteSet
 			Added   []netip.Prefix `json:"added"`
 			Removed []netip.Prefix `json:"removed"`
 			Domains *[]string      `json:"domains"` // hides RouteSet's: absent means unchanged
@@ -361,7 +361,7 @@ func (l *link) watchOnce(url string) error {
 		l.advertised = rs.Routes
 		if domainsChanged {
 			l.domainList = rs.Domains
-			l.domains = connector.NewDomainSet(rs.Domains)
+			l.domains = apptype.NewDomainSet(rs.Domains)
 		}
 		l.mu.Unlock()
 		if domainsChanged {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
 	"github.com/appconnector/appconnector/connector/wgconf"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
@@ -67,7 +68,7 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	}
 	defer up.Close()
 
-	policy, err := connector.ParsePolicy("demo-policy.json", []byte(`[{
+	policy, err := apptype.ParsePolicy("demo-policy.json", []byte(`[{
 		"name": "demo", "connectors": ["tag:connector"], "domains": ["demo.example", "*.demo.example"],
 		// The demo app lives on loopback, which is never learned unless the app says so.
 		"allowPrivate": ["127.0.0.1/32"]

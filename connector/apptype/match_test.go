@@ -1,4 +1,4 @@
-package connector
+package apptype
 
 import (
 	"math/rand/v2"
@@ -14,7 +14,7 @@ func TestMatcher(t *testing.T) {
 		{Name: "both", Domains: []string{"acme.com", "*.acme.com"}},
 		{Name: "deep", Domains: []string{"*.b.example.com", "xn--bcher-kva.example"}},
 	}
-	m := newMatcher(apps)
+	m := NewMatcher(apps)
 	for _, tc := range []struct {
 		name string
 		want []int
@@ -38,7 +38,7 @@ func TestMatcher(t *testing.T) {
 		{`evil\.b.example.com`, nil}, // one label "evil.b", not two
 		{`x\046a.example.com`, nil},
 	} {
-		if got := m.match(tc.name); !slices.Equal(got, tc.want) {
+		if got := m.Match(tc.name); !slices.Equal(got, tc.want) {
 			t.Errorf("match(%q) = %v, want %v", tc.name, got, tc.want)
 		}
 	}
@@ -89,13 +89,13 @@ func TestMatcherDifferential(t *testing.T) {
 			}
 			apps = append(apps, App{Domains: ds})
 		}
-		m := newMatcher(apps)
+		m := NewMatcher(apps)
 		for range 200 {
 			name := randName() + ".com"
 			if r.IntN(3) == 0 {
 				name = strings.ToUpper(name) + "."
 			}
-			if got, want := m.match(name), slowMatch(apps, name); !slices.Equal(got, want) {
+			if got, want := m.Match(name), slowMatch(apps, name); !slices.Equal(got, want) {
 				t.Fatalf("round %d: apps %v: match(%q) = %v, want %v", round, apps, name, got, want)
 			}
 		}

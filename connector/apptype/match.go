@@ -1,21 +1,22 @@
-package connector
+package apptype
 
 import "strings"
 
-// matcher finds the apps a DNS name belongs to. It is built once per
+// Matcher finds the apps a DNS name belongs to. It is built once per
 // policy and read concurrently.
 //
 // "example.com" in an app's domains matches that name only;
 // "*.example.com" matches every name below example.com, at any depth, and
 // not example.com itself. Names are compared in their ASCII (punycode)
 // form, case-insensitively, with or without a trailing dot.
-type matcher struct {
+type Matcher struct {
 	exact map[string][]int // name → indexes of the apps listing it
 	below map[string][]int // base → indexes of the apps listing "*.base"
 }
 
-func newMatcher(apps []App) *matcher {
-	m := &matcher{exact: make(map[string][]int), below: make(map[string][]int)}
+// NewMatcher indexes the domains of apps.
+func NewMatcher(apps []App) *Matcher {
+	m := &Matcher{exact: make(map[string][]int), below: make(map[string][]int)}
 	for i, a := range apps {
 		for _, d := range a.Domains {
 			if base, ok := strings.CutPrefix(d, "*."); ok {
@@ -28,10 +29,10 @@ func newMatcher(apps []App) *matcher {
 	return m
 }
 
-// match returns the indexes of the apps name belongs to, in ascending
+// Match returns the indexes of the apps name belongs to, in ascending
 // order, or nil.
-func (m *matcher) match(name string) []int {
-	name = canonicalName(name)
+func (m *Matcher) Match(name string) []int {
+	name = CanonicalName(name)
 	if name == "" {
 		return nil
 	}
@@ -53,12 +54,12 @@ func (m *matcher) match(name string) []int {
 	return out
 }
 
-// canonicalName lower-cases ASCII letters and drops one trailing dot. DNS
+// CanonicalName lower-cases ASCII letters and drops one trailing dot. DNS
 // names on the wire are ASCII (internationalized labels travel as
 // punycode), so this is the whole normalization a query name needs. A
 // name with an escape (a label holding a dot or an odd byte, shown as
 // "\." or "\DDD") belongs to no app: it returns "".
-func canonicalName(name string) string {
+func CanonicalName(name string) string {
 	if strings.IndexByte(name, '\\') >= 0 {
 		return ""
 	}
@@ -97,19 +98,19 @@ func insertSorted(s []int, v int) []int {
 // "*.example.com") that tells whether a DNS name belongs to it, by the
 // same rules the connector matches names with. A nil *DomainSet is empty.
 // It is safe for concurrent use.
-type DomainSet struct{ m *matcher }
+type DomainSet struct{ m *Matcher }
 
 // NewDomainSet returns the set of domains. Entries are expected in the
 // canonical form the route API and ParsePolicy give; others are lower-cased.
 func NewDomainSet(domains []string) *DomainSet {
 	norm := make([]string, len(domains))
 	for i, d := range domains {
-		norm[i] = canonicalName(d)
+		norm[i] = CanonicalName(d)
 	}
-	return &DomainSet{m: newMatcher([]App{{Domains: norm}})}
+	return &DomainSet{m: NewMatcher([]App{{Domains: norm}})}
 }
 
 // Contains reports whether name belongs to the set.
 func (s *DomainSet) Contains(name string) bool {
-	return s != nil && len(s.m.match(name)) > 0
+	return s != nil && len(s.m.Match(name)) > 0
 }
