@@ -20,8 +20,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
-	"github.com/appconnector/appconnector/connector/wgbind"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -101,16 +100,16 @@ func BenchmarkBulkConnector(b *testing.B) {
 	defer ln.Close()
 	go serveSink(ln)
 
-	serverKey, _ := wgconf.GeneratePrivateKey()
+	serverKey, _ := wireguard.GeneratePrivateKey()
 	clientKey, _ := netstacktest.NewPrivateKey()
 	policy, err := apptype.ParsePolicy("bench", []byte(`[{"name": "sink", "connectors": ["*"], "routes": ["127.0.0.1/32"]}]`))
 	if err != nil {
 		b.Fatal(err)
 	}
 	conn, err := connector.New(connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.97.0.1/24")}},
-			Peers:     []wgconf.Peer{{PublicKey: wgconf.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.97.0.2/32")}}},
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.97.0.1/24")}},
+			Peers:     []wireguard.Peer{{PublicKey: wireguard.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.97.0.2/32")}}},
 		},
 		ListenAddr: loopback,
 		Policy:     policy,
@@ -152,7 +151,7 @@ func BenchmarkBulkStock(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	sbind, _ := wgbind.New(loopback)
+	sbind, _ := wireguard.NewBind(loopback)
 	sdev := device.NewDevice(stun, sbind, device.NewLogger(device.LogLevelSilent, ""))
 	defer sdev.Close()
 	if err := sdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nallowed_ip=%s/32\n",
@@ -169,7 +168,7 @@ func BenchmarkBulkStock(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cbind, _ := wgbind.New(loopback)
+	cbind, _ := wireguard.NewBind(loopback)
 	cdev := device.NewDevice(ctun, cbind, device.NewLogger(device.LogLevelSilent, ""))
 	defer cdev.Close()
 	if err := cdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nendpoint=127.0.0.1:%d\nallowed_ip=%s/32\n",

@@ -15,7 +15,7 @@ import (
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 // The client side, each against the same work done directly on loopback
@@ -53,13 +53,13 @@ func startClientLab(b *testing.B) *clientLab {
 	if err != nil {
 		b.Fatal(err)
 	}
-	connKey, _ := wgconf.GeneratePrivateKey()
-	clientKey, _ := wgconf.GeneratePrivateKey()
+	connKey, _ := wireguard.GeneratePrivateKey()
+	clientKey, _ := wireguard.GeneratePrivateKey()
 	tunnel := netip.MustParsePrefix("10.94.0.1/24")
 	l.conn, err = connector.New(connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: connKey, Addresses: []netip.Prefix{tunnel}},
-			Peers:     []wgconf.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.94.0.2/32")}}},
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: connKey, Addresses: []netip.Prefix{tunnel}},
+			Peers:     []wireguard.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.94.0.2/32")}}},
 		},
 		ListenAddr: loopback, Policy: policy, DNSUpstreams: []string{l.dns.Addr},
 	})
@@ -67,9 +67,9 @@ func startClientLab(b *testing.B) *clientLab {
 		b.Fatal(err)
 	}
 	l.client, err = client.New(client.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: clientKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.94.0.2/32")}, DNS: []netip.Addr{tunnel.Addr()}},
-			Peers: []wgconf.Peer{{PublicKey: connKey.PublicKey(), Endpoint: netip.AddrPortFrom(loopback, l.conn.Port()).String(),
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: clientKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.94.0.2/32")}, DNS: []netip.Addr{tunnel.Addr()}},
+			Peers: []wireguard.Peer{{PublicKey: connKey.PublicKey(), Endpoint: netip.AddrPortFrom(loopback, l.conn.Port()).String(),
 				AllowedIPs: []netip.Prefix{netip.PrefixFrom(tunnel.Addr(), 32)}}},
 		},
 		ListenAddr: loopback, HostDNS: []string{l.dns.Addr},

@@ -17,7 +17,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -188,7 +188,7 @@ func dnsSetupDial(b *testing.B, records []string, maxRoutes int) (ask func(name 
 	if err != nil {
 		b.Fatal(err)
 	}
-	serverKey, _ := wgconf.GeneratePrivateKey()
+	serverKey, _ := wireguard.GeneratePrivateKey()
 	clientKey, _ := netstacktest.NewPrivateKey()
 	policy, err := apptype.ParsePolicy("bench", []byte(`[{"name": "bench", "connectors": ["*"], "domains": ["*.bench.example"]}]`))
 	if err != nil {
@@ -196,9 +196,9 @@ func dnsSetupDial(b *testing.B, records []string, maxRoutes int) (ask func(name 
 	}
 	connV4 := netip.MustParsePrefix("10.95.0.1/24")
 	conn, err = connector.New(connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4}},
-			Peers:     []wgconf.Peer{{PublicKey: wgconf.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")}}},
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4}},
+			Peers:     []wireguard.Peer{{PublicKey: wireguard.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")}}},
 		},
 		ListenAddr:   loopback,
 		Policy:       policy,

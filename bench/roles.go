@@ -13,7 +13,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 // The harness runs the connector and the client sidecar as separate
@@ -44,7 +44,7 @@ func runRole(role, dir, dnsUpstream string) error {
 }
 
 func connectorRole(dir, dnsUpstream string, log *slog.Logger) error {
-	conf, _, err := wgconf.Load(filepath.Join(dir, "wg.conf"))
+	conf, _, err := wireguard.Load(filepath.Join(dir, "wg.conf"))
 	if err != nil {
 		return err
 	}
@@ -83,7 +83,7 @@ func connectorRole(dir, dnsUpstream string, log *slog.Logger) error {
 }
 
 func clientRole(dir, dnsUpstream string, log *slog.Logger) error {
-	conf, _, err := wgconf.Load(filepath.Join(dir, "client.conf"))
+	conf, _, err := wireguard.Load(filepath.Join(dir, "client.conf"))
 	if err != nil {
 		return err
 	}

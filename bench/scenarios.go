@@ -21,8 +21,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgbind"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -94,7 +93,7 @@ func stockScenario(s *setup) (*scenario, error) {
 	if err != nil {
 		return fail(err)
 	}
-	sbind, _ := wgbind.New(loopback)
+	sbind, _ := wireguard.NewBind(loopback)
 	sdev := device.NewDevice(stun, sbind, device.NewLogger(device.LogLevelSilent, ""))
 	closers = append(closers, sdev.Close)
 	if err := sdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nallowed_ip=%s/32\n", serverKey[:], clientKey.Public(), clientAddr)); err != nil {
@@ -111,7 +110,7 @@ func stockScenario(s *setup) (*scenario, error) {
 	if err != nil {
 		return fail(err)
 	}
-	cbind, _ := wgbind.New(loopback)
+	cbind, _ := wireguard.NewBind(loopback)
 	cdev := device.NewDevice(ctun, cbind, device.NewLogger(device.LogLevelSilent, ""))
 	closers = append(closers, cdev.Close)
 	if err := cdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nendpoint=127.0.0.1:%d\nallowed_ip=%s/32\n", clientKey[:], serverKey.Public(), port, serverAddr)); err != nil {
@@ -151,23 +150,23 @@ type connectorProc struct {
 	lines     <-chan string // its stdout after READY
 	port      uint16
 	tunnel    netip.Addr
-	clientKey wgconf.Key
-	connKey   wgconf.Key
+	clientKey wireguard.Key
+	connKey   wireguard.Key
 }
 
 // startConnectorProc runs this binary in the connector role, with a
 // policy that serves *.bench.example (including the loopback services).
 func startConnectorProc(s *setup, n int) (*connectorProc, error) {
 	p := &connectorProc{tunnel: netip.AddrFrom4([4]byte{10, 95, byte(n), 1})}
-	p.connKey, _ = wgconf.GeneratePrivateKey()
-	p.clientKey, _ = wgconf.GeneratePrivateKey()
+	p.connKey, _ = wireguard.GeneratePrivateKey()
+	p.clientKey, _ = wireguard.GeneratePrivateKey()
 	dir := filepath.Join(s.dir, fmt.Sprintf("connector%d", n))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	conf := &wgconf.Config{
-		Interface: wgconf.Interface{PrivateKey: p.connKey, Addresses: []netip.Prefix{netip.PrefixFrom(p.tunnel, 24)}},
-		Peers: []wgconf.Peer{{PublicKey: p.clientKey.PublicKey(), AllowedIPs: []netip.Prefix{
+	conf := &wireguard.Config{
+		Interface: wireguard.Interface{PrivateKey: p.connKey, Addresses: []netip.Prefix{netip.PrefixFrom(p.tunnel, 24)}},
+		Peers: []wireguard.Peer{{PublicKey: p.clientKey.PublicKey(), AllowedIPs: []netip.Prefix{
 			netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 95, byte(n), 2}), 32)}}},
 	}
 	if err := writeConf(filepath.Join(dir, "wg.conf"), conf); err != nil {
@@ -212,14 +211,14 @@ func (p *connectorProc) openFlows() int {
 }
 
 // clientConf is the client's configuration for connector p.
-func (p *connectorProc) clientConf(n int) *wgconf.Config {
-	return &wgconf.Config{
-		Interface: wgconf.Interface{
+func (p *connectorProc) clientConf(n int) *wireguard.Config {
+	return &wireguard.Config{
+		Interface: wireguard.Interface{
 			PrivateKey: p.clientKey,
 			Addresses:  []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 95, byte(n), 2}), 32)},
 			DNS:        []netip.Addr{p.tunnel},
 		},
-		Peers: []wgconf.Peer{{
+		Peers: []wireguard.Peer{{
 			PublicKey:  p.connKey.PublicKey(),
 			Endpoint:   netip.AddrPortFrom(loopback, p.port).String(),
 			AllowedIPs: []netip.Prefix{netip.PrefixFrom(p.tunnel, 32)},
@@ -352,7 +351,7 @@ func stopRole(cmd *exec.Cmd, stdin io.WriteCloser) {
 	}
 }
 
-func writeConf(path string, c *wgconf.Config) error {
+func writeConf(path string, c *wireguard.Config) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err

@@ -9,7 +9,7 @@ import (
 	"net/netip"
 	"path/filepath"
 
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 // Files of the embedded default setup, inside the state directory.
@@ -42,8 +42,8 @@ type StateOptions struct {
 // State is the embedded default: the connector's config and the path of
 // the client config written next to it.
 type State struct {
-	Config     *wgconf.Config
-	Warnings   []wgconf.Warning
+	Config     *wireguard.Config
+	Warnings   []wireguard.Warning
 	ClientPath string
 	// Created is true when this call generated the keys and addresses.
 	Created bool
@@ -70,12 +70,12 @@ func LoadOrCreateState(opts StateOptions) (*State, error) {
 		}
 	}
 
-	cfg, warns, err := wgconf.Load(connPath)
-	var client *wgconf.Config
+	cfg, warns, err := wireguard.Load(connPath)
+	var client *wireguard.Config
 	switch {
 	case err == nil:
 		st.Config, st.Warnings = cfg, warns
-		client, _, err = wgconf.Load(clientPath)
+		client, _, err = wireguard.Load(clientPath)
 		if err != nil {
 			return nil, fmt.Errorf("state: %w (delete %s too to start over with new keys)", err, connPath)
 		}
@@ -127,19 +127,19 @@ func LoadOrCreateState(opts StateOptions) (*State, error) {
 }
 
 // newState generates a connector config and its one client's config.
-func newState(port uint16) (connector, client *wgconf.Config, err error) {
+func newState(port uint16) (connector, client *wireguard.Config, err error) {
 	if port == 0 {
 		port = DefaultListenPort
 	}
-	serverKey, err := wgconf.GeneratePrivateKey()
+	serverKey, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		return nil, nil, err
 	}
-	clientKey, err := wgconf.GeneratePrivateKey()
+	clientKey, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		return nil, nil, err
 	}
-	psk, err := wgconf.GeneratePresharedKey()
+	psk, err := wireguard.GeneratePresharedKey()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -157,24 +157,24 @@ func newState(port uint16) (connector, client *wgconf.Config, err error) {
 		a[15] = host
 		return netip.AddrFrom16(a)
 	}
-	connector = &wgconf.Config{
-		Interface: wgconf.Interface{
+	connector = &wireguard.Config{
+		Interface: wireguard.Interface{
 			PrivateKey: serverKey,
 			Addresses:  []netip.Prefix{netip.PrefixFrom(v4(1), 24), netip.PrefixFrom(v6(1), 64)},
 			ListenPort: port,
 		},
-		Peers: []wgconf.Peer{{
+		Peers: []wireguard.Peer{{
 			PublicKey:    clientKey.PublicKey(),
 			PresharedKey: psk,
 			AllowedIPs:   []netip.Prefix{netip.PrefixFrom(v4(2), 32), netip.PrefixFrom(v6(2), 128)},
 		}},
 	}
-	client = &wgconf.Config{
-		Interface: wgconf.Interface{
+	client = &wireguard.Config{
+		Interface: wireguard.Interface{
 			PrivateKey: clientKey,
 			Addresses:  []netip.Prefix{netip.PrefixFrom(v4(2), 32), netip.PrefixFrom(v6(2), 128)},
 		},
-		Peers: []wgconf.Peer{{
+		Peers: []wireguard.Peer{{
 			PublicKey:           serverKey.PublicKey(),
 			PresharedKey:        psk,
 			PersistentKeepalive: 25,
@@ -183,7 +183,7 @@ func newState(port uint16) (connector, client *wgconf.Config, err error) {
 	return connector, client, nil
 }
 
-func writeConfig(path string, cfg *wgconf.Config) error {
+func writeConfig(path string, cfg *wireguard.Config) error {
 	var b bytes.Buffer
 	b.WriteString("# Written by appconnector. Holds private keys: keep it private.\n")
 	if _, err := cfg.WriteTo(&b); err != nil {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 func TestStateCreateReuseAndPort(t *testing.T) {
@@ -91,9 +91,9 @@ func TestStateCorruptIsReportedNotReplaced(t *testing.T) {
 	loadClient(t, st.ClientPath)
 }
 
-func loadClient(t *testing.T, path string) *wgconf.Config {
+func loadClient(t *testing.T, path string) *wireguard.Config {
 	t.Helper()
-	c, _, err := wgconf.Load(path)
+	c, _, err := wireguard.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -34,7 +34,7 @@ func TestCNAMEIntoAnotherApp(t *testing.T) {
 	)
 	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}}, `[
 		{"name": "door", "connectors": ["*"], "domains": ["door.example", "side.example"], "allowPrivate": ["127.0.0.0/8"]},
-		{"name": "vault", "connectors": ["*"], "domains": ["vault.example"], "peers": ["`+wgconf.Key(other.Public()).String()+`"], "allowPrivate": ["127.0.0.5/32"]},
+		{"name": "vault", "connectors": ["*"], "domains": ["vault.example"], "peers": ["`+wireguard.Key(other.Public()).String()+`"], "allowPrivate": ["127.0.0.5/32"]},
 		{"name": "m", "connectors": ["*"], "domains": ["m.example"], "approval": "manual", "allowPrivate": ["127.0.0.6/32"]}]`)
 	vault := netstacktest.TCPEcho(t, "127.0.0.5:0")
 	manual := netstacktest.TCPEcho(t, "127.0.0.6:0")

@@ -20,8 +20,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 
 	"github.com/appconnector/appconnector/connector/apptype"
-	"github.com/appconnector/appconnector/connector/wgbind"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/tun"
 )
@@ -34,7 +33,7 @@ const DefaultTag = "tag:connector"
 type Config struct {
 	// WireGuard is the interface and its peers, as read from a wg-quick
 	// file. Required; it must have at least one Address.
-	WireGuard *wgconf.Config
+	WireGuard *wireguard.Config
 
 	// ListenAddr is the host address the WireGuard UDP socket binds to
 	// (the port is WireGuard.Interface.ListenPort). The zero Addr listens
@@ -270,7 +269,7 @@ func New(cfg Config) (*Connector, error) {
 
 	var bind conn.Bind
 	if cfg.ListenAddr.IsValid() {
-		if bind, err = wgbind.New(cfg.ListenAddr); err != nil {
+		if bind, err = wireguard.NewBind(cfg.ListenAddr); err != nil {
 			c.dns.close()
 			c.api.close()
 			c.stack.Close()
@@ -601,7 +600,7 @@ type peerEntry struct {
 	peer   peerID
 }
 
-func newPeerTable(peers []wgconf.Peer) peerTable {
+func newPeerTable(peers []wireguard.Peer) peerTable {
 	t := peerTable{keys: map[string]peerID{}}
 	// WireGuard gives a prefix listed by two peers to the one configured
 	// last; so does this table.

@@ -16,7 +16,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -39,7 +39,7 @@ type env struct {
 	conn      *connector.Connector
 	client    *netstacktest.Peer
 	dialer    *netstacktest.Dialer
-	clientPub wgconf.Key // the client peer's public key
+	clientPub wireguard.Key // the client peer's public key
 	// icmp receives the ICMP packets the client peer gets through the
 	// tunnel (those that find it full are dropped).
 	icmp chan netstacktest.ICMP
@@ -68,7 +68,7 @@ func newEnvWith(t testing.TB, cfg connector.Config, policyJSON string) *env {
 // via(the connector's address) instead, e.g. a relay in between.
 func newEnvVia(t testing.TB, cfg connector.Config, policyJSON string, via func(netip.AddrPort) netip.AddrPort) *env {
 	t.Helper()
-	serverKey, err := wgconf.GeneratePrivateKey()
+	serverKey, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,17 +80,17 @@ func newEnvVia(t testing.TB, cfg connector.Config, policyJSON string, via func(n
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dialer: &netstacktest.Dialer{}, clientPub: wgconf.Key(clientKey.Public()), icmp: make(chan netstacktest.ICMP, 256)}
+	e := &env{dialer: &netstacktest.Dialer{}, clientPub: wireguard.Key(clientKey.Public()), icmp: make(chan netstacktest.ICMP, 256)}
 	logf := t.Logf
 	if _, fuzz := t.(*testing.F); fuzz {
 		// A fuzz target may not log through F while it runs.
 		logf = func(string, ...any) {}
 	}
 	cfg.Netstack.Dialer = e.dialer
-	cfg.WireGuard = &wgconf.Config{
-		Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4, connV6}},
-		Peers: []wgconf.Peer{{
-			PublicKey:  wgconf.Key(clientKey.Public()),
+	cfg.WireGuard = &wireguard.Config{
+		Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4, connV6}},
+		Peers: []wireguard.Peer{{
+			PublicKey:  wireguard.Key(clientKey.Public()),
 			AllowedIPs: []netip.Prefix{clientV4, clientV6},
 			Tags:       []string{"tag:test"},
 		}},
@@ -295,10 +295,10 @@ func sum16(b []byte, initial uint16) uint16 {
 
 func TestNewRejectsBadConfig(t *testing.T) {
 	checkLeaks(t)
-	key, _ := wgconf.GeneratePrivateKey()
+	key, _ := wireguard.GeneratePrivateKey()
 	for name, cfg := range map[string]connector.Config{
 		"no wireguard": {},
-		"no address":   {WireGuard: &wgconf.Config{Interface: wgconf.Interface{PrivateKey: key}}},
+		"no address":   {WireGuard: &wireguard.Config{Interface: wireguard.Interface{PrivateKey: key}}},
 	} {
 		if _, err := connector.New(cfg); err == nil {
 			t.Errorf("%s: New succeeded", name)
@@ -311,7 +311,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	defer pc.Close()
 	_, err = connector.New(connector.Config{
-		WireGuard: &wgconf.Config{Interface: wgconf.Interface{
+		WireGuard: &wireguard.Config{Interface: wireguard.Interface{
 			PrivateKey: key,
 			Addresses:  []netip.Prefix{connV4},
 			ListenPort: uint16(pc.LocalAddr().(*net.UDPAddr).Port),

@@ -9,7 +9,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/device"
 
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 // Why the connector remembers where its peers were.
@@ -45,7 +45,7 @@ const handshakeWindow = device.RejectAfterTime + 2*handshakeRefresh
 
 // storedEndpoint is where a peer was last heard from, as persisted.
 type storedEndpoint struct {
-	PublicKey wgconf.Key     `json:"publicKey"`
+	PublicKey wireguard.Key  `json:"publicKey"`
 	Endpoint  netip.AddrPort `json:"endpoint"`
 	// Configured is the Endpoint the peer's config had ("" for none)
 	// while this endpoint was learned. If the config now says something
@@ -87,7 +87,7 @@ func loadEndpoints(path string, now time.Time) ([]storedEndpoint, error) {
 		if f.Version != endpointsFileVersion {
 			return fmt.Errorf("unknown version %d", f.Version)
 		}
-		seen := map[wgconf.Key]bool{}
+		seen := map[wireguard.Key]bool{}
 		for i, e := range f.Peers {
 			switch {
 			case e.PublicKey.IsZero() || !e.Endpoint.IsValid() || e.Endpoint.Port() == 0:
@@ -113,12 +113,12 @@ type endpointMemory struct {
 	path string
 	// order and configured are the configured peers, in config order,
 	// and the Endpoint each has in the config ("" for none).
-	order      []wgconf.Key
-	configured map[wgconf.Key]string
+	order      []wireguard.Key
+	configured map[wireguard.Key]string
 	// restored are the remembered endpoints the device was given.
-	restored map[wgconf.Key]storedEndpoint
+	restored map[wireguard.Key]storedEndpoint
 	// handshake lists the peers to initiate a handshake with on start.
-	handshake []wgconf.Key
+	handshake []wireguard.Key
 	// saved is what the file holds, as far as this process knows.
 	saved []storedEndpoint
 }
@@ -140,19 +140,19 @@ type endpointMemory struct {
 //
 // Remembered peers that are no longer configured are forgotten: saved is
 // stored as loaded, so the next write drops them.
-func newEndpointMemory(path string, cfg *wgconf.Config, stored []storedEndpoint, now time.Time) (*endpointMemory, *wgconf.Config) {
+func newEndpointMemory(path string, cfg *wireguard.Config, stored []storedEndpoint, now time.Time) (*endpointMemory, *wireguard.Config) {
 	m := &endpointMemory{
 		path:       path,
-		configured: map[wgconf.Key]string{},
-		restored:   map[wgconf.Key]storedEndpoint{},
+		configured: map[wireguard.Key]string{},
+		restored:   map[wireguard.Key]storedEndpoint{},
 		saved:      stored,
 	}
-	byKey := map[wgconf.Key]storedEndpoint{}
+	byKey := map[wireguard.Key]storedEndpoint{}
 	for _, s := range stored {
 		byKey[s.PublicKey] = s
 	}
 	out := *cfg
-	out.Peers = append([]wgconf.Peer(nil), cfg.Peers...)
+	out.Peers = append([]wireguard.Peer(nil), cfg.Peers...)
 	for i := range out.Peers {
 		p := &out.Peers[i]
 		m.order = append(m.order, p.PublicKey)
@@ -177,9 +177,9 @@ func newEndpointMemory(path string, cfg *wgconf.Config, stored []storedEndpoint,
 // configured peer that completed a handshake in this run at the endpoint
 // the device has for it now; else what was restored for it.
 func (m *endpointMemory) current(peers []peerState) []storedEndpoint {
-	live := map[wgconf.Key]peerState{}
+	live := map[wireguard.Key]peerState{}
 	for _, p := range peers {
-		k, err := wgconf.ParseKey(p.key)
+		k, err := wireguard.ParseKey(p.key)
 		if err == nil {
 			live[k] = p
 		}
@@ -240,7 +240,7 @@ func (m *endpointMemory) flush(peers []peerState) (bool, error) {
 // WireGuard config the device is to get (see newEndpointMemory). A file
 // that could not be read is reported, and then neither used nor
 // overwritten; a corrupt one is reported and moved aside.
-func (c *Connector) loadEndpoints(path string, cfg *wgconf.Config, now time.Time) *wgconf.Config {
+func (c *Connector) loadEndpoints(path string, cfg *wireguard.Config, now time.Time) *wireguard.Config {
 	stored, err := loadEndpoints(path, now)
 	if errors.Is(err, errStateUnreadable) {
 		c.log.Error(err.Error() + "; peer endpoints will not be saved")

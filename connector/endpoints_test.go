@@ -12,12 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
-func testKey(t *testing.T) wgconf.Key {
+func testKey(t *testing.T) wireguard.Key {
 	t.Helper()
-	k, err := wgconf.GeneratePrivateKey()
+	k, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestEndpointMemoryDecides(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k, gone := testKey(t), testKey(t)
-			cfg := &wgconf.Config{Peers: []wgconf.Peer{{PublicKey: k, Endpoint: tc.configured}}}
+			cfg := &wireguard.Config{Peers: []wireguard.Peer{{PublicKey: k, Endpoint: tc.configured}}}
 			stored := []storedEndpoint{{PublicKey: gone, Endpoint: netip.MustParseAddrPort("203.0.113.1:1"), LastHandshake: recent}}
 			if tc.stored != nil {
 				s := *tc.stored
@@ -154,9 +154,9 @@ func TestEndpointMemoryDecides(t *testing.T) {
 			if cfg.Peers[0].Endpoint != tc.configured {
 				t.Errorf("the caller's config was changed: %q", cfg.Peers[0].Endpoint)
 			}
-			var wantGreet []wgconf.Key
+			var wantGreet []wireguard.Key
 			if tc.wantGreet {
-				wantGreet = []wgconf.Key{k}
+				wantGreet = []wireguard.Key{k}
 			}
 			if !slices.Equal(m.handshake, wantGreet) {
 				t.Errorf("handshakes with %v, want %v", m.handshake, wantGreet)
@@ -219,7 +219,7 @@ func TestEndpointsWrittenWhenStale(t *testing.T) {
 
 	// flush writes only when stale.
 	path := filepath.Join(t.TempDir(), endpointsFileName)
-	m, _ := newEndpointMemory(path, &wgconf.Config{Peers: []wgconf.Peer{{PublicKey: a}}}, nil, now)
+	m, _ := newEndpointMemory(path, &wireguard.Config{Peers: []wireguard.Peer{{PublicKey: a}}}, nil, now)
 	peers := []peerState{{key: a.String(), endpoint: ep.String(), handshakeSec: now.Unix()}}
 	if wrote, err := m.flush(peers); err != nil || !wrote {
 		t.Fatalf("first flush: wrote %v, %v", wrote, err)

@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 )
 
@@ -257,10 +257,10 @@ func (c *Connector) readPeers() ([]peerState, error) {
 		}
 		if k == "public_key" {
 			b, err := hex.DecodeString(v)
-			if err != nil || len(b) != len(wgconf.Key{}) {
+			if err != nil || len(b) != len(wireguard.Key{}) {
 				continue
 			}
-			out = append(out, peerState{key: wgconf.Key(b).String()})
+			out = append(out, peerState{key: wireguard.Key(b).String()})
 			continue
 		}
 		if len(out) == 0 {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -38,7 +38,7 @@ const recoveryBound = 2 * time.Second
 type restartRig struct {
 	t      *testing.T
 	state  string
-	key    wgconf.Key
+	key    wireguard.Key
 	port   uint16 // 0 until the first connector picked one
 	policy *apptype.Policy
 	dialer *netstacktest.Dialer
@@ -53,7 +53,7 @@ type rigClient struct {
 
 func newRestartRig(t *testing.T) *restartRig {
 	t.Helper()
-	key, err := wgconf.GeneratePrivateKey()
+	key, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,9 +78,9 @@ func (r *restartRig) newClient(n byte) *rigClient {
 // start starts a connector whose peers are clients.
 func (r *restartRig) start(log *slog.Logger, clients ...*rigClient) *connector.Connector {
 	r.t.Helper()
-	wg := &wgconf.Config{Interface: wgconf.Interface{PrivateKey: r.key, Addresses: []netip.Prefix{connV4}, ListenPort: r.port}}
+	wg := &wireguard.Config{Interface: wireguard.Interface{PrivateKey: r.key, Addresses: []netip.Prefix{connV4}, ListenPort: r.port}}
 	for _, c := range clients {
-		wg.Peers = append(wg.Peers, wgconf.Peer{PublicKey: wgconf.Key(c.key.Public()), AllowedIPs: []netip.Prefix{c.addr}})
+		wg.Peers = append(wg.Peers, wireguard.Peer{PublicKey: wireguard.Key(c.key.Public()), AllowedIPs: []netip.Prefix{c.addr}})
 	}
 	c, err := connector.New(connector.Config{
 		WireGuard:  wg,
@@ -221,7 +221,7 @@ func TestRestartStockClientBackAtOnce(t *testing.T) {
 
 	// Saved while the connector runs (a crash would not lose it), and
 	// again on Close.
-	key, want := wgconf.Key(a.key.Public()).String(), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.Port).String()
+	key, want := wireguard.Key(a.key.Public()).String(), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.Port).String()
 	netstacktest.WaitFor(t, func() bool { eps, _ := r.readEndpoints(); return eps[key] == want })
 	if err := c1.Close(); err != nil {
 		t.Fatal(err)
@@ -264,8 +264,8 @@ func TestRestartForgetsRemovedPeer(t *testing.T) {
 	netstacktest.WaitFor(t, func() bool { eps, _ := r.readEndpoints(); return len(eps) == 1 })
 	c2.Close()
 	stored := r.storedEndpoints()
-	if _, ok := stored[wgconf.Key(b.key.Public()).String()]; ok || len(stored) != 1 {
-		t.Errorf("endpoints after the run without the removed peer: %v, want only %v", stored, wgconf.Key(a.key.Public()))
+	if _, ok := stored[wireguard.Key(b.key.Public()).String()]; ok || len(stored) != 1 {
+		t.Errorf("endpoints after the run without the removed peer: %v, want only %v", stored, wireguard.Key(a.key.Public()))
 	}
 }
 

@@ -24,7 +24,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 // testCA makes a CA and a server certificate it signs for localhost and
@@ -215,8 +215,8 @@ func hasRoute(rs []apptype.Route, prefix string) bool {
 
 func TestDNSUpstreamErrors(t *testing.T) {
 	checkLeaks(t)
-	key, _ := wgconf.GeneratePrivateKey()
-	wg := &wgconf.Config{Interface: wgconf.Interface{PrivateKey: key, Addresses: []netip.Prefix{connV4}}}
+	key, _ := wireguard.GeneratePrivateKey()
+	wg := &wireguard.Config{Interface: wireguard.Interface{PrivateKey: key, Addresses: []netip.Prefix{connV4}}}
 	for _, tc := range []struct{ upstream, want string }{
 		{"dns.example", "want ip:port, tls://host[:port] or https://host/path"},
 		{"udp://203.0.113.1", `scheme "udp"`},

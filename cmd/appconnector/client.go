@@ -15,7 +15,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/client"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 type clientFlags struct {
@@ -74,7 +74,7 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 }
 
 func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
-	cfg, warns, err := wgconf.Load(f.config)
+	cfg, warns, err := wireguard.Load(f.config)
 	if err != nil {
 		return err
 	}

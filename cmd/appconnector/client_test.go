@@ -21,7 +21,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -50,17 +50,17 @@ func TestClientSidecar(t *testing.T) {
 	upstream := dnstest.New(t, "app.example.com. 60 IN A 127.0.0.1")
 	hostDNS := dnstest.New(t, "elsewhere.test. 60 IN A 127.0.0.1") // the host's view: no app names
 
-	connKey, _ := wgconf.GeneratePrivateKey()
-	clientKey, _ := wgconf.GeneratePrivateKey()
+	connKey, _ := wireguard.GeneratePrivateKey()
+	clientKey, _ := wireguard.GeneratePrivateKey()
 	tunnel := netip.MustParsePrefix("10.89.0.1/24")
 	policy, err := apptype.ParsePolicy("p.json", []byte(`[{"name": "app", "connectors": ["*"], "domains": ["app.example.com"], "allowPrivate": ["127.0.0.1/32"]}]`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	conn, err := connector.New(connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: connKey, Addresses: []netip.Prefix{tunnel}},
-			Peers:     []wgconf.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.89.0.2/32")}}},
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: connKey, Addresses: []netip.Prefix{tunnel}},
+			Peers:     []wireguard.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.89.0.2/32")}}},
 		},
 		ListenAddr: netip.MustParseAddr("127.0.0.1"), Policy: policy, DNSUpstreams: []string{upstream.Addr},
 	})
@@ -70,9 +70,9 @@ func TestClientSidecar(t *testing.T) {
 	defer conn.Close()
 
 	dir := t.TempDir()
-	clientConf := &wgconf.Config{
-		Interface: wgconf.Interface{PrivateKey: clientKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.89.0.2/32")}, DNS: []netip.Addr{tunnel.Addr()}},
-		Peers: []wgconf.Peer{{PublicKey: connKey.PublicKey(), Endpoint: fmt.Sprintf("127.0.0.1:%d", conn.Port()),
+	clientConf := &wireguard.Config{
+		Interface: wireguard.Interface{PrivateKey: clientKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.89.0.2/32")}, DNS: []netip.Addr{tunnel.Addr()}},
+		Peers: []wireguard.Peer{{PublicKey: connKey.PublicKey(), Endpoint: fmt.Sprintf("127.0.0.1:%d", conn.Port()),
 			AllowedIPs: []netip.Prefix{netip.PrefixFrom(tunnel.Addr(), 32)}}},
 	}
 	var cb bytes.Buffer

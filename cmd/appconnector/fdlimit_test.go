@@ -14,7 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -38,15 +38,15 @@ func TestDescriptorLimitKeepsOthersServed(t *testing.T) {
 	bin := filepath.Join(dir, "appconnector")
 	copyFile(t, self, bin, 0o755)
 
-	serverKey, _ := wgconf.GeneratePrivateKey()
+	serverKey, _ := wireguard.GeneratePrivateKey()
 	keyA, _ := netstacktest.NewPrivateKey()
 	keyB, _ := netstacktest.NewPrivateKey()
 	addrA, addrB := netip.MustParsePrefix("10.97.0.2/32"), netip.MustParsePrefix("10.97.0.3/32")
-	conf := &wgconf.Config{
-		Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.97.0.1/24")}},
-		Peers: []wgconf.Peer{
-			{PublicKey: wgconf.Key(keyA.Public()), AllowedIPs: []netip.Prefix{addrA}},
-			{PublicKey: wgconf.Key(keyB.Public()), AllowedIPs: []netip.Prefix{addrB}},
+	conf := &wireguard.Config{
+		Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.97.0.1/24")}},
+		Peers: []wireguard.Peer{
+			{PublicKey: wireguard.Key(keyA.Public()), AllowedIPs: []netip.Prefix{addrA}},
+			{PublicKey: wireguard.Key(keyB.Public()), AllowedIPs: []netip.Prefix{addrB}},
 		},
 	}
 	var cb bytes.Buffer

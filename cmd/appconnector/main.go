@@ -17,7 +17,7 @@ import (
 	"strings"
 
 	"github.com/appconnector/appconnector/connector/demo"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 const usage = `usage:
@@ -69,7 +69,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 func genkey(stdout, stderr io.Writer) int {
-	k, err := wgconf.GeneratePrivateKey()
+	k, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		fmt.Fprintf(stderr, "appconnector genkey: %v\n", err)
 		return 1
@@ -84,7 +84,7 @@ func pubkey(stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "appconnector pubkey: read stdin: %v\n", err)
 		return 1
 	}
-	k, err := wgconf.ParseKey(strings.TrimSpace(string(in)))
+	k, err := wireguard.ParseKey(strings.TrimSpace(string(in)))
 	if err != nil {
 		fmt.Fprintf(stderr, "appconnector pubkey: %v\n", err)
 		return 1

@@ -28,7 +28,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -112,7 +112,7 @@ func TestUsageErrors(t *testing.T) {
 func TestBadConfigNamesFileLineKey(t *testing.T) {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "wg0.conf")
-	key, _ := wgconf.GeneratePrivateKey()
+	key, _ := wireguard.GeneratePrivateKey()
 	os.WriteFile(conf, []byte("[Interface]\nPrivateKey = "+key.String()+"\nAddress = 10.0.0.1/24\nListenPort = seventy\n"), 0o600)
 	var errb bytes.Buffer
 	if code := run([]string{"up", "--config", conf, "--listen", "127.0.0.1:0"}, nil, io.Discard, &errb); code != 1 {
@@ -160,7 +160,7 @@ func TestEmbeddedDefault(t *testing.T) {
 		clientPath := filepath.Join(state, "client.conf")
 		netstacktest.WaitFor(t, func() bool { return strings.Contains(out.String(), "client config: "+clientPath) })
 
-		connConf, _, err := wgconf.Load(filepath.Join(state, "connector.conf"))
+		connConf, _, err := wireguard.Load(filepath.Join(state, "connector.conf"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,7 +174,7 @@ func TestEmbeddedDefault(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatalf("round %d: up: %v", round, err)
 		}
-		cc, _, err := wgconf.Load(clientPath)
+		cc, _, err := wireguard.Load(clientPath)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +187,7 @@ func TestEmbeddedDefault(t *testing.T) {
 
 // checkStoredEndpoint checks that endpoints.json in the state directory
 // holds exactly the peer with public key key, at ep.
-func checkStoredEndpoint(t *testing.T, state string, key wgconf.Key, ep netip.AddrPort) {
+func checkStoredEndpoint(t *testing.T, state string, key wireguard.Key, ep netip.AddrPort) {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(state, "endpoints.json"))
 	if err != nil {
@@ -195,7 +195,7 @@ func checkStoredEndpoint(t *testing.T, state string, key wgconf.Key, ep netip.Ad
 	}
 	var f struct {
 		Peers []struct {
-			PublicKey wgconf.Key     `json:"publicKey"`
+			PublicKey wireguard.Key  `json:"publicKey"`
 			Endpoint  netip.AddrPort `json:"endpoint"`
 		} `json:"peers"`
 	}
@@ -209,7 +209,7 @@ func checkStoredEndpoint(t *testing.T, state string, key wgconf.Key, ep netip.Ad
 // port.
 func echoThroughClientConf(t *testing.T, path string, upstream netip.AddrPort) uint16 {
 	t.Helper()
-	cc, _, err := wgconf.Load(path)
+	cc, _, err := wireguard.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,12 +276,12 @@ func TestUnprivilegedProcess(t *testing.T) {
 	// Everything the process reads must be readable by nobody.
 	dir, bin := sharedDir(t)
 
-	serverKey, _ := wgconf.GeneratePrivateKey()
+	serverKey, _ := wireguard.GeneratePrivateKey()
 	clientKey, _ := netstacktest.NewPrivateKey()
-	connConf := &wgconf.Config{
-		Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{
+	connConf := &wireguard.Config{
+		Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{
 			netip.MustParsePrefix("10.98.0.1/24"), netip.MustParsePrefix("fd98::1/64")}},
-		Peers: []wgconf.Peer{{PublicKey: wgconf.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{
+		Peers: []wireguard.Peer{{PublicKey: wireguard.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{
 			netip.MustParsePrefix("10.98.0.2/32"), netip.MustParsePrefix("fd98::2/128")}}},
 	}
 	var cb bytes.Buffer
@@ -430,7 +430,7 @@ func TestUnprivilegedProcess(t *testing.T) {
 		}
 		// With --config too, it kept where the client was, for its
 		// next start.
-		checkStoredEndpoint(t, state, wgconf.Key(clientKey.Public()), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), client.Port))
+		checkStoredEndpoint(t, state, wireguard.Key(clientKey.Public()), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), client.Port))
 	case <-time.After(10 * time.Second):
 		t.Error("connector did not exit within 10s of SIGTERM")
 		cmd.Process.Kill()

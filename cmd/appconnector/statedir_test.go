@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -79,9 +79,9 @@ func TestUnsafeStateDirRefused(t *testing.T) {
 	planted := filepath.Join(base, "planted")
 	os.Mkdir(planted, 0o777)
 	os.Chmod(planted, 0o777) // root's, open to all
-	key, _ := wgconf.GeneratePrivateKey()
+	key, _ := wireguard.GeneratePrivateKey()
 	var conf bytes.Buffer
-	(&wgconf.Config{Interface: wgconf.Interface{PrivateKey: key, ListenPort: 51899}}).WriteTo(&conf)
+	(&wireguard.Config{Interface: wireguard.Interface{PrivateKey: key, ListenPort: 51899}}).WriteTo(&conf)
 	os.WriteFile(filepath.Join(planted, "connector.conf"), conf.Bytes(), 0o644)
 
 	own := filepath.Join(base, "own")

@@ -22,7 +22,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 )
 
@@ -137,10 +137,10 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 			return err
 		}
 	}
-	var cfg *wgconf.Config
-	var warns []wgconf.Warning
+	var cfg *wireguard.Config
+	var warns []wireguard.Warning
 	if f.config != "" {
-		if cfg, warns, err = wgconf.Load(f.config); err != nil {
+		if cfg, warns, err = wireguard.Load(f.config); err != nil {
 			return err
 		}
 	} else {

@@ -15,7 +15,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"go4.org/netipx"
 )
 
@@ -64,7 +64,7 @@ type App struct {
 	// may resolve the app's domains through the connector and reach its
 	// routes. Each entry is a peer's public key in canonical base64 or
 	// "tag:<name>", selecting the peers that carry the tag (see
-	// wgconf.Peer.Tags). Nil means every peer; after ParsePolicy it is
+	// wireguard.Peer.Tags). Nil means every peer; after ParsePolicy it is
 	// never empty but non-nil, and holds no duplicates. See PeerAllowed.
 	Peers []string `json:"peers,omitempty"`
 
@@ -82,7 +82,7 @@ const (
 )
 
 // PeerAllowed reports whether the peer with public key pubKey (canonical
-// base64, as wgconf.Key.String returns) carrying tags may use the app: true
+// base64, as wireguard.Key.String returns) carrying tags may use the app: true
 // if a.Peers is empty, lists pubKey, or lists one of tags. A nil a allows
 // no one.
 func (a *App) PeerAllowed(pubKey string, tags []string) bool {
@@ -701,7 +701,7 @@ func parsePeerSelector(s string) (string, error) {
 		}
 		return s, nil
 	}
-	k, err := wgconf.ParseKey(s)
+	k, err := wireguard.ParseKey(s)
 	switch {
 	case err != nil:
 		return "", fmt.Errorf(`want a WireGuard public key or "tag:<name>": %w`, err)

@@ -29,7 +29,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 // Dialer opens host sockets. *net.Dialer implements it.
@@ -45,7 +45,7 @@ type Config struct {
 	// connector (its routes and DNS are used). A [Peer] whose AllowedIPs
 	// hold 0.0.0.0/0 or ::/0 is an exit peer: destinations of no app go
 	// through it instead of directly.
-	WireGuard *wgconf.Config
+	WireGuard *wireguard.Config
 
 	// ListenAddr is the host address of the WireGuard sockets (one per
 	// peer, on a port the system picks). The zero Addr means all

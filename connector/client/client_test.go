@@ -16,7 +16,7 @@ import (
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -37,18 +37,18 @@ func checkLeaks(t *testing.T) {
 // testConnector is a running connector the client may use.
 type testConnector struct {
 	conn   *connector.Connector
-	key    wgconf.Key
+	key    wireguard.Key
 	tunnel netip.Addr
 	dialer *netstacktest.Dialer
 }
 
-func startConnector(t *testing.T, n int, clientPub wgconf.Key, upstream string) *testConnector {
+func startConnector(t *testing.T, n int, clientPub wireguard.Key, upstream string) *testConnector {
 	return startConnectorWith(t, n, clientPub, upstream, appPolicy)
 }
 
-func startConnectorWith(t *testing.T, n int, clientPub wgconf.Key, upstream, policyJSON string, mods ...func(*connector.Config)) *testConnector {
+func startConnectorWith(t *testing.T, n int, clientPub wireguard.Key, upstream, policyJSON string, mods ...func(*connector.Config)) *testConnector {
 	t.Helper()
-	key, err := wgconf.GeneratePrivateKey()
+	key, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,9 +58,9 @@ func startConnectorWith(t *testing.T, n int, clientPub wgconf.Key, upstream, pol
 	}
 	tc := &testConnector{key: key, tunnel: netip.AddrFrom4([4]byte{10, 90, byte(n), 1}), dialer: &netstacktest.Dialer{}}
 	cfg := connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: key, Addresses: []netip.Prefix{netip.PrefixFrom(tc.tunnel, 24)}},
-			Peers:     []wgconf.Peer{{PublicKey: clientPub, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")}}},
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: key, Addresses: []netip.Prefix{netip.PrefixFrom(tc.tunnel, 24)}},
+			Peers:     []wireguard.Peer{{PublicKey: clientPub, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")}}},
 		},
 		ListenAddr:   loopback,
 		Policy:       policy,
@@ -79,8 +79,8 @@ func startConnectorWith(t *testing.T, n int, clientPub wgconf.Key, upstream, pol
 }
 
 // peerFor is the client's [Peer] for a connector.
-func (tc *testConnector) peerFor() wgconf.Peer {
-	return wgconf.Peer{
+func (tc *testConnector) peerFor() wireguard.Peer {
+	return wireguard.Peer{
 		PublicKey:  tc.key.PublicKey(),
 		Endpoint:   netip.AddrPortFrom(loopback, tc.conn.Port()).String(),
 		AllowedIPs: []netip.Prefix{netip.PrefixFrom(tc.tunnel, 32)},
@@ -105,12 +105,12 @@ func newSetup(t *testing.T, connectors int, mod func(*client.Config)) *setup {
 	s.app.SetRcode("broken.app.example.com.", 2) // SERVFAIL
 	s.host = dnstest.New(t, "other.test. 60 IN A 127.0.0.2")
 	s.host.SetRcode("broken.test.", 2)
-	key, err := wgconf.GeneratePrivateKey()
+	key, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := client.Config{
-		WireGuard: &wgconf.Config{Interface: wgconf.Interface{
+		WireGuard: &wireguard.Config{Interface: wireguard.Interface{
 			PrivateKey: key,
 			Addresses:  []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")},
 		}},

@@ -13,12 +13,12 @@ import (
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 // Example dials an app by name through a connector. In production the
 // client's configuration comes from a wg-quick file
-// (wgconf.Load("client.conf")); here a connector, its upstream DNS and the
+// (wireguard.Load("client.conf")); here a connector, its upstream DNS and the
 // app itself run on loopback so the example is complete.
 func Example() {
 	lab := startLab()
@@ -60,7 +60,7 @@ type lab struct {
 	conn       *connector.Connector
 	app        *http.Server
 	appPort    int
-	clientConf *wgconf.Config
+	clientConf *wireguard.Config
 }
 
 func startLab() *lab {
@@ -82,13 +82,13 @@ func startLab() *lab {
 	if err != nil {
 		log.Fatal(err)
 	}
-	connKey, _ := wgconf.GeneratePrivateKey()
-	clientKey, _ := wgconf.GeneratePrivateKey()
+	connKey, _ := wireguard.GeneratePrivateKey()
+	clientKey, _ := wireguard.GeneratePrivateKey()
 	tunnel := netip.MustParsePrefix("10.91.0.1/24")
 	l.conn, err = connector.New(connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: connKey, Addresses: []netip.Prefix{tunnel}},
-			Peers:     []wgconf.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.91.0.2/32")}}},
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: connKey, Addresses: []netip.Prefix{tunnel}},
+			Peers:     []wireguard.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.91.0.2/32")}}},
 		},
 		ListenAddr:   netip.MustParseAddr("127.0.0.1"),
 		Policy:       policy,
@@ -97,13 +97,13 @@ func startLab() *lab {
 	if err != nil {
 		log.Fatal(err)
 	}
-	l.clientConf = &wgconf.Config{
-		Interface: wgconf.Interface{
+	l.clientConf = &wireguard.Config{
+		Interface: wireguard.Interface{
 			PrivateKey: clientKey,
 			Addresses:  []netip.Prefix{netip.MustParsePrefix("10.91.0.2/32")},
 			DNS:        []netip.Addr{tunnel.Addr()},
 		},
-		Peers: []wgconf.Peer{{
+		Peers: []wireguard.Peer{{
 			PublicKey:  connKey.PublicKey(),
 			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), l.conn.Port()).String(),
 			AllowedIPs: []netip.Prefix{netip.PrefixFrom(tunnel.Addr(), 32)},

@@ -19,7 +19,7 @@ import (
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -102,11 +102,11 @@ type relayed struct {
 // relayedSetup starts n connectors (each with its own upstream DNS
 // server, so one can be broken) and a client that reaches them through
 // relays.
-func relayedSetup(t *testing.T, n int, upstreams []*dnstest.Server, host *dnstest.Server, mod func(*client.Config)) (*client.Client, []*relayed, wgconf.Key) {
+func relayedSetup(t *testing.T, n int, upstreams []*dnstest.Server, host *dnstest.Server, mod func(*client.Config)) (*client.Client, []*relayed, wireguard.Key) {
 	t.Helper()
-	key, _ := wgconf.GeneratePrivateKey()
+	key, _ := wireguard.GeneratePrivateKey()
 	cfg := client.Config{
-		WireGuard: &wgconf.Config{Interface: wgconf.Interface{
+		WireGuard: &wireguard.Config{Interface: wireguard.Interface{
 			PrivateKey: key, Addresses: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")}}},
 		ListenAddr: loopback, HostDNS: []string{host.Addr}, Direct: &netstacktest.Dialer{},
 		ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond,
@@ -261,9 +261,9 @@ func TestRouteWatchAfterRestart(t *testing.T) {
 	policy, _ := apptype.ParsePolicy("p", []byte(`[{"name": "web", "connectors": ["*"],
 		"domains": ["app.example.com", "*.new.test"], "allowPrivate": ["127.0.0.1/32"]}]`))
 	c2, err := connector.New(connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: rs[0].key, Addresses: []netip.Prefix{netip.PrefixFrom(rs[0].tunnel, 24)}},
-			Peers:     []wgconf.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")}}},
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: rs[0].key, Addresses: []netip.Prefix{netip.PrefixFrom(rs[0].tunnel, 24)}},
+			Peers:     []wireguard.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")}}},
 		},
 		ListenAddr: loopback, Policy: policy, DNSUpstreams: []string{up.Addr},
 		Netstack: netstackCfg(&netstacktest.Dialer{}),
@@ -361,7 +361,7 @@ func TestUpstreamFailureMovesQuestions(t *testing.T) {
 	deadAddr := dead.Addr
 	dead.Close()
 	good := dnstest.New(t, "q.app.example.com. 60 IN A 127.0.0.1")
-	key, err := wgconf.GeneratePrivateKey()
+	key, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,10 +369,10 @@ func TestUpstreamFailureMovesQuestions(t *testing.T) {
 	sick := startConnectorWith(t, 1, key.PublicKey(), deadAddr, appPolicy, shortWindow)
 	well := startConnectorWith(t, 2, key.PublicKey(), good.Addr, appPolicy, shortWindow)
 	c, err := client.New(client.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: key, Addresses: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")},
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: key, Addresses: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")},
 				DNS: []netip.Addr{sick.tunnel, well.tunnel}},
-			Peers: []wgconf.Peer{sick.peerFor(), well.peerFor()},
+			Peers: []wireguard.Peer{sick.peerFor(), well.peerFor()},
 		},
 		ListenAddr: loopback, Direct: &netstacktest.Dialer{},
 		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond,

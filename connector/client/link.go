@@ -20,8 +20,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 
 	"github.com/appconnector/appconnector/connector/apptype"
-	"github.com/appconnector/appconnector/connector/wgbind"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/tun"
 )
@@ -32,7 +31,7 @@ import (
 // new flows to another connector at once when one fails.
 type link struct {
 	c    *Client
-	peer wgconf.Peer
+	peer wireguard.Peer
 	name string // for logs: the peer's public key, shortened
 	// dnsAddr is the connector's tunnel address (from [Interface] DNS);
 	// invalid for a peer that is not a connector (an exit peer).
@@ -70,7 +69,7 @@ type link struct {
 	stopWatch context.CancelFunc
 }
 
-func newLink(c *Client, peer wgconf.Peer, dnsAddr netip.Addr) (*link, error) {
+func newLink(c *Client, peer wireguard.Peer, dnsAddr netip.Addr) (*link, error) {
 	l := &link{
 		c: c, peer: peer, dnsAddr: dnsAddr,
 		name:    peer.PublicKey.String()[:8],
@@ -98,7 +97,7 @@ func newLink(c *Client, peer wgconf.Peer, dnsAddr netip.Addr) (*link, error) {
 	}
 	var bind conn.Bind
 	if c.cfg.ListenAddr.IsValid() {
-		if bind, err = wgbind.New(c.cfg.ListenAddr); err != nil {
+		if bind, err = wireguard.NewBind(c.cfg.ListenAddr); err != nil {
 			l.stack.Close()
 			l.tun.Close()
 			return nil, err
@@ -128,7 +127,7 @@ func (l *link) configure() error {
 	defer cancel()
 	p := l.peer
 	p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
-	one := &wgconf.Config{Interface: wgconf.Interface{PrivateKey: l.c.cfg.WireGuard.Interface.PrivateKey}, Peers: []wgconf.Peer{p}}
+	one := &wireguard.Config{Interface: wireguard.Interface{PrivateKey: l.c.cfg.WireGuard.Interface.PrivateKey}, Peers: []wireguard.Peer{p}}
 	uapi, err := one.UAPI(ctx, nil)
 	if err != nil {
 		return err

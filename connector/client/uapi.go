@@ -6,7 +6,7 @@ import (
 	"net"
 	"strings"
 
-	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 // ServeUAPI serves WireGuard's userspace API on ln, read only, as one
@@ -16,7 +16,7 @@ import (
 // it only where the operator alone can reach it: the answer holds the
 // private key.
 func (c *Client) ServeUAPI(ln net.Listener) error {
-	return connector.ServeUAPI(ln, c.uapiGet)
+	return wireguard.ServeUAPI(ln, c.uapiGet)
 }
 
 func (c *Client) uapiGet(w io.Writer) error {

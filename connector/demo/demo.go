@@ -20,7 +20,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -76,7 +76,7 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	serverKey, err := wgconf.GeneratePrivateKey()
+	serverKey, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		return err
 	}
@@ -85,9 +85,9 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 		return err
 	}
 	conn, err := connector.New(connector.Config{
-		WireGuard: &wgconf.Config{
-			Interface: wgconf.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connectorV4}},
-			Peers:     []wgconf.Peer{{PublicKey: wgconf.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{clientV4}}},
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connectorV4}},
+			Peers:     []wireguard.Peer{{PublicKey: wireguard.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{clientV4}}},
 		},
 		ListenAddr:   loopback,
 		Policy:       policy,
@@ -126,13 +126,13 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	}
 
 	step(2, "The client asks the connector (%s:53) for www.demo.example:", connectorV4.Addr())
-	before := conn.Advertised(wgconf.Key(clientKey.Public()).String())
+	before := conn.Advertised(wireguard.Key(clientKey.Public()).String())
 	rcode, addrs, err := queryThrough(ctx, client, "www.demo.example", "A")
 	if err != nil {
 		return fmt.Errorf("step 2: %w", err)
 	}
 	// The answer has arrived: the route must be in the table already.
-	after := conn.Advertised(wgconf.Key(clientKey.Public()).String())
+	after := conn.Advertised(wireguard.Key(clientKey.Public()).String())
 	v0, v1, adv := before.Version, after.Version, after.Routes
 	say("answer: %s %v", rcode, addrs)
 	if rcode != "NOERROR" || len(addrs) != 1 || addrs[0] != loopback {

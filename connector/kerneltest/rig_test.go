@@ -18,7 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/appconnector/appconnector/connector/wgconf"
+	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
 // The rig's addresses, inside its namespaces only: 198.18.0.0/15
@@ -276,15 +276,15 @@ func (r *rig) tunAddrs(ns, dev string, addrs ...string) {
 }
 
 // newKey is a new WireGuard private key.
-func (r *rig) newKey() wgconf.Key {
+func (r *rig) newKey() wireguard.Key {
 	r.t.Helper()
-	k, err := wgconf.GeneratePrivateKey()
+	k, err := wireguard.GeneratePrivateKey()
 	r.must(err)
 	return k
 }
 
 // keyFile writes k for wg's private-key and returns the path.
-func (r *rig) keyFile(name string, k wgconf.Key) string {
+func (r *rig) keyFile(name string, k wireguard.Key) string {
 	r.t.Helper()
 	p := filepath.Join(r.dir, name+".key")
 	r.must(os.WriteFile(p, []byte(k.String()+"\n"), 0o600))

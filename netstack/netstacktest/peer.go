@@ -18,7 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 
-	"github.com/appconnector/appconnector/connector/wgbind"
+	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/tun"
 )
@@ -108,7 +108,7 @@ func New(cfg Config) (*Peer, error) {
 		td.Close()
 		return nil, err
 	}
-	bind, err := wgbind.New(cfg.ListenAddr)
+	bind, err := wireguard.NewBind(cfg.ListenAddr)
 	if err != nil {
 		st.Close()
 		td.Close()

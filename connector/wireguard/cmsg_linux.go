@@ -1,4 +1,4 @@
-package wgbind
+package wireguard
 
 import "unsafe"
 

@@ -1,4 +1,4 @@
-package wgconf
+package wireguard
 
 import (
 	"encoding/hex"

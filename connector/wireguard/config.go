@@ -1,16 +1,4 @@
-// Package wgconf reads and writes wg-quick(8) configuration files and
-// WireGuard keys for the userspace app connector.
-//
-// A plain wg-quick file loads unchanged: keys that only wg-quick acts on
-// (DNS, Table, PreUp, PostUp, PreDown, PostDown, SaveConfig, FwMark) are
-// accepted and reported as [Warning]s; any other unknown key is an error
-// naming the file, line and key. [Config.UAPI] renders a config as the text
-// that wireguard-go's Device.IpcSet accepts.
-//
-// One key is an appconnector extension: Tags in [Peer] (see [Peer.Tags]).
-// Files that use it are specific to appconnector, since wg(8) and
-// wg-quick(8) reject unknown keys.
-package wgconf
+package wireguard
 
 import (
 	"errors"

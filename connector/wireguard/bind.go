@@ -1,10 +1,4 @@
-// Package wgbind is a wireguard-go conn.Bind on one UDP socket bound to a
-// chosen host address, such as 127.0.0.1 or one address of a multi-homed
-// host. (wireguard-go's own bind always listens on the wildcard address.)
-//
-// Reads and writes move up to conn.IdealBatchSize datagrams per system
-// call (recvmmsg and sendmmsg).
-package wgbind
+package wireguard
 
 import (
 	"errors"
@@ -44,7 +38,11 @@ func (mb *msgBatch) reset() {
 	clear(mb.one)
 }
 
-// Bind is a conn.Bind on a single address. It is safe for concurrent use.
+// Bind is a wireguard-go conn.Bind on one UDP socket bound to a chosen host
+// address, such as 127.0.0.1 or one address of a multi-homed host
+// (wireguard-go's own bind always listens on the wildcard address). Reads
+// and writes move up to conn.IdealBatchSize datagrams per system call
+// (recvmmsg and sendmmsg). It is safe for concurrent use.
 type Bind struct {
 	addr netip.Addr
 
@@ -61,13 +59,13 @@ type Bind struct {
 
 var _ conn.Bind = (*Bind)(nil)
 
-// New returns a Bind that listens on addr; the port comes from Open (that
+// NewBind returns a Bind that listens on addr; the port comes from Open (that
 // is, from wireguard-go's listen_port). addr must be a valid IP address; it
 // may be unspecified (0.0.0.0 or ::) to listen on all addresses of one
 // family.
-func New(addr netip.Addr) (*Bind, error) {
+func NewBind(addr netip.Addr) (*Bind, error) {
 	if !addr.IsValid() {
-		return nil, errors.New("wgbind: invalid listen address")
+		return nil, errors.New("wireguard: invalid listen address")
 	}
 	b := &Bind{addr: addr.Unmap()}
 	b.msgs.New = func() any {
@@ -95,7 +93,7 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	laddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.addr, port))
 	uc, err := net.ListenUDP(network, laddr)
 	if err != nil {
-		return nil, 0, fmt.Errorf("wgbind: listen %v: %w", laddr, err)
+		return nil, 0, fmt.Errorf("wireguard: listen %v: %w", laddr, err)
 	}
 	setBuffers(uc)
 	tx, rx := enableOffload(uc)
@@ -207,7 +205,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return net.ErrClosed
 	}
 	if e.ap.Addr().Is4() != b.addr.Is4() {
-		return fmt.Errorf("wgbind: send to %v from %v: %w", e.ap, b.addr, syscall.EAFNOSUPPORT)
+		return fmt.Errorf("wireguard: send to %v from %v: %w", e.ap, b.addr, syscall.EAFNOSUPPORT)
 	}
 	mb := b.msgs.Get().(*msgBatch)
 	defer func() { mb.reset(); b.msgs.Put(mb) }()
@@ -250,7 +248,7 @@ func (b *Bind) send(bc batchConn, ms []ipv6.Message, bufs [][]byte, e *Endpoint,
 		for sent := 0; sent < k; {
 			n, err := bc.WriteBatch(ms[sent:k], 0)
 			if err != nil {
-				return fmt.Errorf("wgbind: send to %v: %w", e.ap, err)
+				return fmt.Errorf("wireguard: send to %v: %w", e.ap, err)
 			}
 			sent += n
 		}
@@ -262,7 +260,7 @@ func (b *Bind) send(bc batchConn, ms []ipv6.Message, bufs [][]byte, e *Endpoint,
 func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
-		return nil, fmt.Errorf("wgbind: endpoint %q: %w", s, err)
+		return nil, fmt.Errorf("wireguard: endpoint %q: %w", s, err)
 	}
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	return &Endpoint{ap: ap, ua: net.UDPAddrFromAddrPort(ap)}, nil

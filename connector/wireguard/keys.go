@@ -1,4 +1,4 @@
-package wgconf
+package wireguard
 
 import (
 	"crypto/ecdh"
@@ -70,7 +70,7 @@ func (k Key) PublicKey() Key {
 	priv, err := ecdh.X25519().NewPrivateKey(k[:])
 	if err != nil {
 		// Only a wrong length fails, and a Key is always 32 bytes.
-		panic("wgconf: X25519 rejected a 32-byte key: " + err.Error())
+		panic("wireguard: X25519 rejected a 32-byte key: " + err.Error())
 	}
 	return Key(priv.PublicKey().Bytes())
 }

@@ -1,4 +1,4 @@
-package wgbind
+package wireguard
 
 import (
 	"errors"
@@ -16,8 +16,8 @@ func TestSendReceiveBatch(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	for _, addr := range []string{"127.0.0.1", "::1"} {
 		t.Run(addr, func(t *testing.T) {
-			a, _ := New(netip.MustParseAddr(addr))
-			b, _ := New(netip.MustParseAddr(addr))
+			a, _ := NewBind(netip.MustParseAddr(addr))
+			b, _ := NewBind(netip.MustParseAddr(addr))
 			_, _, err := a.Open(0)
 			if err != nil {
 				t.Skipf("open %s: %v", addr, err)
@@ -79,10 +79,10 @@ func TestSendReceiveBatch(t *testing.T) {
 }
 
 func TestErrors(t *testing.T) {
-	if _, err := New(netip.Addr{}); err == nil {
+	if _, err := NewBind(netip.Addr{}); err == nil {
 		t.Error("New with no address succeeded")
 	}
-	b, _ := New(netip.MustParseAddr("127.0.0.1"))
+	b, _ := NewBind(netip.MustParseAddr("127.0.0.1"))
 	if _, err := b.ParseEndpoint("example.com:51820"); err == nil {
 		t.Error("ParseEndpoint accepted a host name")
 	}
@@ -112,8 +112,8 @@ func TestErrors(t *testing.T) {
 // and checks every datagram arrives once, intact and in order.
 func TestOffloadRuns(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	a, _ := New(netip.MustParseAddr("127.0.0.1"))
-	b, _ := New(netip.MustParseAddr("127.0.0.1"))
+	a, _ := NewBind(netip.MustParseAddr("127.0.0.1"))
+	b, _ := NewBind(netip.MustParseAddr("127.0.0.1"))
 	if _, _, err := a.Open(0); err != nil {
 		t.Fatal(err)
 	}
