@@ -20,6 +20,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 
 	"github.com/appconnector/appconnector/connector/apptype"
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/tun"
@@ -54,7 +55,7 @@ type Config struct {
 	// DNSUpstreamOptions configures the encrypted upstreams: the roots
 	// their certificates are verified with, how their host names are
 	// looked up.
-	DNSUpstreamOptions UpstreamOptions
+	DNSUpstreamOptions upstream.Options
 	// DNSHealthWindow: when no upstream has answered for this long,
 	// /healthz answers 503. Zero means DefaultDNSHealthWindow.
 	DNSHealthWindow time.Duration
@@ -172,9 +173,9 @@ func New(cfg Config) (*Connector, error) {
 	if len(cfg.WireGuard.Interface.Addresses) == 0 {
 		return nil, errors.New("connector: the interface has no Address")
 	}
-	var upstreams []*upstream
+	var upstreams []*upstream.Upstream
 	for _, u := range cfg.DNSUpstreams {
-		up, err := parseUpstream(u, cfg.DNSUpstreamOptions)
+		up, err := upstream.Parse(u, cfg.DNSUpstreamOptions)
 		if err != nil {
 			return nil, fmt.Errorf("connector: %w", err)
 		}
@@ -314,7 +315,7 @@ func orDefault[T comparable](v, d T) T {
 
 // startDNS listens on port 53 (UDP and TCP) of every tunnel address, and
 // serves the route API on port 80.
-func (c *Connector) startDNS(cfg Config, upstreams []*upstream) error {
+func (c *Connector) startDNS(cfg Config, upstreams []*upstream.Upstream) error {
 	dlog := c.log.With("component", "dns")
 	c.dns = &dnsService{
 		c:         c,

@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector/apptype"
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/netstack"
 )
 
@@ -71,7 +72,7 @@ type dnsStats struct {
 // dnsService serves DNS for one Connector.
 type dnsService struct {
 	c         *Connector
-	upstreams []*upstream
+	upstreams []*upstream.Upstream
 	started   time.Time     // health counts from here before any answer
 	healthWin time.Duration // Config.DNSHealthWindow
 	forward   bool          // forward names of no app instead of refusing them
@@ -204,7 +205,7 @@ func (d *dnsService) serveUDP(pc net.PacketConn) {
 // asks them any more.
 func (d *dnsService) closeUpstreams() {
 	for _, up := range d.upstreams {
-		up.ex.close()
+		up.Close()
 	}
 }
 
@@ -459,21 +460,21 @@ func (d *dnsService) exchange(ctx context.Context, q dns.Question, req *dns.Msg)
 			break
 		}
 		tctx, cancel := context.WithTimeout(ctx, upstreamTryTimeout)
-		r, err := up.exchange(tctx, m)
+		r, err := up.Exchange(tctx, m)
 		cancel()
 		if err == nil && r.Rcode != dns.RcodeServerFailure && r.Rcode != dns.RcodeRefused {
-			d.upstreamOK(up.name)
+			d.upstreamOK(up.Name)
 			return r, nil
 		}
 		if err == nil {
 			// The upstream answered: it is up, even if this name fails.
-			d.upstreamOK(up.name)
+			d.upstreamOK(up.Name)
 			err = fmt.Errorf("%w %s", errUpstreamRcode, dns.RcodeToString[r.Rcode])
 		} else if ctx.Err() == nil {
 			// Failed on its own, not because the question ran out of time.
-			d.upstreamFailed(up.name, q, err)
+			d.upstreamFailed(up.Name, q, err)
 		}
-		errs = append(errs, fmt.Errorf("upstream %s: %w", up.name, err))
+		errs = append(errs, fmt.Errorf("upstream %s: %w", up.Name, err))
 	}
 	return nil, errors.Join(errs...)
 }
@@ -483,8 +484,8 @@ func (d *dnsService) exchange(ctx context.Context, q dns.Question, req *dns.Msg)
 func (d *dnsService) lastAnswer() time.Time {
 	last := d.started
 	for _, up := range d.upstreams {
-		if t := up.lastOK.Load(); t > last.UnixNano() {
-			last = time.Unix(0, t)
+		if t := up.LastAnswer(); t.After(last) {
+			last = t
 		}
 	}
 	return last
@@ -520,12 +521,12 @@ func (d *dnsService) probe(ctx context.Context) {
 		}
 		for _, up := range d.upstreams {
 			pctx, cancel := context.WithTimeout(ctx, upstreamTryTimeout)
-			_, err := up.exchange(pctx, probeQuestion())
+			_, err := up.Exchange(pctx, probeQuestion())
 			cancel()
 			if err != nil && ctx.Err() == nil {
-				d.upstreamFailed(up.name, dns.Question{Name: ".", Qtype: dns.TypeNS}, err)
+				d.upstreamFailed(up.Name, dns.Question{Name: ".", Qtype: dns.TypeNS}, err)
 			} else if err == nil {
-				d.upstreamOK(up.name)
+				d.upstreamOK(up.Name)
 			}
 		}
 	}
@@ -615,27 +616,6 @@ func addrOf(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// SystemResolvers returns the "ip:port" name servers of a resolv.conf
-// file, such as /etc/resolv.conf.
-func SystemResolvers(path string) ([]string, error) {
-	cc, err := dns.ClientConfigFromFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	var out []string
-	for _, s := range cc.Servers {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			continue // a zone or a name; not usable as an upstream here
-		}
-		out = append(out, net.JoinHostPort(a.String(), cc.Port))
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s lists no name servers", path)
-	}
-	return out, nil
-}
-
 // connLimit counts what is open (connections, questions in flight), over
 // all peers and per peer, against a cap for each.
 type connLimit struct {
@@ -714,4 +694,21 @@ func (c *limitConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)
 	return err
+}
+
+// DefaultDNSHealthWindow is how long the connector counts as healthy
+// after an upstream last answered; beyond it, /healthz says 503 so that
+// clients and load balancers move to another connector. An idle
+// connector asks its upstreams a question of its own (the root's NS)
+// every third of it, so that its health does not depend on peers asking.
+const DefaultDNSHealthWindow = 30 * time.Second
+
+// probeQuestion is the question the health probe asks: the root's NS,
+// which every recursive resolver answers from its cache.
+func probeQuestion() *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(".", dns.TypeNS)
+	m.RecursionDesired = true
+	m.SetEdns0(ednsSize, false)
+	return m
 }

@@ -7,11 +7,11 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 )
@@ -173,21 +173,22 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.dnsQueries, st.DNS.Limited, "limited")
 	counter(m.dnsQueries, st.DNS.Stale, "stale")
 	for _, up := range m.c.dns.upstreams {
-		counter(m.upQueries, up.queries.Load(), up.name)
-		counter(m.upFailures, up.failures.Load(), up.name)
+		st := up.Stats()
+		counter(m.upQueries, st.Queries, up.Name)
+		counter(m.upFailures, st.Failures, up.Name)
 		var total uint64
-		buckets := make(map[float64]uint64, len(latencyBuckets))
-		for i, le := range latencyBuckets {
-			total += up.buckets[i].Load()
+		buckets := make(map[float64]uint64, len(upstream.LatencyBuckets))
+		for i, le := range upstream.LatencyBuckets {
+			total += st.Answers[i]
 			buckets[le] = total
 		}
-		total += up.buckets[len(latencyBuckets)].Load()
-		ch <- prometheus.MustNewConstHistogram(m.upLatency, total, time.Duration(up.sumNanos.Load()).Seconds(), buckets, up.name)
+		total += st.Answers[len(upstream.LatencyBuckets)]
+		ch <- prometheus.MustNewConstHistogram(m.upLatency, total, st.Seconds, buckets, up.Name)
 		var last float64
-		if t := up.lastOK.Load(); t != 0 {
-			last = float64(t) / 1e9
+		if t := up.LastAnswer(); !t.IsZero() {
+			last = float64(t.UnixNano()) / 1e9
 		}
-		gauge(m.upLastOK, last, up.name)
+		gauge(m.upLastOK, last, up.Name)
 	}
 	healthy := 1.0
 	if m.c.dns.unhealthy() != "" {

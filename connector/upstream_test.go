@@ -24,6 +24,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
@@ -161,7 +162,7 @@ func TestDNSEncryptedUpstreams(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := tc.conns()
 			e := newEnvWith(t, connector.Config{DNSUpstreams: []string{tc.upstream},
-				DNSUpstreamOptions: connector.UpstreamOptions{RootCAs: roots}}, policy)
+				DNSUpstreamOptions: upstream.Options{RootCAs: roots}}, policy)
 			for i := range 5 {
 				name := []string{"tls.example.com.", "doh.example.com."}[i%2]
 				r := query(t, e, name, dns.TypeA, i%2 == 1)

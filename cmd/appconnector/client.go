@@ -13,8 +13,8 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/client"
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
@@ -93,7 +93,7 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 		return err
 	}
 	if len(hostDNS) == 0 {
-		if hostDNS, err = connector.SystemResolvers("/etc/resolv.conf"); err != nil {
+		if hostDNS, err = upstream.SystemResolvers("/etc/resolv.conf"); err != nil {
 			log.Warn("no host DNS servers: names of no app will fail; pass --host-dns", "err", err)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 )
@@ -109,14 +110,14 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 	if err != nil {
 		return err
 	}
-	var upstreamOpts connector.UpstreamOptions
+	var upstreamOpts upstream.Options
 	if f.dnsUpstreamCA != "" {
 		if upstreamOpts.RootCAs, err = loadRoots(f.dnsUpstreamCA); err != nil {
 			return err
 		}
 	}
 	if len(upstreams) == 0 {
-		if upstreams, err = connector.SystemResolvers("/etc/resolv.conf"); err != nil {
+		if upstreams, err = upstream.SystemResolvers("/etc/resolv.conf"); err != nil {
 			log.Warn("no DNS upstream: app names will get SERVFAIL; pass --dns-upstream", "err", err)
 		}
 	}
@@ -355,7 +356,7 @@ func parseServers(name, s string, encrypted bool) ([]string, error) {
 			continue
 		}
 		if encrypted && strings.Contains(u, "://") {
-			if err := connector.CheckUpstream(u); err != nil {
+			if err := upstream.Check(u); err != nil {
 				return nil, fmt.Errorf("--%s: %w", name, err)
 			}
 			out = append(out, u)

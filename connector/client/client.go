@@ -28,7 +28,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
@@ -124,7 +124,7 @@ func New(cfg Config) (*Client, error) {
 		c.cfg.ProbeTimeout = time.Second
 	}
 	if c.hostDNS == nil {
-		hs, err := connector.SystemResolvers("/etc/resolv.conf")
+		hs, err := upstream.SystemResolvers("/etc/resolv.conf")
 		if err != nil {
 			c.log.Warn("no host DNS servers: names of no app will fail", "err", err)
 		}

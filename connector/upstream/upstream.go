@@ -1,4 +1,8 @@
-package connector
+// Package upstream is the DNS servers a connector resolves names with:
+// plain DNS (UDP, then TCP for a truncated answer), DNS over TLS (RFC
+// 7858) and DNS over HTTPS (RFC 8484), each keeping its counters, latency
+// and last answer; and the name servers of a resolv.conf file.
+package upstream
 
 import (
 	"bytes"
@@ -21,17 +25,12 @@ import (
 	"github.com/miekg/dns"
 )
 
-// The DNS servers app names are resolved with: plain (UDP, then TCP for a
-// truncated answer), DNS over TLS (RFC 7858) and DNS over HTTPS (RFC 8484).
-// Each keeps its counters and latency for /metrics and its last answer
-// for /healthz.
+// TryTimeout bounds one exchange with one upstream.
+const TryTimeout = 2 * time.Second
 
-// DefaultDNSHealthWindow is how long the connector counts as healthy
-// after an upstream last answered; beyond it, /healthz says 503 so that
-// clients and load balancers move to another connector. An idle
-// connector asks its upstreams a question of its own (the root's NS)
-// every third of it, so that its health does not depend on peers asking.
-const DefaultDNSHealthWindow = 30 * time.Second
+// udpSize is the EDNS UDP payload size asked for and accepted (the DNS
+// flag day 2020 value, which avoids fragmentation).
+const udpSize = 1232
 
 // Encrypted upstreams' host names are resolved with the host's resolver
 // and again this often (on failure, the last addresses stay in use).
@@ -41,12 +40,12 @@ const upstreamResolveEvery = 5 * time.Minute
 // keeps for reuse.
 const maxIdleDoTConns = 4
 
-// latencyBuckets are the upper bounds, in seconds, of the upstream
+// LatencyBuckets are the upper bounds, in seconds, of the upstream
 // latency histogram.
-var latencyBuckets = []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5}
+var LatencyBuckets = [...]float64{.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5}
 
-// UpstreamOptions configures the encrypted upstreams.
-type UpstreamOptions struct {
+// Options configures the encrypted upstreams.
+type Options struct {
 	// RootCAs verifies the servers' certificates; nil means the system's
 	// roots.
 	RootCAs *x509.CertPool
@@ -55,13 +54,13 @@ type UpstreamOptions struct {
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 }
 
-// upstream is one DNS server.
-type upstream struct {
-	name string // as configured
+// Upstream is one DNS server. It is safe for concurrent use.
+type Upstream struct {
+	Name string // as configured
 	ex   exchanger
 
 	queries, failures atomic.Uint64
-	buckets           [14]atomic.Uint64 // per latencyBuckets, then +Inf
+	buckets           [len(LatencyBuckets) + 1]atomic.Uint64 // per LatencyBuckets, then +Inf
 	sumNanos          atomic.Uint64
 	lastOK            atomic.Int64 // UnixNano of its last answer, 0 if none
 }
@@ -72,23 +71,23 @@ type exchanger interface {
 	close()
 }
 
-// CheckUpstream reports whether s is an upstream Config.DNSUpstreams
-// accepts, with an error naming it if not.
-func CheckUpstream(s string) error {
-	_, err := parseUpstream(s, UpstreamOptions{})
+// Check reports whether s is an upstream Parse accepts, with an error
+// naming it if not.
+func Check(s string) error {
+	_, err := Parse(s, Options{})
 	return err
 }
 
-// parseUpstream reads an upstream: "ip:port" (plain DNS), "tls://host[:port]"
+// Parse reads an upstream: "ip:port" (plain DNS), "tls://host[:port]"
 // (DNS over TLS, port 853 by default) or "https://host[:port]/path" (DNS
 // over HTTPS).
-func parseUpstream(s string, opts UpstreamOptions) (*upstream, error) {
+func Parse(s string, opts Options) (*Upstream, error) {
 	if !strings.Contains(s, "://") {
 		ap, err := netip.ParseAddrPort(s)
 		if err != nil {
 			return nil, fmt.Errorf("dns upstream %q: want ip:port, tls://host[:port] or https://host/path", s)
 		}
-		return &upstream{name: s, ex: newPlainUpstream(ap.String())}, nil
+		return &Upstream{Name: s, ex: newPlainUpstream(ap.String())}, nil
 	}
 	u, err := url.Parse(s)
 	if err != nil {
@@ -123,14 +122,15 @@ func parseUpstream(s string, opts UpstreamOptions) (*upstream, error) {
 	tc := &tls.Config{ServerName: host, RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12}
 	d := newHostDialer(host, port, opts.Resolve)
 	if u.Scheme == "tls" {
-		return &upstream{name: s, ex: &dotUpstream{dial: d, tls: tc}}, nil
+		return &Upstream{Name: s, ex: &dotUpstream{dial: d, tls: tc}}, nil
 	}
 	tc.NextProtos = []string{"h2", "http/1.1"}
-	return &upstream{name: s, ex: newDoHUpstream(u.String(), d, tc)}, nil
+	return &Upstream{Name: s, ex: newDoHUpstream(u.String(), d, tc)}, nil
 }
 
-// exchange asks this upstream, recording the outcome.
-func (u *upstream) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+// Exchange asks this upstream m, recording the outcome. An answer with
+// another ID or question is an error.
+func (u *Upstream) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 	u.queries.Add(1)
 	start := time.Now()
 	r, err := u.ex.exchange(ctx, m)
@@ -144,7 +144,7 @@ func (u *upstream) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 	}
 	took := time.Since(start)
 	i := 0
-	for i < len(latencyBuckets) && took.Seconds() > latencyBuckets[i] {
+	for i < len(LatencyBuckets) && took.Seconds() > LatencyBuckets[i] {
 		i++
 	}
 	u.buckets[i].Add(1)
@@ -167,8 +167,8 @@ type plainUpstream struct {
 func newPlainUpstream(addr string) *plainUpstream {
 	return &plainUpstream{
 		addr: addr,
-		udp:  &dns.Client{Net: "udp", UDPSize: ednsSize, Timeout: upstreamTryTimeout},
-		tcp:  &dns.Client{Net: "tcp", Timeout: upstreamTryTimeout},
+		udp:  &dns.Client{Net: "udp", UDPSize: udpSize, Timeout: TryTimeout},
+		tcp:  &dns.Client{Net: "tcp", Timeout: TryTimeout},
 	}
 }
 
@@ -294,7 +294,7 @@ func exchangeOn(ctx context.Context, co *dns.Conn, m *dns.Msg) (*dns.Msg, error)
 	if dl, ok := ctx.Deadline(); ok {
 		co.SetDeadline(dl)
 	} else {
-		co.SetDeadline(time.Now().Add(upstreamTryTimeout))
+		co.SetDeadline(time.Now().Add(TryTimeout))
 	}
 	stop := context.AfterFunc(ctx, func() { co.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -372,7 +372,7 @@ func newDoHUpstream(u string, d *hostDialer, tc *tls.Config) *dohUpstream {
 		ForceAttemptHTTP2:   true,
 		MaxIdleConnsPerHost: maxIdleDoTConns,
 		IdleConnTimeout:     90 * time.Second,
-		TLSHandshakeTimeout: upstreamTryTimeout,
+		TLSHandshakeTimeout: TryTimeout,
 		Proxy:               nil, // the connector's own traffic goes direct
 	}}}
 }
@@ -424,12 +424,34 @@ func (u *dohUpstream) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error
 
 func (u *dohUpstream) close() { u.hc.CloseIdleConnections() }
 
-// probeQuestion is the question the health probe asks: the root's NS,
-// which every recursive resolver answers from its cache.
-func probeQuestion() *dns.Msg {
-	m := new(dns.Msg)
-	m.SetQuestion(".", dns.TypeNS)
-	m.RecursionDesired = true
-	m.SetEdns0(ednsSize, false)
-	return m
+// Close closes the connections kept for reuse; an Exchange after it may
+// open new ones.
+func (u *Upstream) Close() { u.ex.close() }
+
+// LastAnswer is when the upstream last answered other than SERVFAIL; zero
+// if it never did.
+func (u *Upstream) LastAnswer() time.Time {
+	if t := u.lastOK.Load(); t != 0 {
+		return time.Unix(0, t)
+	}
+	return time.Time{}
+}
+
+// Stats are an upstream's counters.
+type Stats struct {
+	Queries, Failures uint64
+	// Answers counts the answers by time taken: Answers[i] those within
+	// LatencyBuckets[i] (and above the bucket before), the last those
+	// slower than every bucket. Seconds is the time of all of them.
+	Answers [len(LatencyBuckets) + 1]uint64
+	Seconds float64
+}
+
+// Stats returns a snapshot of the counters.
+func (u *Upstream) Stats() Stats {
+	st := Stats{Queries: u.queries.Load(), Failures: u.failures.Load(), Seconds: time.Duration(u.sumNanos.Load()).Seconds()}
+	for i := range st.Answers {
+		st.Answers[i] = u.buckets[i].Load()
+	}
+	return st
 }
