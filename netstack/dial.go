@@ -6,10 +6,43 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 )
+
+// errnos are the errnos of the tcpip errors a dial can end with. gonet
+// hands a tcpip error on as plain text (errors.New(err.String())); the
+// dial turns it back into the errno here, once, so callers match it with
+// errors.Is(err, syscall.ECONNREFUSED) and the like, never by its words.
+var errnos = map[string]syscall.Errno{
+	(&tcpip.ErrConnectionRefused{}).String():  syscall.ECONNREFUSED,
+	(&tcpip.ErrHostUnreachable{}).String():    syscall.EHOSTUNREACH,
+	(&tcpip.ErrNetworkUnreachable{}).String(): syscall.ENETUNREACH,
+	(&tcpip.ErrHostDown{}).String():           syscall.EHOSTDOWN,
+	(&tcpip.ErrTimeout{}).String():            syscall.ETIMEDOUT,
+	(&tcpip.ErrConnectionReset{}).String():    syscall.ECONNRESET,
+	(&tcpip.ErrConnectionAborted{}).String():  syscall.ECONNABORTED,
+}
+
+// withErrno returns err, a dial error from gonet, with the tcpip error
+// text inside it replaced by its errno (wrapped in the same net.OpError).
+func withErrno(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		if errno, ok := errnos[oe.Err.Error()]; ok {
+			c := *oe
+			c.Err = errno
+			return &c
+		}
+		return err
+	}
+	if errno, ok := errnos[err.Error()]; ok {
+		return errno
+	}
+	return err
+}
 
 // errClosed is returned by Dial and Listen calls after Close.
 var errClosed = errors.New("netstack: stack closed")
@@ -35,13 +68,13 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	case "tcp", "tcp4", "tcp6":
 		c, err := gonet.DialContextTCP(ctx, s.stack, fa, proto)
 		if err != nil {
-			return nil, fmt.Errorf("netstack: dial tcp %v: %w", ap, err)
+			return nil, fmt.Errorf("netstack: dial tcp %v: %w", ap, withErrno(err))
 		}
 		return c, nil
 	case "udp", "udp4", "udp6":
 		c, err := gonet.DialUDP(s.stack, nil, &fa, proto)
 		if err != nil {
-			return nil, fmt.Errorf("netstack: dial udp %v: %w", ap, err)
+			return nil, fmt.Errorf("netstack: dial udp %v: %w", ap, withErrno(err))
 		}
 		return c, nil
 	}

@@ -451,5 +451,5 @@ func hostSockets(up netip.AddrPort) string {
 
 // isRefused reports whether a dial through a stack ended with a reset.
 func isRefused(err error) bool {
-	return errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(err.Error(), "connection was refused")
+	return errors.Is(err, syscall.ECONNREFUSED)
 }

@@ -647,16 +647,14 @@ func isTimeout(err error) bool {
 		(errors.As(err, &ne) && ne.Timeout())
 }
 
-func isRefused(err error) bool {
-	return errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(strings.ToLower(err.Error()), "refused")
-}
+// The dial errors below are errnos, from host sockets and from the
+// tunnels' stacks alike (netstack's dial turns its errors into them).
 
-func isNetUnreachable(err error) bool {
-	return errors.Is(err, syscall.ENETUNREACH) || strings.Contains(err.Error(), "network is unreachable")
-}
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+func isNetUnreachable(err error) bool { return errors.Is(err, syscall.ENETUNREACH) }
 
 func isHostUnreachable(err error) bool {
 	var dnsErr *net.DNSError
-	return errors.Is(err, syscall.EHOSTUNREACH) || (errors.As(err, &dnsErr) && dnsErr.IsNotFound) ||
-		strings.Contains(err.Error(), "no route to host") || strings.Contains(err.Error(), "no such host")
+	return errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.EHOSTDOWN) || (errors.As(err, &dnsErr) && dnsErr.IsNotFound)
 }

@@ -469,7 +469,7 @@ func TestSOCKS5DialReplyCodes(t *testing.T) {
 		{ErrNotAllowed, socksRepNotAllowed},
 		{fmt.Errorf("x: %w", ErrNotAllowed), socksRepNotAllowed},
 		{syscall.ECONNREFUSED, socksRepConnRefused},
-		{errors.New("connect: Connection Refused by peer"), socksRepConnRefused},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, socksRepConnRefused}, // as the tunnels' stacks report it
 		{context.DeadlineExceeded, socksRepTTLExpired},
 		{os.ErrDeadlineExceeded, socksRepTTLExpired},
 		{&net.DNSError{Err: "timeout", IsTimeout: true}, socksRepTTLExpired},
