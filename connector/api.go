@@ -288,9 +288,11 @@ func (c *Connector) AdminHandler() http.Handler {
 			http.Error(w, "closed", http.StatusServiceUnavailable)
 		case c.draining.Load():
 			http.Error(w, "draining", http.StatusServiceUnavailable)
-		case c.dns.unhealthy() != "":
-			http.Error(w, c.dns.unhealthy(), http.StatusServiceUnavailable)
 		default:
+			if why := c.dns.unhealthy(); why != "" {
+				http.Error(w, why, http.StatusServiceUnavailable)
+				return
+			}
 			fmt.Fprintln(w, "ok")
 		}
 	})

@@ -28,8 +28,6 @@ import (
 const (
 	// defaultDNSTimeout bounds the whole upstream resolution of one query.
 	defaultDNSTimeout = 5 * time.Second
-	// upstreamTryTimeout bounds one exchange with one upstream.
-	upstreamTryTimeout = 2 * time.Second
 	// ednsSize is the UDP payload size we advertise and accept (the DNS
 	// flag day 2020 value, which avoids fragmentation).
 	ednsSize = 1232
@@ -459,7 +457,7 @@ func (d *dnsService) exchange(ctx context.Context, q dns.Question, req *dns.Msg)
 			errs = append(errs, err)
 			break
 		}
-		tctx, cancel := context.WithTimeout(ctx, upstreamTryTimeout)
+		tctx, cancel := context.WithTimeout(ctx, upstream.TryTimeout)
 		r, err := up.Exchange(tctx, m)
 		cancel()
 		if err == nil && r.Rcode != dns.RcodeServerFailure && r.Rcode != dns.RcodeRefused {
@@ -520,7 +518,7 @@ func (d *dnsService) probe(ctx context.Context) {
 			continue
 		}
 		for _, up := range d.upstreams {
-			pctx, cancel := context.WithTimeout(ctx, upstreamTryTimeout)
+			pctx, cancel := context.WithTimeout(ctx, upstream.TryTimeout)
 			_, err := up.Exchange(pctx, probeQuestion())
 			cancel()
 			if err != nil && ctx.Err() == nil {

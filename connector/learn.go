@@ -63,16 +63,19 @@ func anyService(rr dns.RR) *dns.SVCB {
 
 // answerGraph is what an answer says about names: the CNAME of each, the
 // AliasMode targets of service bindings, and which names own data
-// (addresses or service bindings).
+// (addresses or service bindings). targets holds every name a client may
+// go on to from each: all its CNAME targets (even two) and the targets of
+// its service bindings, ServiceMode ones included.
 type answerGraph struct {
 	cname     map[string]string
 	alias     map[string][]string
+	targets   map[string][]string
 	hasData   map[string]bool
 	ambiguous bool // a name with two CNAME targets
 }
 
 func newAnswerGraph(qtype uint16, answer []dns.RR) answerGraph {
-	g := answerGraph{cname: map[string]string{}, alias: map[string][]string{}, hasData: map[string]bool{}}
+	g := answerGraph{cname: map[string]string{}, alias: map[string][]string{}, targets: map[string][]string{}, hasData: map[string]bool{}}
 	for _, rr := range answer {
 		h := rr.Header()
 		if h.Class != dns.ClassINET {
@@ -86,6 +89,7 @@ func newAnswerGraph(qtype uint16, answer []dns.RR) answerGraph {
 				g.ambiguous = true
 			}
 			g.cname[owner] = target
+			g.targets[owner] = append(g.targets[owner], target)
 		case *dns.A, *dns.AAAA:
 			g.hasData[owner] = true
 		default:
@@ -95,8 +99,13 @@ func newAnswerGraph(qtype uint16, answer []dns.RR) answerGraph {
 			}
 			g.hasData[owner] = true
 			// An AliasMode record sends the client on to its target;
-			// "." (no service) sends it nowhere.
-			if t := apptype.CanonicalName(s.Target); s.Priority == 0 && t != "" && !slices.Contains(g.alias[owner], t) {
+			// "." (no service, or the owner itself) sends it nowhere.
+			t := apptype.CanonicalName(s.Target)
+			if t == "" {
+				continue
+			}
+			g.targets[owner] = append(g.targets[owner], t)
+			if s.Priority == 0 && !slices.Contains(g.alias[owner], t) {
 				g.alias[owner] = append(g.alias[owner], t)
 			}
 		}
@@ -193,24 +202,7 @@ func chainAddrs(qname string, qtype uint16, answer []dns.RR) ([]answerAddr, erro
 // targets) yields every target, so that no name a client may follow is
 // missed; a loop ends it.
 func chainNames(qname string, qtype uint16, answer []dns.RR) []string {
-	targets := make(map[string][]string)
-	for _, rr := range answer {
-		h := rr.Header()
-		if h.Class != dns.ClassINET {
-			continue
-		}
-		owner := apptype.CanonicalName(h.Name)
-		switch rr := rr.(type) {
-		case *dns.CNAME:
-			targets[owner] = append(targets[owner], apptype.CanonicalName(rr.Target))
-		default:
-			if s := serviceOf(rr, qtype); s != nil {
-				if t := apptype.CanonicalName(s.Target); t != "" {
-					targets[owner] = append(targets[owner], t)
-				}
-			}
-		}
-	}
+	targets := newAnswerGraph(qtype, answer).targets
 	names := []string{apptype.CanonicalName(qname)}
 	seen := map[string]bool{names[0]: true}
 	for i := 0; i < len(names) && len(names) <= maxChain; i++ {
