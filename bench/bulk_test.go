@@ -8,20 +8,16 @@ package main
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/device"
-	stocknetstack "golang.zx2c4.com/wireguard/tun/netstack"
-
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/wireguard"
-	"github.com/appconnector/appconnector/netstack/netstacktest"
+	"github.com/appconnector/appconnector/connector/wireguard/wgtest"
 )
 
 const bulkBytes = 256 << 20
@@ -101,7 +97,7 @@ func BenchmarkBulkConnector(b *testing.B) {
 	go serveSink(ln)
 
 	serverKey, _ := wireguard.GeneratePrivateKey()
-	clientKey, _ := netstacktest.NewPrivateKey()
+	clientKey, _ := wireguard.GeneratePrivateKey()
 	policy, err := apptype.ParsePolicy("bench", []byte(`[{"name": "sink", "connectors": ["*"], "routes": ["127.0.0.1/32"]}]`))
 	if err != nil {
 		b.Fatal(err)
@@ -109,7 +105,7 @@ func BenchmarkBulkConnector(b *testing.B) {
 	conn, err := connector.New(connector.Config{
 		WireGuard: &wireguard.Config{
 			Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.97.0.1/24")}},
-			Peers:     []wireguard.Peer{{PublicKey: wireguard.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.97.0.2/32")}}},
+			Peers:     []wireguard.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.97.0.2/32")}}},
 		},
 		ListenAddr: loopback,
 		Policy:     policy,
@@ -118,12 +114,12 @@ func BenchmarkBulkConnector(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer conn.Close()
-	client, err := netstacktest.New(netstacktest.Config{
+	client, err := wgtest.New(wgtest.Config{
 		PrivateKey: clientKey,
 		Addresses:  []netip.Prefix{netip.MustParsePrefix("10.97.0.2/32")},
-		Remotes: []netstacktest.RemotePeer{{
-			PublicKey:  netstacktest.Key(serverKey.PublicKey()),
-			Endpoint:   netip.AddrPortFrom(loopback, conn.Port()),
+		Remotes: []wireguard.Peer{{
+			PublicKey:  serverKey.PublicKey(),
+			Endpoint:   netip.AddrPortFrom(loopback, conn.Port()).String(),
 			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
 		}},
 	})
@@ -142,40 +138,12 @@ func BenchmarkBulkConnector(b *testing.B) {
 // tun/netstack, peered over 127.0.0.1, with the sink inside the server's
 // stack (no forwarding): the starting point users would build from.
 func BenchmarkBulkStock(b *testing.B) {
-	serverKey, _ := netstacktest.NewPrivateKey()
-	clientKey, _ := netstacktest.NewPrivateKey()
 	serverAddr := netip.MustParseAddr("10.96.0.1")
-	clientAddr := netip.MustParseAddr("10.96.0.2")
-
-	stun, snet, err := stocknetstack.CreateNetTUN([]netip.Addr{serverAddr}, nil, 1420)
+	snet, cnet, closePair, err := stockPair(serverAddr, netip.MustParseAddr("10.96.0.2"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	sbind, _ := wireguard.NewBind(loopback)
-	sdev := device.NewDevice(stun, sbind, device.NewLogger(device.LogLevelSilent, ""))
-	defer sdev.Close()
-	if err := sdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nallowed_ip=%s/32\n",
-		serverKey[:], clientKey.Public(), clientAddr)); err != nil {
-		b.Fatal(err)
-	}
-	sdev.Up()
-	port, err := ipcListenPort(sdev)
-	if err != nil {
-		b.Fatal(err)
-	}
-
-	ctun, cnet, err := stocknetstack.CreateNetTUN([]netip.Addr{clientAddr}, nil, 1420)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cbind, _ := wireguard.NewBind(loopback)
-	cdev := device.NewDevice(ctun, cbind, device.NewLogger(device.LogLevelSilent, ""))
-	defer cdev.Close()
-	if err := cdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nendpoint=127.0.0.1:%d\nallowed_ip=%s/32\n",
-		clientKey[:], serverKey.Public(), port, serverAddr)); err != nil {
-		b.Fatal(err)
-	}
-	cdev.Up()
+	defer closePair()
 
 	ln, err := snet.ListenTCPAddrPort(netip.AddrPortFrom(serverAddr, 5001))
 	if err != nil {

@@ -14,7 +14,8 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
-	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
+	"github.com/appconnector/appconnector/connector/proxy/socks5"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
@@ -27,10 +28,10 @@ import (
 
 type clientLab struct {
 	sink, echo *net.TCPListener
-	dns        *dnstest.Server
+	dns        *dnszone.Server
 	conn       *connector.Connector
 	client     *client.Client
-	socks      *client.SOCKS5Server
+	socks      *socks5.Server
 	socksAddr  string
 	done       sync.WaitGroup
 }
@@ -46,7 +47,7 @@ func startClientLab(b *testing.B) *clientLab {
 		b.Fatal(err)
 	}
 	go serveEcho1(l.echo)
-	if l.dns, err = dnstest.Start("app.bench.example. 60 IN A 127.0.0.1"); err != nil {
+	if l.dns, err = dnszone.Start("app.bench.example. 60 IN A 127.0.0.1"); err != nil {
 		b.Fatal(err)
 	}
 	policy, err := apptype.ParsePolicy("bench", []byte(`[{"name": "app", "connectors": ["*"], "domains": ["app.bench.example"], "allowPrivate": ["127.0.0.1/32"]}]`))
@@ -82,7 +83,7 @@ func startClientLab(b *testing.B) *clientLab {
 		b.Fatal(err)
 	}
 	l.socksAddr = ln.Addr().String()
-	l.socks = &client.SOCKS5Server{Dial: l.client.DialContext}
+	l.socks = &socks5.Server{Dial: l.client.DialContext}
 	l.done.Add(1)
 	go func() { defer l.done.Done(); l.socks.Serve(ln) }()
 	return l

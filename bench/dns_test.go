@@ -16,8 +16,9 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
-	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/connector/wireguard"
+	"github.com/appconnector/appconnector/connector/wireguard/wgtest"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -37,7 +38,7 @@ func reportLatencies(b *testing.B, d []time.Duration) {
 func BenchmarkDNSDirect(b *testing.B) {
 	names, records := benchZone(b.N)
 	benchDirect(b, records, func(c net.Conn, i int) {
-		rcode, addrs, err := dnstest.Query(c, names[i], "A")
+		rcode, addrs, err := dnszone.Query(c, names[i], "A")
 		if err != nil || rcode != "NOERROR" || len(addrs) != 1 {
 			b.Fatalf("%s: %s %v %v", names[i], rcode, addrs, err)
 		}
@@ -47,7 +48,7 @@ func BenchmarkDNSDirect(b *testing.B) {
 // benchDirect serves records from an upstream and times ask(c, i), a
 // question on a new UDP socket to it, for i in [0, b.N).
 func benchDirect(b *testing.B, records []string, ask func(c net.Conn, i int)) {
-	up, err := dnstest.Start(records...)
+	up, err := dnszone.Start(records...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -184,12 +185,12 @@ func dnsSetup(b *testing.B, records []string, maxRoutes int) (ask func(name stri
 // dnsSetupDial is dnsSetup; dial also opens a UDP socket to the
 // connector's DNS through the tunnel.
 func dnsSetupDial(b *testing.B, records []string, maxRoutes int) (ask func(name string, wantAddr bool), conn *connector.Connector, dial func() net.Conn, stop func()) {
-	up, err := dnstest.Start(records...)
+	up, err := dnszone.Start(records...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	serverKey, _ := wireguard.GeneratePrivateKey()
-	clientKey, _ := netstacktest.NewPrivateKey()
+	clientKey, _ := wireguard.GeneratePrivateKey()
 	policy, err := apptype.ParsePolicy("bench", []byte(`[{"name": "bench", "connectors": ["*"], "domains": ["*.bench.example"]}]`))
 	if err != nil {
 		b.Fatal(err)
@@ -198,7 +199,7 @@ func dnsSetupDial(b *testing.B, records []string, maxRoutes int) (ask func(name 
 	conn, err = connector.New(connector.Config{
 		WireGuard: &wireguard.Config{
 			Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4}},
-			Peers:     []wireguard.Peer{{PublicKey: wireguard.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")}}},
+			Peers:     []wireguard.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")}}},
 		},
 		ListenAddr:   loopback,
 		Policy:       policy,
@@ -211,11 +212,11 @@ func dnsSetupDial(b *testing.B, records []string, maxRoutes int) (ask func(name 
 	if err != nil {
 		b.Fatal(err)
 	}
-	client, err := netstacktest.New(netstacktest.Config{
+	client, err := wgtest.New(wgtest.Config{
 		PrivateKey: clientKey,
 		Addresses:  []netip.Prefix{netip.MustParsePrefix("10.95.0.2/32")},
-		Remotes: []netstacktest.RemotePeer{{
-			PublicKey: netstacktest.Key(serverKey.PublicKey()), Endpoint: netip.AddrPortFrom(loopback, conn.Port()),
+		Remotes: []wireguard.Peer{{
+			PublicKey: serverKey.PublicKey(), Endpoint: netip.AddrPortFrom(loopback, conn.Port()).String(),
 			AllowedIPs: []netip.Prefix{connV4},
 		}},
 	})
@@ -229,7 +230,7 @@ func dnsSetupDial(b *testing.B, records []string, maxRoutes int) (ask func(name 
 			b.Fatal(err)
 		}
 		c.SetDeadline(time.Now().Add(5 * time.Second))
-		rcode, addrs, err := dnstest.Query(c, name, "A")
+		rcode, addrs, err := dnszone.Query(c, name, "A")
 		c.Close()
 		if err != nil || wantAddr && (rcode != "NOERROR" || len(addrs) != 1) {
 			b.Fatalf("%s: %s %v %v", name, rcode, addrs, err)

@@ -17,21 +17,20 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
-// echoEnv makes the test binary a UDP echo server on 127.0.0.1 that prints
-// its port and serves until stdin closes.
-const echoEnv = "APPCONNECTOR_BENCH_UDP_ECHO"
-
+// TestMain also makes the test binary a UDP echo server on 127.0.0.1
+// (role "udp-echo") that prints its port and serves until stdin closes.
 func TestMain(m *testing.M) {
-	if os.Getenv(echoEnv) == "1" {
+	os.Exit(netstacktest.Main(m, map[string]func([]string) int{"udp-echo": func([]string) int {
 		if err := udpEchoProcess(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+			return 1
 		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
+		return 0
+	}}))
 }
 
 func udpEchoProcess() error {
@@ -72,7 +71,7 @@ func BenchmarkUDPRoundTrip(b *testing.B) {
 	})
 	b.Run("cross-process", func(b *testing.B) {
 		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), echoEnv+"=1")
+		cmd.Env = append(os.Environ(), netstacktest.RoleEnv("udp-echo"))
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
 			b.Fatal(err)

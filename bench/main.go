@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 )
 
 // workload names, in the order they run within a scenario.
@@ -148,7 +148,7 @@ func run(o options) error {
 	}
 	defer host.stop()
 	names, records := benchZone(o.runs * o.dnsNames)
-	dns, err := dnstest.Start(records...)
+	dns, err := dnszone.Start(records...)
 	if err != nil {
 		return err
 	}

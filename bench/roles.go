@@ -13,6 +13,8 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
+	"github.com/appconnector/appconnector/connector/logger"
+	"github.com/appconnector/appconnector/connector/proxy/socks5"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
@@ -96,8 +98,8 @@ func clientRole(dir, dnsUpstream string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	s := &client.SOCKS5Server{Dial: c.DialContext, MaxConns: 100_000,
-		Logf: func(format string, args ...any) { log.Warn(fmt.Sprintf(format, args...)) }}
+	s := &socks5.Server{Dial: c.DialContext, MaxConns: 100_000,
+		Logf: logger.Slog(log, slog.LevelWarn)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

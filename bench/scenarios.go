@@ -20,9 +20,8 @@ import (
 	stocknetstack "golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/appconnector/appconnector/connector/client"
-	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/connector/wireguard"
-	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 var loopback = netip.MustParseAddr("127.0.0.1")
@@ -56,7 +55,7 @@ type scenario struct {
 // setup holds what several scenarios share.
 type setup struct {
 	host     *servers        // the services on host loopback
-	dns      *dnstest.Server // the apps' authoritative DNS
+	dns      *dnszone.Server // the apps' authoritative DNS
 	dnsNames []string        // names in it for the DNS workload
 	dir      string          // scratch directory for configs
 	self     string          // this binary, for the helper processes
@@ -79,8 +78,6 @@ func directScenario(s *setup) (*scenario, error) {
 // tun/netstack, peered over UDP on 127.0.0.1, with the services inside
 // the server's stack (nothing forwarded): what users would start from.
 func stockScenario(s *setup) (*scenario, error) {
-	serverKey, _ := netstacktest.NewPrivateKey()
-	clientKey, _ := netstacktest.NewPrivateKey()
 	serverAddr, clientAddr := netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("10.96.0.2")
 	var closers []func()
 	fail := func(err error) (*scenario, error) {
@@ -89,36 +86,11 @@ func stockScenario(s *setup) (*scenario, error) {
 		}
 		return nil, fmt.Errorf("stock: %w", err)
 	}
-	stun, snet, err := stocknetstack.CreateNetTUN([]netip.Addr{serverAddr}, nil, 1420)
+	snet, cnet, closePair, err := stockPair(serverAddr, clientAddr)
 	if err != nil {
 		return fail(err)
 	}
-	sbind, _ := wireguard.NewBind(loopback)
-	sdev := device.NewDevice(stun, sbind, device.NewLogger(device.LogLevelSilent, ""))
-	closers = append(closers, sdev.Close)
-	if err := sdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nallowed_ip=%s/32\n", serverKey[:], clientKey.Public(), clientAddr)); err != nil {
-		return fail(err)
-	}
-	if err := sdev.Up(); err != nil {
-		return fail(err)
-	}
-	port, err := ipcListenPort(sdev)
-	if err != nil {
-		return fail(err)
-	}
-	ctun, cnet, err := stocknetstack.CreateNetTUN([]netip.Addr{clientAddr}, nil, 1420)
-	if err != nil {
-		return fail(err)
-	}
-	cbind, _ := wireguard.NewBind(loopback)
-	cdev := device.NewDevice(ctun, cbind, device.NewLogger(device.LogLevelSilent, ""))
-	closers = append(closers, cdev.Close)
-	if err := cdev.IpcSet(fmt.Sprintf("private_key=%x\npublic_key=%x\nendpoint=127.0.0.1:%d\nallowed_ip=%s/32\n", clientKey[:], serverKey.Public(), port, serverAddr)); err != nil {
-		return fail(err)
-	}
-	if err := cdev.Up(); err != nil {
-		return fail(err)
-	}
+	closers = append(closers, closePair)
 	next := uint16(5000)
 	srv, err := startServers(func() (net.Listener, error) {
 		next++
@@ -141,6 +113,61 @@ func stockScenario(s *setup) (*scenario, error) {
 			}
 		},
 	}, nil
+}
+
+// stockPair peers two wireguard-go devices on wireguard-go's own
+// tun/netstack over UDP on 127.0.0.1: the server at serverAddr, the client
+// at clientAddr. stop closes both.
+func stockPair(serverAddr, clientAddr netip.Addr) (snet, cnet *stocknetstack.Net, stop func(), err error) {
+	serverKey, err := wireguard.GeneratePrivateKey()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	clientKey, err := wireguard.GeneratePrivateKey()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var devs []*device.Device
+	stop = func() {
+		for i := len(devs) - 1; i >= 0; i-- {
+			devs[i].Close()
+		}
+	}
+	start := func(addr netip.Addr, uapi string) (*stocknetstack.Net, *device.Device, error) {
+		tdev, tnet, err := stocknetstack.CreateNetTUN([]netip.Addr{addr}, nil, 1420)
+		if err != nil {
+			return nil, nil, err
+		}
+		bind, err := wireguard.NewBind(loopback)
+		if err != nil {
+			tdev.Close()
+			return nil, nil, err
+		}
+		dev := device.NewDevice(tdev, bind, device.NewLogger(device.LogLevelSilent, ""))
+		devs = append(devs, dev)
+		if err := dev.IpcSet(uapi); err != nil {
+			return nil, nil, err
+		}
+		return tnet, dev, dev.Up()
+	}
+	snet, sdev, err := start(serverAddr, fmt.Sprintf("private_key=%s\npublic_key=%s\nallowed_ip=%s/32\n",
+		serverKey.Hex(), clientKey.PublicKey().Hex(), clientAddr))
+	if err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	port, err := wireguard.ListenPort(sdev)
+	if err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	cnet, _, err = start(clientAddr, fmt.Sprintf("private_key=%s\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
+		clientKey.Hex(), serverKey.PublicKey().Hex(), netip.AddrPortFrom(loopback, port), serverAddr))
+	if err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	return snet, cnet, stop, nil
 }
 
 // connectorProc is a connector running as a separate process.
@@ -361,21 +388,6 @@ func writeConf(path string, c *wireguard.Config) error {
 		return err
 	}
 	return f.Close()
-}
-
-// ipcListenPort returns the UDP port a device listens on.
-func ipcListenPort(d *device.Device) (uint16, error) {
-	text, err := d.IpcGet()
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(line, "listen_port="); ok {
-			p, err := strconv.ParseUint(v, 10, 16)
-			return uint16(p), err
-		}
-	}
-	return 0, errors.New("no listen port")
 }
 
 // socks5Connect opens a CONNECT to addr (host:port; the host a name the

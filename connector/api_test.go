@@ -22,7 +22,7 @@ import (
 // answered 429 at once, and the connector holds no more (issue 11: 3,000
 // streams grew it by 109 MiB, counted nowhere).
 func TestRouteAPIWatchCap(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	const perPeer, tries = 3, 40
 	up := dnstest.New(t, "app.example.com. 60 IN A 127.0.0.1")
 	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}, MaxWatchesPerPeer: perPeer, MaxAPIConnsPerPeer: 2 * tries},
@@ -84,7 +84,7 @@ func TestRouteAPIWatchCap(t *testing.T) {
 // rather than read for the 10 s a header may take (net/http's default
 // would read 1 MiB of it).
 func TestRouteAPIConnectionsAndHeaders(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	const perPeer = 4
 	up := dnstest.New(t, "app.example.com. 60 IN A 127.0.0.1")
 	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}, MaxAPIConnsPerPeer: perPeer},
@@ -165,7 +165,7 @@ func isTimeout(err error) bool {
 // there are (issue 11, finding 4: at the app's cap, 3.3 KB of another
 // peer's questions pushed 7.3 MB to each watcher).
 func TestRouteAPIWatchDiffs(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	const n = 300
 	var records []string
 	for i := range n + 1 {

@@ -20,8 +20,8 @@ import (
 // vault.example is. Through a manual app's name, the address is learned
 // for that app and waits for approval.
 func TestCNAMEIntoAnotherApp(t *testing.T) {
-	checkLeaks(t)
-	other, err := netstacktest.NewPrivateKey()
+	netstacktest.CheckLeaks(t)
+	other, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func TestCNAMEIntoAnotherApp(t *testing.T) {
 	)
 	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}}, `[
 		{"name": "door", "connectors": ["*"], "domains": ["door.example", "side.example"], "allowPrivate": ["127.0.0.0/8"]},
-		{"name": "vault", "connectors": ["*"], "domains": ["vault.example"], "peers": ["`+wireguard.Key(other.Public()).String()+`"], "allowPrivate": ["127.0.0.5/32"]},
+		{"name": "vault", "connectors": ["*"], "domains": ["vault.example"], "peers": ["`+other.PublicKey().String()+`"], "allowPrivate": ["127.0.0.5/32"]},
 		{"name": "m", "connectors": ["*"], "domains": ["m.example"], "approval": "manual", "allowPrivate": ["127.0.0.6/32"]}]`)
 	vault := netstacktest.TCPEcho(t, "127.0.0.5:0")
 	manual := netstacktest.TCPEcho(t, "127.0.0.6:0")
@@ -80,7 +80,7 @@ func TestCNAMEIntoAnotherApp(t *testing.T) {
 // finding 4): beyond the burst an answer that would teach new ones is
 // SERVFAIL, while one for an address already learned is answered.
 func TestLearnRate(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	var records []string
 	for i := range 8 {
 		records = append(records, fmt.Sprintf("h%d.w.example. 60 IN A 203.0.113.%d", i, i+1))

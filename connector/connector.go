@@ -1,7 +1,6 @@
 package connector
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,16 +9,12 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
-
 	"github.com/appconnector/appconnector/connector/apptype"
+	"github.com/appconnector/appconnector/connector/logger"
 	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
@@ -142,7 +137,7 @@ type Connector struct {
 	tags  []string
 	tun   *tun.Device
 	stack *netstack.Stack
-	wg    *device.Device
+	wg    *wireguard.Device
 	peers peerTable
 	table *routeTable
 	dns   *dnsService
@@ -242,55 +237,44 @@ func New(cfg Config) (*Connector, error) {
 		cfg.WireGuard = c.loadEndpoints(filepath.Join(cfg.StateDir, endpointsFileName), cfg.WireGuard, now())
 	}
 
-	var err error
-	c.tun, err = tun.New(tun.Config{MTU: cfg.WireGuard.Interface.MTU})
-	if err != nil {
-		return nil, fmt.Errorf("connector: %w", err)
-	}
 	nc := cfg.Netstack
-	nc.Addresses = cfg.WireGuard.Interface.Addresses
 	// A flow is allowed by its destination address alone, whatever its
 	// protocol or port: an echo request (netstack.ICMP) to an app's
 	// address is allowed exactly when a TCP or UDP flow to it would be.
 	nc.Allow = func(f netstack.Flow) bool { return c.table.allow(c.peers.lookup(f.Src.Addr()), f.Dst.Addr()) }
 	nc.PeerOf = func(a netip.Addr) string { return c.peers.lookup(a).key }
 	nc.FlowsEnded = c.table.flowEnded
-	flowLog := log.With("component", "netstack")
-	nc.Logf = func(format string, args ...any) { flowLog.Info(fmt.Sprintf(format, args...)) }
-	c.stack, err = netstack.New(c.tun, nc)
-	if err != nil {
-		c.tun.Close()
-		return nil, fmt.Errorf("connector: %w", err)
-	}
-	if err := c.startDNS(cfg, upstreams); err != nil {
-		c.stack.Close()
-		c.tun.Close()
-		return nil, fmt.Errorf("connector: %w", err)
-	}
-
-	var bind conn.Bind
-	if cfg.ListenAddr.IsValid() {
-		if bind, err = wireguard.NewBind(cfg.ListenAddr); err != nil {
-			c.dns.close()
-			c.api.close()
-			c.stack.Close()
-			c.tun.Close()
-			return nil, fmt.Errorf("connector: %w", err)
-		}
-	} else {
-		bind = conn.NewDefaultBind()
-	}
+	nc.Logf = logger.Slog(log.With("component", "netstack"), slog.LevelInfo)
 	wlog := log.With("component", "wireguard")
-	c.wg = device.NewDevice(c.tun, bind, &device.Logger{
+	ctx, cancel := context.WithTimeout(c.ctx, orDefault(cfg.ResolveTimeout, 10*time.Second))
+	defer cancel()
+	dev, err := wireguard.NewDevice(ctx, wireguard.DeviceConfig{
+		Config:     cfg.WireGuard,
+		ListenAddr: cfg.ListenAddr,
+		Stack:      nc,
 		// wireguard-go logs some events per packet (a bad MAC1, a
 		// packet from an unknown peer): a flood must not flood the log.
-		Verbosef: netstack.RateLimit(func(format string, args ...any) { wlog.Debug(fmt.Sprintf(format, args...)) }, 10, 50),
-		Errorf:   func(format string, args ...any) { wlog.Error(fmt.Sprintf(format, args...)) },
+		Verbosef: logger.RateLimit(logger.Slog(wlog, slog.LevelDebug), 10, 50),
+		Errorf:   logger.Slog(wlog, slog.LevelError),
+		// DNS and the route API listen before the first packet arrives.
+		Listen: func(st *netstack.Stack) (func(), error) {
+			c.stack = st
+			if err := c.startDNS(cfg, upstreams); err != nil {
+				return nil, err
+			}
+			return func() {
+				c.dns.close()
+				c.api.close()
+			}, nil
+		},
 	})
-	if err := c.start(cfg); err != nil {
-		c.Close()
-		return nil, err
+	if err != nil {
+		return nil, fmt.Errorf("connector: %w", err)
 	}
+	c.wg, c.tun, c.port = dev, dev.Tun, dev.Port()
+	c.greetPeers()
+	c.log.Info("wireguard up", "listen", netip.AddrPortFrom(cfg.ListenAddr, c.port).String(),
+		"addresses", fmt.Sprint(cfg.WireGuard.Interface.Addresses), "peers", len(cfg.WireGuard.Peers))
 	c.bg.Add(1)
 	go c.maintain()
 	if len(upstreams) > 0 {
@@ -324,8 +308,8 @@ func (c *Connector) startDNS(cfg Config, upstreams []*upstream.Upstream) error {
 		healthWin: orDefault(cfg.DNSHealthWindow, DefaultDNSHealthWindow),
 		forward:   cfg.ForwardUnknownNames,
 		timeout:   orDefault(cfg.DNSTimeout, defaultDNSTimeout),
-		logf:      netstack.RateLimit(func(f string, a ...any) { dlog.Info(fmt.Sprintf(f, a...)) }, 5, 10),
-		warnf:     func(f string, a ...any) { dlog.Warn(fmt.Sprintf(f, a...)) },
+		logf:      logger.RateLimit(logger.Slog(dlog, slog.LevelInfo), 5, 10),
+		warnf:     logger.Slog(dlog, slog.LevelWarn),
 		tcpIdle:   orDefault(cfg.DNSTCPIdleTimeout, defaultDNSTCPIdle),
 		tcpConns: connLimit{
 			max:     orDefault(cfg.MaxDNSTCPConns, DefaultMaxDNSTCPConns),
@@ -369,49 +353,6 @@ func (c *Connector) startDNS(cfg Config, upstreams []*upstream.Upstream) error {
 	c.startPeerAPI(apiLns, &cfg)
 	c.dns.start(pcs, lns)
 	return nil
-}
-
-func (c *Connector) start(cfg Config) error {
-	ctx, cancel := context.WithTimeout(c.ctx, orDefault(cfg.ResolveTimeout, 10*time.Second))
-	defer cancel()
-	uapi, err := cfg.WireGuard.UAPI(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("connector: %w", err)
-	}
-	if err := c.wg.IpcSet(uapi); err != nil {
-		return fmt.Errorf("connector: configure wireguard: %w", err)
-	}
-	if err := c.wg.Up(); err != nil {
-		return fmt.Errorf("connector: wireguard up: %w", err)
-	}
-	c.greetPeers()
-	port, err := c.listenPort()
-	if err != nil {
-		return fmt.Errorf("connector: %w", err)
-	}
-	c.port = port
-	c.log.Info("wireguard up", "listen", netip.AddrPortFrom(cfg.ListenAddr, port).String(),
-		"addresses", fmt.Sprint(cfg.WireGuard.Interface.Addresses), "peers", len(cfg.WireGuard.Peers))
-	return nil
-}
-
-// listenPort asks the device which UDP port it listens on.
-func (c *Connector) listenPort() (uint16, error) {
-	text, err := c.wg.IpcGet()
-	if err != nil {
-		return 0, fmt.Errorf("read wireguard state: %w", err)
-	}
-	sc := bufio.NewScanner(strings.NewReader(text))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "listen_port="); ok {
-			p, err := strconv.ParseUint(v, 10, 16)
-			if err != nil {
-				return 0, fmt.Errorf("read wireguard listen port %q: %w", v, err)
-			}
-			return uint16(p), nil
-		}
-	}
-	return 0, errors.New("wireguard reported no listen port")
 }
 
 // expireEvery is how often expired learned routes are dropped: a route

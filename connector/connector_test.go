@@ -12,11 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/wireguard"
+	"github.com/appconnector/appconnector/connector/wireguard/wgtest"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -37,7 +36,7 @@ const testPolicy = `[{"name": "loopback", "connectors": ["*"], "domains": [], "r
 
 type env struct {
 	conn      *connector.Connector
-	client    *netstacktest.Peer
+	client    *wgtest.Peer
 	dialer    *netstacktest.Dialer
 	clientPub wireguard.Key // the client peer's public key
 	// icmp receives the ICMP packets the client peer gets through the
@@ -46,11 +45,6 @@ type env struct {
 }
 
 func (e *env) clientKey() string { return e.clientPub.String() }
-
-func checkLeaks(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
-}
 
 func newEnv(t *testing.T, nc netstack.Config) *env {
 	t.Helper()
@@ -72,7 +66,7 @@ func newEnvVia(t testing.TB, cfg connector.Config, policyJSON string, via func(n
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientKey, err := netstacktest.NewPrivateKey()
+	clientKey, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,17 +74,17 @@ func newEnvVia(t testing.TB, cfg connector.Config, policyJSON string, via func(n
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{dialer: &netstacktest.Dialer{}, clientPub: wireguard.Key(clientKey.Public()), icmp: make(chan netstacktest.ICMP, 256)}
+	e := &env{dialer: &netstacktest.Dialer{}, clientPub: clientKey.PublicKey(), icmp: make(chan netstacktest.ICMP, 256)}
 	logf := t.Logf
 	if _, fuzz := t.(*testing.F); fuzz {
 		// A fuzz target may not log through F while it runs.
 		logf = func(string, ...any) {}
 	}
-	cfg.Netstack.Dialer = e.dialer
+	cfg.Netstack.Dial = e.dialer.DialContext
 	cfg.WireGuard = &wireguard.Config{
 		Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connV4, connV6}},
 		Peers: []wireguard.Peer{{
-			PublicKey:  wireguard.Key(clientKey.Public()),
+			PublicKey:  clientKey.PublicKey(),
 			AllowedIPs: []netip.Prefix{clientV4, clientV6},
 			Tags:       []string{"tag:test"},
 		}},
@@ -102,12 +96,12 @@ func newEnvVia(t testing.TB, cfg connector.Config, policyJSON string, via func(n
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.conn.Close() })
-	e.client, err = netstacktest.New(netstacktest.Config{
+	e.client, err = wgtest.New(wgtest.Config{
 		PrivateKey: clientKey,
 		Addresses:  []netip.Prefix{clientV4, clientV6},
-		Remotes: []netstacktest.RemotePeer{{
-			PublicKey:  netstacktest.Key(serverKey.PublicKey()),
-			Endpoint:   via(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), e.conn.Port())),
+		Remotes: []wireguard.Peer{{
+			PublicKey:  serverKey.PublicKey(),
+			Endpoint:   via(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), e.conn.Port())).String(),
 			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 		}},
 		Logf: logf,
@@ -135,7 +129,7 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 }
 
 func TestEndToEndTCP(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnv(t, netstack.Config{})
 	for _, tc := range []struct{ name, listen string }{
 		{"ipv4", "127.0.0.1:0"},
@@ -157,7 +151,7 @@ func TestEndToEndTCP(t *testing.T) {
 }
 
 func TestEndToEndOutsideRoutesIsReset(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnv(t, netstack.Config{})
 	// 127.0.0.2 is loopback but not in the policy's routes.
 	dst := netstacktest.TCPEcho(t, "127.0.0.2:0")
@@ -175,7 +169,7 @@ func TestEndToEndOutsideRoutesIsReset(t *testing.T) {
 }
 
 func TestEndToEndUDPAndIdleCleanup(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnv(t, netstack.Config{UDPIdleTimeout: 300 * time.Millisecond})
 	for _, tc := range []struct{ name, listen string }{
 		{"ipv4", "127.0.0.1:0"},
@@ -216,7 +210,7 @@ func TestEndToEndUDPAndIdleCleanup(t *testing.T) {
 // it before it reaches the stack. A packet with the right source, sent
 // right after on the same path, shows the path works.
 func TestEndToEndSpoofedSourceDropped(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnv(t, netstack.Config{})
 	srv := netstacktest.UDPEcho(t, "127.0.0.1:0")
 	dst := srv.Addr
@@ -294,7 +288,7 @@ func sum16(b []byte, initial uint16) uint16 {
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	key, _ := wireguard.GeneratePrivateKey()
 	for name, cfg := range map[string]connector.Config{
 		"no wireguard": {},

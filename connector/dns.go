@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/appconnector/appconnector/connector/apptype"
+	"github.com/appconnector/appconnector/connector/logger"
 	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/netstack"
 )
@@ -75,10 +76,10 @@ type dnsService struct {
 	healthWin time.Duration // Config.DNSHealthWindow
 	forward   bool          // forward names of no app instead of refusing them
 	timeout   time.Duration
-	logf      func(format string, args ...any) // rate-limited
+	logf      logger.Logf // rate-limited
 	// warnf logs an upstream starting or stopping to fail: once per
 	// change, not once per question.
-	warnf func(format string, args ...any)
+	warnf logger.Logf
 	stats dnsStats
 
 	failingMu sync.Mutex
@@ -96,7 +97,8 @@ type dnsService struct {
 	// udpBusy counts the goroutines answering UDP questions.
 	udpBusy connLimit
 
-	mu      sync.Mutex // guards the fields after it
+	closing atomic.Bool // set by close: read errors end serveUDP
+	mu      sync.Mutex  // guards the fields after it
 	servers []*dns.Server
 	pcs     []net.PacketConn
 	wg      sync.WaitGroup
@@ -147,6 +149,7 @@ func (d *dnsService) start(pcs []net.PacketConn, lns []net.Listener) {
 
 // close stops the servers and waits for them.
 func (d *dnsService) close() {
+	d.closing.Store(true)
 	d.mu.Lock()
 	servers, pcs := d.servers, d.pcs
 	d.servers, d.pcs = nil, nil
@@ -172,7 +175,7 @@ func (d *dnsService) serveUDP(pc net.PacketConn) {
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || d.c.ctx.Err() != nil {
+			if errors.Is(err, net.ErrClosed) || d.closing.Load() || d.c.ctx.Err() != nil {
 				return
 			}
 			continue
@@ -661,7 +664,7 @@ type limitListener struct {
 	net.Listener
 	lim    *connLimit
 	peerOf func(net.Addr) string
-	logf   func(format string, args ...any)
+	logf   logger.Logf
 	what   string // for the log: "DNS-over-TCP", "route API"
 }
 

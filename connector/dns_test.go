@@ -21,6 +21,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -35,7 +36,7 @@ const dnsPolicy = `[
   {"name": "elsewhere", "connectors": ["tag:other-connector"], "domains": ["elsewhere.example.net"]}
 ]`
 
-func dnsEnv(t *testing.T) (*env, *dnstest.Server) {
+func dnsEnv(t *testing.T) (*env, *dnszone.Server) {
 	t.Helper()
 	up := dnstest.New(t,
 		"app.example.com. 60 IN CNAME backend.example.net.",
@@ -104,7 +105,7 @@ func dialOK(t *testing.T, e *env, dst netip.AddrPort) error {
 }
 
 func TestDNSLearnsRouteBeforeAnswer(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e, _ := dnsEnv(t)
 	echo4 := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	echo6 := netstacktest.TCPEcho(t, "[::1]:0")
@@ -122,7 +123,7 @@ func TestDNSLearnsRouteBeforeAnswer(t *testing.T) {
 		{dns.TypeAAAA, true, netip.MustParseAddr("::1"), echo6},
 	} {
 		r := query(t, e, "App.Example.com.", tc.qtype, tc.tcp)
-		if r.Rcode != dns.RcodeSuccess || !slices.Contains(dnstest.AnswerAddrs(r), tc.want) {
+		if r.Rcode != dns.RcodeSuccess || !slices.Contains(dnszone.AnswerAddrs(r), tc.want) {
 			t.Fatalf("%s answer: %v", dns.TypeToString[tc.qtype], r)
 		}
 		if r.Question[0].Name != "App.Example.com." {
@@ -171,7 +172,7 @@ func TestDNSLearnsRouteBeforeAnswer(t *testing.T) {
 }
 
 func TestDNSRefusalsAndPassThrough(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e, up := dnsEnv(t)
 
 	// Not an app's name: REFUSED, and the upstream is not asked.
@@ -191,12 +192,12 @@ func TestDNSRefusalsAndPassThrough(t *testing.T) {
 	}
 
 	// A wildcard name at depth; NXDOMAIN and SERVFAIL pass through.
-	if r := query(t, e, "deep.x.y.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess || len(dnstest.AnswerAddrs(r)) != 1 {
+	if r := query(t, e, "deep.x.y.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess || len(dnszone.AnswerAddrs(r)) != 1 {
 		t.Errorf("wildcard name: %v", r)
 	}
 	// A name from the upstream's wildcard zone, through a CNAME.
 	if r := query(t, e, "any.thing.wild.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeSuccess ||
-		!slices.Equal(dnstest.AnswerAddrs(r), []netip.Addr{netip.MustParseAddr("127.0.0.1")}) {
+		!slices.Equal(dnszone.AnswerAddrs(r), []netip.Addr{netip.MustParseAddr("127.0.0.1")}) {
 		t.Errorf("wildcard zone: %v", r)
 	}
 	if r := query(t, e, "missing.example.com.", dns.TypeA, false); r.Rcode != dns.RcodeNameError {
@@ -211,7 +212,7 @@ func TestDNSRefusalsAndPassThrough(t *testing.T) {
 
 	// The unsafe answer is returned but not routed.
 	r := query(t, e, "internal.example.com.", dns.TypeA, false)
-	if !slices.Contains(dnstest.AnswerAddrs(r), netip.MustParseAddr("10.0.0.1")) {
+	if !slices.Contains(dnszone.AnswerAddrs(r), netip.MustParseAddr("10.0.0.1")) {
 		t.Fatalf("unsafe answer not returned: %v", r)
 	}
 	if err := dialOK(t, e, netip.MustParseAddrPort("10.0.0.1:80")); err == nil {
@@ -239,7 +240,7 @@ func TestDNSRefusalsAndPassThrough(t *testing.T) {
 }
 
 func TestDNSUpstreamDown(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	// An upstream that is not there: SERVFAIL, promptly.
 	dead := netstacktest.ClosedPort(t, "udp", "127.0.0.1")
 	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{dead.String()}, DNSTimeout: 2 * time.Second}, dnsPolicy)
@@ -256,7 +257,7 @@ func TestDNSUpstreamDown(t *testing.T) {
 // TestDNSMalformed: garbage to the DNS port gets no crash and the server
 // keeps answering.
 func TestDNSMalformed(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e, _ := dnsEnv(t)
 	c, err := e.client.DialContext(context.Background(), "udp", net.JoinHostPort(connV4.Addr().String(), "53"))
 	if err != nil {
@@ -298,7 +299,7 @@ func TestDNSMalformed(t *testing.T) {
 // state directory after Close and forwarded by the next connector before
 // any new DNS answer.
 func TestLearnedRoutesSurviveRestart(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	state := t.TempDir()
 	up := dnstest.New(t, "app.example.com. 60 IN A 127.0.0.1")
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
@@ -327,7 +328,7 @@ func TestLearnedRoutesSurviveRestart(t *testing.T) {
 }
 
 func TestRouteAPIAndWatch(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e, _ := dnsEnv(t)
 	hc := &http.Client{Transport: &http.Transport{DialContext: e.client.DialContext}, Timeout: 10 * time.Second}
 	defer hc.CloseIdleConnections()
@@ -399,7 +400,7 @@ func getJSON(t *testing.T, c *http.Client, url string, v any) {
 }
 
 func TestManualApprovalBlocksUntilApproved(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	up := dnstest.New(t, "app.example.com. 60 IN A 127.0.0.1")
 	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}}, `[{"name": "m", "connectors": ["*"],
 		"domains": ["app.example.com"], "allowPrivate": ["127.0.0.1/32"], "approval": "manual"}]`)
@@ -457,7 +458,7 @@ func TestManualApprovalBlocksUntilApproved(t *testing.T) {
 // gets SERVFAIL beyond its share, and the goroutines it can pin are
 // bounded.
 func TestDNSInFlightLimit(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // never answers
 	if err != nil {
 		t.Fatal(err)

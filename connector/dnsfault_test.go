@@ -123,7 +123,7 @@ func (l *logCounter) count(sub string) int {
 // is 2 s), each run of failures is logged once, and answers resume when
 // the upstream does.
 func TestDNSUpstreamFaults(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	real := dnstest.New(t,
 		"a1.example.com. 60 IN A 127.0.0.1",
 		"a2.example.com. 60 IN A 127.0.0.1",
@@ -208,7 +208,7 @@ func queryWithin(t *testing.T, e *env, name string, qtype uint16, d time.Duratio
 // closes them after the idle timeout; and beyond the per-peer cap a new
 // connection is closed at once while UDP questions still get answers.
 func TestDNSOverTCPIdleConnections(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	real := dnstest.New(t, "a1.example.com. 60 IN A 127.0.0.1")
 	const idle = 1000
 	// Long enough to open them all (with -race) before the first is
@@ -348,7 +348,7 @@ func TestDNSOverTCPIdleConnections(t *testing.T) {
 // learned routes: every answer comes back, the cap holds, and the routes
 // left are those of the newest names.
 func TestDNSManyNamesEvictOldest(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	const names, capacity = 2000, 500
 	records := make([]string, names)
 	addr := func(i int) netip.Addr {
@@ -433,7 +433,7 @@ func udpRcvbufErrors(t *testing.T) int64 {
 // one per datagram), read from their stacks: the process's total moves with
 // whatever else is winding down.
 func TestDNSFloodHoldsBoundedGoroutines(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

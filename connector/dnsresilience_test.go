@@ -9,6 +9,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -18,7 +19,7 @@ import (
 // 503 once no upstream has answered for the health window, and back when
 // one answers; /metrics counts each upstream.
 func TestDNSServeStaleAndHealth(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	clk := newTestClock()
 	up := dnstest.New(t, "app.example.com. 300 IN A 127.0.0.1")
 	e := newEnvWith(t, connector.Config{
@@ -83,7 +84,7 @@ func TestDNSServeStaleAndHealth(t *testing.T) {
 
 	// An upstream at the same address again: the idle connector's probe
 	// finds it, with no peer asking.
-	back, err := dnstest.StartAt(up.Addr, "app.example.com. 300 IN A 127.0.0.1")
+	back, err := dnszone.StartAt(up.Addr, "app.example.com. 300 IN A 127.0.0.1")
 	if err != nil {
 		t.Skipf("the upstream's port was taken meanwhile: %v", err)
 	}
@@ -96,7 +97,7 @@ func TestDNSServeStaleAndHealth(t *testing.T) {
 
 // The connector's own decisions carry an Extended DNS Error saying why.
 func TestDNSExtendedErrors(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e, _ := dnsEnv(t)
 	for _, tc := range []struct {
 		name  string

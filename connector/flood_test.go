@@ -21,7 +21,7 @@ import (
 // wrong. None may reach the tunnel, start goroutines or hold memory; the
 // legitimate peer then connects and moves data as usual.
 func TestHandshakeFloodCreatesNoState(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	logs := &logCounter{}
 	e := newEnvWith(t, connector.Config{Logger: slog.New(logs)}, testPolicy)
 	wgAddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), e.conn.Port()))

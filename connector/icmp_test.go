@@ -79,7 +79,7 @@ func TestPingForwarded(t *testing.T) {
 	if !netstacktest.InNetns(t, true) {
 		return
 	}
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnv(t, netstack.Config{ICMPIdleTimeout: time.Hour})
 	for i, tc := range pingCases() {
 		t.Run(tc.name, func(t *testing.T) {
@@ -132,7 +132,7 @@ func TestPingIdleFlowCloses(t *testing.T) {
 	if !netstacktest.InNetns(t, true) {
 		return
 	}
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnv(t, netstack.Config{ICMPIdleTimeout: 50 * time.Millisecond})
 	e.ping(t, clientV4.Addr(), netip.MustParseAddr("127.0.0.1"), 1, 1, nil)
 	e.nextICMP(t, func(m netstacktest.ICMP) bool { return m.Type == echoReply4 })
@@ -174,7 +174,7 @@ func checkProhibited(t *testing.T, m netstacktest.ICMP, tc pingCase, dst netip.A
 // that sent it), and no host socket is opened. The stack's own address is
 // answered by the stack itself.
 func TestPingRefusedIsProhibited(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnv(t, netstack.Config{})
 	refused := map[string]netip.Addr{"ipv4": netip.MustParseAddr("127.0.0.2"), "ipv6": netip.MustParseAddr("fd99::7")}
 	for _, tc := range pingCases() {
@@ -244,7 +244,7 @@ func TestPingHostForbidden(t *testing.T) {
 	if !netstacktest.InNetns(t, false) {
 		return
 	}
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	logs := &logLines{}
 	e := newEnvWith(t, connector.Config{Logger: slog.New(logs)}, testPolicy)
 	for i, tc := range pingCases() {
@@ -271,7 +271,7 @@ func TestPingHostForbidden(t *testing.T) {
 // and so are prohibited answers beyond theirs. The rate is so low that no
 // token comes back while the test runs.
 func TestPingRateLimit(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	const burst, sent = 3, 10
 	e := newEnv(t, netstack.Config{ICMPRate: 1e-9, ICMPBurst: burst})
 	routed, refused := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")

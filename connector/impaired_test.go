@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // impairedPath relays WireGuard's UDP between the client and the
@@ -106,7 +107,7 @@ func TestTransferOverLossyPath(t *testing.T) {
 	if testing.Short() {
 		t.Skip("64 MiB over a lossy path: skipped in -short")
 	}
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	const size = 64 << 20
 	path := newImpairedPath(t, 0.01, 10*time.Millisecond)
 	e := newEnvVia(t, connector.Config{}, testPolicy, func(conn netip.AddrPort) netip.AddrPort {

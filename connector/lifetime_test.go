@@ -35,7 +35,7 @@ func (c *testClock) since(t time.Time) float64 { return c.now().Sub(t).Seconds()
 // bounds), longer while a flow uses it and for the grace period after;
 // the route API's watchers see it go.
 func TestLearnedRouteLifetime(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	clk := newTestClock()
 	up := dnstest.New(t,
 		"short.example.com. 90 IN A 127.0.0.1",

@@ -28,7 +28,7 @@ func TestHostAddressAddedAfterStart(t *testing.T) {
 	if err != nil {
 		t.Skip("ip (iproute2) is not installed")
 	}
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	up := dnstest.New(t, "svc.example. 60 IN A 192.0.2.77")
 	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}}, `[
 		{"name": "web", "connectors": ["*"], "domains": ["svc.example"]},

@@ -49,7 +49,7 @@ func metricValue(t *testing.T, body, series string) float64 {
 // the learned route, the WireGuard peer's handshake and the tunnel's
 // packets; /healthz says ok until Shutdown starts.
 func TestMetricsAndHealthz(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e, _ := dnsEnv(t)
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	if err := dialOK(t, e, echo); err == nil {

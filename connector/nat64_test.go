@@ -7,13 +7,14 @@ import (
 	"time"
 
 	"github.com/appconnector/appconnector/connector"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // Under a configured route 64:ff9b::/96 (the IPv4 internet through NAT64),
 // the NAT64 forms of the host's loopback and of the metadata address are
 // refused without a host dial (issue 11, finding 9).
 func TestNAT64FormsOfProtectedRangesRefused(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnvWith(t, connector.Config{}, `[{"name": "nat64", "connectors": ["*"], "routes": ["64:ff9b::/96"]}]`)
 	for _, dst := range []string{"[64:ff9b::7f00:1]:80", "[64:ff9b::a9fe:a9fe]:80", "[64:ff9b::a00:1]:22"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

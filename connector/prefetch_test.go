@@ -15,7 +15,7 @@ import (
 // expire; its wildcard domains are not guessed at, and a name is not
 // asked again sooner than it needs.
 func TestPrefetch(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	clk := newTestClock()
 	up := dnstest.New(t,
 		"pre.example.com. 60 IN A 127.0.0.1",

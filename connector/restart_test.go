@@ -15,6 +15,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/wireguard"
+	"github.com/appconnector/appconnector/connector/wireguard/wgtest"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -46,9 +47,9 @@ type restartRig struct {
 
 // rigClient is a stock client of the rig's connectors.
 type rigClient struct {
-	key  netstacktest.Key
+	key  wireguard.Key
 	addr netip.Prefix
-	*netstacktest.Peer
+	*wgtest.Peer
 }
 
 func newRestartRig(t *testing.T) *restartRig {
@@ -68,7 +69,7 @@ func newRestartRig(t *testing.T) *restartRig {
 // client itself starts with startClient, once a connector has a port.
 func (r *restartRig) newClient(n byte) *rigClient {
 	r.t.Helper()
-	k, err := netstacktest.NewPrivateKey()
+	k, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -80,14 +81,14 @@ func (r *restartRig) start(log *slog.Logger, clients ...*rigClient) *connector.C
 	r.t.Helper()
 	wg := &wireguard.Config{Interface: wireguard.Interface{PrivateKey: r.key, Addresses: []netip.Prefix{connV4}, ListenPort: r.port}}
 	for _, c := range clients {
-		wg.Peers = append(wg.Peers, wireguard.Peer{PublicKey: wireguard.Key(c.key.Public()), AllowedIPs: []netip.Prefix{c.addr}})
+		wg.Peers = append(wg.Peers, wireguard.Peer{PublicKey: c.key.PublicKey(), AllowedIPs: []netip.Prefix{c.addr}})
 	}
 	c, err := connector.New(connector.Config{
 		WireGuard:  wg,
 		ListenAddr: netip.MustParseAddr("127.0.0.1"),
 		Policy:     r.policy,
 		StateDir:   r.state,
-		Netstack:   netstack.Config{Dialer: r.dialer},
+		Netstack:   netstack.Config{Dial: r.dialer.DialContext},
 		Logger:     log,
 	})
 	if err != nil {
@@ -101,12 +102,12 @@ func (r *restartRig) start(log *slog.Logger, clients ...*rigClient) *connector.C
 // startClient starts c's WireGuard device, peered with the connector.
 func (r *restartRig) startClient(c *rigClient) {
 	r.t.Helper()
-	p, err := netstacktest.New(netstacktest.Config{
+	p, err := wgtest.New(wgtest.Config{
 		PrivateKey: c.key,
 		Addresses:  []netip.Prefix{c.addr},
-		Remotes: []netstacktest.RemotePeer{{
-			PublicKey:  netstacktest.Key(r.key.PublicKey()),
-			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), r.port),
+		Remotes: []wireguard.Peer{{
+			PublicKey:  r.key.PublicKey(),
+			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), r.port).String(),
 			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")},
 		}},
 		Logf: r.t.Logf,
@@ -121,7 +122,7 @@ func (r *restartRig) startClient(c *rigClient) {
 // lastHandshake is when c last completed a handshake with the connector.
 func (r *restartRig) lastHandshake(c *rigClient) time.Time {
 	r.t.Helper()
-	at, err := c.LastHandshake(netstacktest.Key(r.key.PublicKey()))
+	at, err := c.LastHandshake(r.key.PublicKey())
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -209,7 +210,7 @@ func (r *restartRig) firstConnection(c *rigClient, echo netip.AddrPort, listenin
 // through the new connector without waiting out its own timers, because
 // the new connector initiates a handshake to where the client was.
 func TestRestartStockClientBackAtOnce(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	r := newRestartRig(t)
 	a := r.newClient(2)
@@ -221,7 +222,7 @@ func TestRestartStockClientBackAtOnce(t *testing.T) {
 
 	// Saved while the connector runs (a crash would not lose it), and
 	// again on Close.
-	key, want := wireguard.Key(a.key.Public()).String(), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.Port).String()
+	key, want := a.key.PublicKey().String(), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.Port).String()
 	netstacktest.WaitFor(t, func() bool { eps, _ := r.readEndpoints(); return eps[key] == want })
 	if err := c1.Close(); err != nil {
 		t.Fatal(err)
@@ -238,7 +239,7 @@ func TestRestartStockClientBackAtOnce(t *testing.T) {
 // runs gets no handshake from the new connector, and its endpoint leaves
 // the file; the peer that stayed is back at once.
 func TestRestartForgetsRemovedPeer(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	r := newRestartRig(t)
 	a, b := r.newClient(2), r.newClient(3)
@@ -264,8 +265,8 @@ func TestRestartForgetsRemovedPeer(t *testing.T) {
 	netstacktest.WaitFor(t, func() bool { eps, _ := r.readEndpoints(); return len(eps) == 1 })
 	c2.Close()
 	stored := r.storedEndpoints()
-	if _, ok := stored[wireguard.Key(b.key.Public()).String()]; ok || len(stored) != 1 {
-		t.Errorf("endpoints after the run without the removed peer: %v, want only %v", stored, wireguard.Key(a.key.Public()))
+	if _, ok := stored[b.key.PublicKey().String()]; ok || len(stored) != 1 {
+		t.Errorf("endpoints after the run without the removed peer: %v, want only %v", stored, a.key.PublicKey())
 	}
 }
 
@@ -273,7 +274,7 @@ func TestRestartForgetsRemovedPeer(t *testing.T) {
 // is reported and moved aside, not emptied; the connector starts and
 // serves, and writes a good file.
 func TestRestartCorruptEndpointsFile(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	r := newRestartRig(t)
 	path := filepath.Join(r.state, "endpoints.json")

@@ -21,7 +21,7 @@ import (
 // names get SERVFAIL, while an open flow keeps working; Shutdown returns
 // as soon as that flow ends.
 func TestShutdownDrains(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	up := dnstest.New(t, "app.example.com. 60 IN A 127.0.0.1")
 	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}},
 		`[{"name": "app", "connectors": ["*"], "domains": ["app.example.com"], "routes": ["127.0.0.1/32", "::1/128"]}]`)
@@ -62,7 +62,7 @@ func TestShutdownDrains(t *testing.T) {
 // TestShutdownDeadline: a flow still open when the deadline passes is
 // reset, and Shutdown says so.
 func TestShutdownDeadline(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnv(t, netstack.Config{})
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	open, err := e.client.DialContext(ctxTimeout(t, 10*time.Second), "tcp", echo.String())

@@ -11,30 +11,30 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
-// routeWriterEnv makes the test binary a process that saves two route
-// sets to the file it names, alternately, until it is killed.
-const routeWriterEnv = "APPCONNECTOR_TEST_ROUTE_WRITER"
-
+// TestMain also makes the test binary a process that saves two route sets
+// to the file its argument names, alternately, until it is killed (role
+// "route-writer").
 func TestMain(m *testing.M) {
-	if path := os.Getenv(routeWriterEnv); path != "" {
+	os.Exit(netstacktest.Main(m, map[string]func([]string) int{"route-writer": func(args []string) int {
 		small, large := crashRouteSets()
 		for i := 0; ; i++ {
 			rs := small
 			if i%2 == 1 {
 				rs = large
 			}
-			if err := saveRoutes(path, rs); err != nil {
+			if err := saveRoutes(args[0], rs); err != nil {
 				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
+				return 1
 			}
 			if i == 1 {
 				fmt.Println("writing")
 			}
 		}
-	}
-	os.Exit(m.Run())
+	}}))
 }
 
 // crashRouteSets are two different non-empty route sets, one small and
@@ -65,8 +65,8 @@ func TestRoutesSurviveKill9(t *testing.T) {
 	}
 	var sawSmall, sawLarge, cutShort int
 	for i := range kills {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), routeWriterEnv+"="+path)
+		cmd := exec.Command(os.Args[0], path)
+		cmd.Env = append(os.Environ(), netstacktest.RoleEnv("route-writer"))
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

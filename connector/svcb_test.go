@@ -22,7 +22,7 @@ const ech = "AEn+DQBFKwAgACABWIHUGj4u+PIggYXcR5JF0gYk3dCRioBW8uJq9H4mKAAIAAEAAQA
 // hints: the connector learns them before answering, removes the one it
 // refuses, and leaves the rest of each record alone.
 func TestDNSLearnsServiceBindingHints(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	up := dnstest.New(t,
 		"svc.example.com. 300 IN HTTPS 1 . alpn=h2,h3 ipv4hint=127.0.0.1,10.1.2.3 ipv6hint=::1 ech="+ech,
 		"cdn.example.com. 60 IN CNAME edge.example.net.",

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/appconnector/appconnector/connector/wireguard/wgtest"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -20,7 +21,7 @@ import (
 // does (the peer, its handshake and traffic), refuses changes, and
 // `wg show` reads it where wireguard-tools is installed.
 func TestUAPIReadOnly(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	e := newEnv(t, netstack.Config{})
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	c, err := e.client.DialContext(ctxTimeout(t, 10*time.Second), "tcp", echo.String())
@@ -57,7 +58,7 @@ func TestUAPIReadOnly(t *testing.T) {
 	t.Cleanup(func() { idle.Close() }) // after the server is stopped below
 
 	keyHex := hex.EncodeToString(e.clientPub[:])
-	get := netstacktest.UAPIExchange(t, path, "get=1\n\n")
+	get := wgtest.UAPIExchange(t, path, "get=1\n\n")
 	for _, want := range []string{"public_key=" + keyHex + "\n", "last_handshake_time_sec=", "rx_bytes=", "errno=0\n"} {
 		if !strings.Contains(get, want) {
 			t.Errorf("get: no %q in\n%s", want, get)
@@ -66,10 +67,10 @@ func TestUAPIReadOnly(t *testing.T) {
 	if strings.Contains(get, "last_handshake_time_sec=0\n") {
 		t.Error("get: no handshake reported after traffic")
 	}
-	if set := netstacktest.UAPIExchange(t, path, "set=1\nlisten_port=1\n\n"); set != "errno=1\n" {
+	if set := wgtest.UAPIExchange(t, path, "set=1\nlisten_port=1\n\n"); set != "errno=1\n" {
 		t.Errorf("set: %q, want errno=1 (EPERM)", set)
 	}
-	if again := netstacktest.UAPIExchange(t, path, "get=1\n\n"); !strings.Contains(again, "listen_port="+fmt.Sprint(e.conn.Port())+"\n") {
+	if again := wgtest.UAPIExchange(t, path, "get=1\n\n"); !strings.Contains(again, "listen_port="+fmt.Sprint(e.conn.Port())+"\n") {
 		t.Errorf("the refused set changed the port, or get broke:\n%s", again)
 	}
 

@@ -24,8 +24,10 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // testCA makes a CA and a server certificate it signs for localhost and
@@ -74,7 +76,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 }
 
 // startDoT serves zone over DNS over TLS on 127.0.0.1.
-func startDoT(t *testing.T, zone *dnstest.Server, cert tls.Certificate) (port string, ln *countingListener) {
+func startDoT(t *testing.T, zone *dnszone.Server, cert tls.Certificate) (port string, ln *countingListener) {
 	t.Helper()
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -95,7 +97,7 @@ func startDoT(t *testing.T, zone *dnstest.Server, cert tls.Certificate) (port st
 
 // startDoH serves zone over DNS over HTTPS (HTTP/2) on 127.0.0.1, at
 // /dns-query, counting connections and the HTTP versions asked with.
-func startDoH(t *testing.T, zone *dnstest.Server, cert tls.Certificate) (srv *httptest.Server, conns, http2 *atomic.Int64) {
+func startDoH(t *testing.T, zone *dnszone.Server, cert tls.Certificate) (srv *httptest.Server, conns, http2 *atomic.Int64) {
 	t.Helper()
 	conns, http2 = new(atomic.Int64), new(atomic.Int64)
 	srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -139,7 +141,7 @@ func startDoH(t *testing.T, zone *dnstest.Server, cert tls.Certificate) (srv *ht
 // CA, on kept connections; a server the roots do not vouch for is not
 // used.
 func TestDNSEncryptedUpstreams(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	zone := dnstest.New(t,
 		"tls.example.com. 60 IN A 203.0.113.1",
 		"doh.example.com. 60 IN A 203.0.113.2",
@@ -215,7 +217,7 @@ func hasRoute(rs []apptype.Route, prefix string) bool {
 }
 
 func TestDNSUpstreamErrors(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	key, _ := wireguard.GeneratePrivateKey()
 	wg := &wireguard.Config{Interface: wireguard.Interface{PrivateKey: key, Addresses: []netip.Prefix{connV4}}}
 	for _, tc := range []struct{ upstream, want string }{

@@ -22,7 +22,7 @@ import (
 // A peer resets its connection while the upstream is idle (waiting for a
 // request): the upstream must be told, not left holding the connection.
 func TestPeerResetReachesIdleHost(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -63,7 +63,7 @@ func TestPeerResetReachesIdleHost(t *testing.T) {
 // peer must see a reset (not a clean end it could mistake for a complete
 // response), promptly, after the bytes that came before it.
 func TestHostResetReachesPeer(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -107,11 +107,11 @@ func TestHostResetReachesPeer(t *testing.T) {
 // counted, another peer's flow connects meanwhile, and every slot comes
 // back when the dial timeout passes.
 func TestSYNFloodToBlackhole(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	blackhole := netip.MustParseAddrPort("127.0.0.9:80")
 	d := &netstacktest.Dialer{Blackhole: func(a string) bool { return a == blackhole.String() }}
 	const perPeer, flood = 32, 500
-	p := newPair(t, netstack.Config{Allow: allowLoopback, Dialer: d, DialTimeout: time.Second,
+	p := newPair(t, netstack.Config{Allow: allowLoopback, Dial: d.DialContext, DialTimeout: time.Second,
 		MaxInFlightDials: 4 * perPeer, MaxInFlightDialsPerPeer: perPeer})
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 
@@ -183,14 +183,14 @@ func synPacket(src, dst netip.AddrPort) []byte {
 // host connection only until the dial timeout, not for gVisor's two-minute
 // retransmission schedule, and do not hold up Close.
 func TestUnansweredHandshakeIsBounded(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	dev, err := tun.New(tun.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dev.Close()
 	s, err := netstack.New(dev, netstack.Config{
-		Addresses: []netip.Prefix{gwV4}, Allow: allowLoopback, Dialer: &netstacktest.Dialer{},
+		Addresses: []netip.Prefix{gwV4}, Allow: allowLoopback, Dial: (&netstacktest.Dialer{}).DialContext,
 		DialTimeout: 300 * time.Millisecond, MaxInFlightDialsPerPeer: 2,
 	})
 	if err != nil {
@@ -251,7 +251,7 @@ func TestUnansweredHandshakeIsBounded(t *testing.T) {
 // Quiet forwarded flows hold no copy buffers: the memory a peer can pin
 // with idle flows is per socket, not per 64 KiB buffer.
 func TestIdleFlowsHoldNoBuffers(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback})
 	up := netstacktest.UDPEcho(t, "127.0.0.1:0").Addr
 	const n = 500

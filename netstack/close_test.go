@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 	"github.com/appconnector/appconnector/tun"
 )
 
@@ -24,8 +24,7 @@ import (
 // (about 1 flow in 1,000 here), and a new SYN from the same port was
 // refused meanwhile.
 func TestSimultaneousCloseFinishes(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	netstacktest.CheckLeaks(t)
 	const flows = 4000
 
 	gw, cl := joinedStacks(t,

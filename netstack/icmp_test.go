@@ -15,7 +15,7 @@ import (
 // with a bad checksum, with a nonzero code. The handler takes each (so
 // gVisor does not answer) and counts it.
 func TestEchoDroppedSilently(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: func(netstack.Flow) bool { return true }})
 	c4, c6 := clientV4.Addr(), clientV6.Addr()
 	badSum := netstacktest.EchoRequest(c4, netip.MustParseAddr("127.0.0.1"), 1, 1, []byte("x"))
@@ -49,7 +49,7 @@ func TestEchoDroppedSilently(t *testing.T) {
 // peer's flow cap is refused like one the policy refuses. The cap is
 // taken by a UDP flow, so no ICMP socket is needed.
 func TestEchoFlowLimit(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback, MaxFlowsPerPeer: 1})
 	up := netstacktest.UDPEcho(t, "127.0.0.1:0").Addr
 	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", up.String())

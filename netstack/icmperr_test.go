@@ -72,7 +72,7 @@ func quotedError(src netip.Addr, flowSrc, flowDst netip.AddrPort, proto uint8, c
 // A peer's forged port unreachable for another peer's UDP flow must not
 // end it; the other peer's own does.
 func TestICMPErrorFromOtherPeerSparesUDPFlow(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	for _, tc := range []struct {
 		name, listen string
 		a            netip.Addr
@@ -128,7 +128,7 @@ func TestICMPErrorFromOtherPeerSparesUDPFlow(t *testing.T) {
 // packets); nor may the peer's own below the minimum MTU; a plausible one
 // from the peer itself still lowers them (path MTU discovery).
 func TestICMPErrorFromOtherPeerSparesTCPSegmentSize(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	const size = 64 << 10
 	for _, tc := range []struct {
 		name, listen string
@@ -214,7 +214,7 @@ func TestICMPErrorFromOtherPeerSparesTCPSegmentSize(t *testing.T) {
 
 // A peer's ICMP errors beyond its rate are dropped and counted.
 func TestICMPErrorRate(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback, PeerOf: twoPeers, ICMPRate: 1, ICMPBurst: 10})
 	b := netip.AddrPortFrom(clientV4.Addr(), 40000)
 	up := netip.MustParseAddrPort("127.0.0.1:9")

@@ -24,42 +24,42 @@ import (
 	"github.com/appconnector/appconnector/tun"
 )
 
-// holdServerEnv makes the test binary a TCP server on 127.0.0.1 that
-// prints its port, accepts and holds every connection until the client
-// closes its side, and exits when its stdin closes. It runs in its own process so that the connections it
-// holds do not count against this process's file limit.
-const holdServerEnv = "APPCONNECTOR_TEST_HOLD_SERVER"
-
+// TestMain also makes the test binary a TCP server on 127.0.0.1 (role
+// "hold-server") that prints its port, accepts and holds every connection
+// until the client closes its side, and exits when its stdin closes. It
+// runs in its own process so that the connections it holds do not count
+// against this process's file limit.
 func TestMain(m *testing.M) {
-	if os.Getenv(holdServerEnv) == "1" {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		fmt.Println(ln.Addr().(*net.TCPAddr).Port)
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					continue // out of descriptors for a moment: keep going
-				}
-				go func() {
-					c.Read(make([]byte, 1)) // until the client's FIN
-					c.Close()
-				}()
-			}
-		}()
-		bufio.NewReader(os.Stdin).ReadByte()
-		os.Exit(0)
+	os.Exit(netstacktest.Main(m, map[string]func([]string) int{"hold-server": holdServer}))
+}
+
+func holdServer([]string) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
-	os.Exit(m.Run())
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				continue // out of descriptors for a moment: keep going
+			}
+			go func() {
+				c.Read(make([]byte, 1)) // until the client's FIN
+				c.Close()
+			}()
+		}
+	}()
+	bufio.NewReader(os.Stdin).ReadByte()
+	return 0
 }
 
 func startHoldServer(t *testing.T) netip.AddrPort {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), holdServerEnv+"=1")
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), netstacktest.RoleEnv("hold-server"))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -94,14 +94,14 @@ func TestTenThousandFlows(t *testing.T) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 11000 {
 		t.Skipf("10,000 flows need ~10,100 descriptors in this process; the limit is %d", lim.Cur)
 	}
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	const peers, perPeer, extra = 4, 2500, 100
 	up := startHoldServer(t)
 
 	gwTun, _ := tun.New(tun.Config{})
 	gw, err := netstack.New(gwTun, netstack.Config{
 		Addresses: []netip.Prefix{netip.MustParsePrefix("10.66.0.1/32")},
-		Allow:     allowLoopback, Dialer: &netstacktest.Dialer{},
+		Allow:     allowLoopback, Dial: (&netstacktest.Dialer{}).DialContext,
 		MaxFlows: peers * perPeer, MaxFlowsPerPeer: perPeer,
 	})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/appconnector/appconnector/netstack"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // tcpSegment returns the sequence number and payload length of an IPv4
@@ -33,7 +34,7 @@ func tcpSegment(pkt []byte) (seq uint32, n int, ok bool) {
 // could not: after a timeout its pipe estimate exceeded cwnd for good,
 // and every later timeout moved one or two segments.
 func TestTCPRecoversFromBurstLoss(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback})
 
 	const (

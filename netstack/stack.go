@@ -36,6 +36,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/appconnector/appconnector/connector/logger"
+	"github.com/appconnector/appconnector/connector/netx"
 	"github.com/appconnector/appconnector/tun"
 )
 
@@ -94,11 +96,6 @@ type Flow struct {
 
 func (f Flow) String() string { return fmt.Sprintf("%v %v->%v", f.Proto, f.Src, f.Dst) }
 
-// Dialer opens host sockets. *net.Dialer implements it.
-type Dialer interface {
-	DialContext(ctx context.Context, network, address string) (net.Conn, error)
-}
-
 // Config configures a Stack. The zero value is a stack that forwards
 // nothing.
 type Config struct {
@@ -121,8 +118,9 @@ type Config struct {
 	// block.
 	FlowsEnded func(dst netip.Addr)
 
-	// Dialer opens host sockets for forwarded flows. Nil uses a net.Dialer.
-	Dialer Dialer
+	// Dial opens host sockets for forwarded flows. Nil uses a
+	// net.Dialer's.
+	Dial netx.DialFunc
 	// DialTimeout bounds each host dial. Zero means DefaultDialTimeout.
 	DialTimeout time.Duration
 
@@ -164,7 +162,7 @@ type Config struct {
 	ICMPIdleTimeout time.Duration
 
 	// Logf logs events that are rare or rate-limited. Nil discards.
-	Logf func(format string, args ...any)
+	Logf logger.Logf
 }
 
 // Stats are counters of a Stack's forwarding.
@@ -232,9 +230,9 @@ type ICMPStats struct {
 // Stack is a gVisor network stack attached to a tun.Device.
 type Stack struct {
 	cfg     Config
-	logf    func(string, ...any)
-	flowLog func(format string, args ...any) // per-flow events, rate-limited
-	dialer  Dialer
+	logf    logger.Logf
+	flowLog logger.Logf // per-flow events, rate-limited
+	dial    netx.DialFunc
 	stack   *stack.Stack
 	dev     *tun.Device
 	local   map[netip.Addr]bool
@@ -276,8 +274,8 @@ func New(dev *tun.Device, cfg Config) (*Stack, error) {
 	s := &Stack{
 		cfg:     cfg,
 		logf:    cfg.Logf,
-		flowLog: RateLimit(cfg.Logf, 10, 20),
-		dialer:  cfg.Dialer,
+		flowLog: logger.RateLimit(cfg.Logf, 10, 20),
+		dial:    cfg.Dial,
 		dev:     dev,
 		local:   make(map[netip.Addr]bool),
 		flows:   make(map[*flowConn]struct{}),
@@ -308,10 +306,10 @@ func New(dev *tun.Device, cfg Config) (*Stack, error) {
 
 func (cfg *Config) setDefaults() error {
 	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
+		cfg.Logf = logger.Discard
 	}
-	if cfg.Dialer == nil {
-		cfg.Dialer = &net.Dialer{}
+	if cfg.Dial == nil {
+		cfg.Dial = (&net.Dialer{}).DialContext
 	}
 	setDefault := func(p *int, d int, name string) error {
 		if *p < 0 {

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 	"github.com/appconnector/appconnector/tun"
@@ -49,10 +47,9 @@ func allowLoopback(f netstack.Flow) bool { return f.Dst.Addr().IsLoopback() }
 func newPair(t *testing.T, cfg netstack.Config) *pair {
 	t.Helper()
 	p := &pair{dialer: &netstacktest.Dialer{}}
-	if d, ok := cfg.Dialer.(*netstacktest.Dialer); ok {
-		p.dialer = d
+	if cfg.Dial == nil {
+		cfg.Dial = p.dialer.DialContext // else the caller counts its dials
 	}
-	cfg.Dialer = p.dialer
 	cfg.Addresses = []netip.Prefix{gwV4, gwV6}
 	cfg.Logf = t.Logf
 	var err error
@@ -116,7 +113,7 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 }
 
 func TestTCPEchoAndHalfClose(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	for _, tc := range []struct{ name, listen string }{
 		{"ipv4", "127.0.0.1:0"},
 		{"ipv6", "[::1]:0"},
@@ -138,7 +135,7 @@ func TestTCPEchoAndHalfClose(t *testing.T) {
 }
 
 func TestTCPRefusedByPolicy(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: func(f netstack.Flow) bool { return f.Dst.Addr() == netip.MustParseAddr("127.0.0.2") }})
 	up := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	// Well within the 1 s a refused flow may take; a dropped SYN would
@@ -159,7 +156,7 @@ func TestTCPRefusedByPolicy(t *testing.T) {
 }
 
 func TestTCPHostRefusedIsReset(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback})
 	dead := netstacktest.ClosedPort(t, "tcp", "127.0.0.1")
 	_, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", dead.String())
@@ -172,9 +169,9 @@ func TestTCPHostRefusedIsReset(t *testing.T) {
 }
 
 func TestTCPInFlightDialLimit(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	d := &netstacktest.Dialer{Hold: make(chan struct{})}
-	p := newPair(t, netstack.Config{Allow: allowLoopback, Dialer: d, MaxInFlightDials: 4, MaxInFlightDialsPerPeer: 2})
+	p := newPair(t, netstack.Config{Allow: allowLoopback, Dial: d.DialContext, MaxInFlightDials: 4, MaxInFlightDialsPerPeer: 2})
 	up := netstacktest.TCPEcho(t, "127.0.0.1:0")
 
 	// Two dials from the one client peer hold its two slots.
@@ -213,9 +210,9 @@ func TestTCPInFlightDialLimit(t *testing.T) {
 }
 
 func TestTCPDialTimeoutReleasesSlot(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	d := &netstacktest.Dialer{Hold: make(chan struct{})} // never released: a blackhole
-	p := newPair(t, netstack.Config{Allow: allowLoopback, Dialer: d, DialTimeout: 200 * time.Millisecond, MaxInFlightDialsPerPeer: 1})
+	p := newPair(t, netstack.Config{Allow: allowLoopback, Dial: d.DialContext, DialTimeout: 200 * time.Millisecond, MaxInFlightDialsPerPeer: 1})
 	for i := range 3 {
 		_, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", "127.0.0.1:9")
 		if err == nil || errors.Is(err, context.DeadlineExceeded) {
@@ -228,7 +225,7 @@ func TestTCPDialTimeoutReleasesSlot(t *testing.T) {
 }
 
 func TestUDPEcho(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	for _, tc := range []struct{ name, listen string }{
 		{"ipv4", "127.0.0.1:0"},
 		{"ipv6", "[::1]:0"},
@@ -265,7 +262,7 @@ func TestUDPEcho(t *testing.T) {
 }
 
 func TestUDPRefusedByPolicyGetsICMP(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: func(netstack.Flow) bool { return false }})
 	up := netstacktest.UDPEcho(t, "127.0.0.1:0").Addr
 	expectRefused(t, p, up)
@@ -278,7 +275,7 @@ func TestUDPRefusedByPolicyGetsICMP(t *testing.T) {
 }
 
 func TestUDPHostRefusedGetsICMP(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback})
 	expectRefused(t, p, netstacktest.ClosedPort(t, "udp", "127.0.0.1"))
 	if st := p.gw.Stats(); st.UDPHostRefused == 0 {
@@ -318,7 +315,7 @@ func expectRefused(t *testing.T, p *pair, dst netip.AddrPort) {
 }
 
 func TestUDPIdleTimeout(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback, UDPIdleTimeout: 300 * time.Millisecond})
 	up := netstacktest.UDPEcho(t, "127.0.0.1:0").Addr
 	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", up.String())
@@ -350,7 +347,7 @@ func TestUDPIdleTimeout(t *testing.T) {
 }
 
 func TestCloseAbortsFlows(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{Allow: allowLoopback})
 	up := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	c, err := p.client.DialContext(ctxTimeout(t, 5*time.Second), "tcp", up.String())
@@ -370,7 +367,7 @@ func TestCloseAbortsFlows(t *testing.T) {
 }
 
 func TestListenOnlyOwnAddresses(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	p := newPair(t, netstack.Config{})
 	if _, err := p.gw.ListenTCP(netip.MustParseAddrPort("0.0.0.0:53")); err == nil {
 		t.Error("listening on the unspecified address succeeded")
@@ -385,11 +382,4 @@ func TestListenOnlyOwnAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 	pc.Close()
-}
-
-// checkLeaks fails the test if goroutines started during it are still
-// running after its cleanups (which close the stacks) have run.
-func checkLeaks(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
 }

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // TestStatsDoesNotWalkEndpoints: Stats is polled (Connector.Shutdown every
@@ -21,8 +21,7 @@ import (
 // walk allocates the list it returns, so a Stats without the walk
 // allocates nothing, however many connections are open.
 func TestStatsDoesNotWalkEndpoints(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	netstacktest.CheckLeaks(t)
 	const flows = 200
 
 	gw, cl := joinedStacks(t,

@@ -65,7 +65,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	s.openTCP.Add(1)
 	defer s.openTCP.Add(-1)
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
-	hc, err := s.dialer.DialContext(ctx, "tcp", f.Dst.String())
+	hc, err := s.dial(ctx, "tcp", f.Dst.String())
 	cancel()
 	if err != nil {
 		s.limits.dialDone(peer)

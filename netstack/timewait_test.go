@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -32,8 +32,7 @@ func TestSourcePortReuseAfterUpstreamClose(t *testing.T) {
 		{"ipv6", "fd05::1", "fd05::2", "::1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			opt := goleak.IgnoreCurrent()
-			t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+			netstacktest.CheckLeaks(t)
 			testSourcePortReuse(t, netip.MustParseAddr(tc.gw), netip.MustParseAddr(tc.cl), tc.upstream)
 		})
 	}

@@ -39,7 +39,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	// Dialing UDP sends nothing and does not block: it only creates and
 	// connects a socket, so it may run on the packet path.
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
-	hc, err := s.dialer.DialContext(ctx, "udp", f.Dst.String())
+	hc, err := s.dial(ctx, "udp", f.Dst.String())
 	cancel()
 	if err != nil {
 		s.limits.flowDone(peer, f.Dst.Addr())

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -43,7 +43,7 @@ func readBufs(n, size int) ([][]byte, []int) {
 }
 
 func TestReadBatches(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	d, err := New(Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +82,7 @@ func TestReadBatches(t *testing.T) {
 }
 
 func TestBackpressureNoDrops(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	d, err := New(Config{QueueLen: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +127,7 @@ func TestBackpressureNoDrops(t *testing.T) {
 }
 
 func TestCloseUnblocksEverything(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	d, err := New(Config{QueueLen: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +170,7 @@ func TestCloseUnblocksEverything(t *testing.T) {
 }
 
 func TestReadWaitsWhenBlockedForReader(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	d, _ := New(Config{})
 	defer d.Close()
 	errc := make(chan error, 1)
@@ -191,7 +191,7 @@ func TestReadWaitsWhenBlockedForReader(t *testing.T) {
 }
 
 func TestReadDropsOversizedPacket(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	d, _ := New(Config{})
 	defer d.Close()
 	send(t, d, packet(0, 1400), packet(1, 100))
@@ -221,7 +221,7 @@ func (r *recordingDispatcher) DeliverNetworkPacket(p tcpip.NetworkProtocolNumber
 func (r *recordingDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
 
 func TestWriteDelivers(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	d, _ := New(Config{})
 	defer d.Close()
 	rec := &recordingDispatcher{}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -123,7 +123,7 @@ func (w *wire) pump(from, to *Device) {
 // it arrives intact, that no segment was larger than the MTU, and that
 // nothing was dropped.
 func TestOffloadTransfer(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	for _, tc := range []struct {
 		name      string
 		noOffload bool

@@ -14,6 +14,9 @@ import (
 	"syscall"
 
 	"github.com/appconnector/appconnector/connector/client"
+	"github.com/appconnector/appconnector/connector/logger"
+	"github.com/appconnector/appconnector/connector/proxy/httpproxy"
+	"github.com/appconnector/appconnector/connector/proxy/socks5"
 	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
@@ -160,15 +163,15 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 		return nil
 	}
 	if f.socks5 != "" {
-		s := &client.SOCKS5Server{Dial: c.DialContext, Username: f.socksUser, Password: f.socksPass,
-			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }}
+		s := &socks5.Server{Dial: c.DialContext, Username: f.socksUser, Password: f.socksPass,
+			Logf: logger.Slog(log, slog.LevelInfo)}
 		if err := serve("socks5", f.socks5, s.Serve, s.Close); err != nil {
 			return err
 		}
 	}
 	if f.http != "" {
-		p := &client.HTTPProxy{Dial: c.DialContext,
-			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) }}
+		p := &httpproxy.Server{Dial: c.DialContext,
+			Logf: logger.Slog(log, slog.LevelInfo)}
 		if err := serve("http", f.http, p.Serve, p.Close); err != nil {
 			return err
 		}

@@ -16,11 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -32,8 +31,7 @@ import (
 // name exists only in the connector's upstream DNS, and every request
 // must show up as a flow the connector forwarded.
 func TestClientSidecar(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	netstacktest.CheckLeaks(t)
 
 	appLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -168,7 +166,7 @@ func TestClientSidecar(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.SetDeadline(time.Now().Add(10 * time.Second))
-		rcode, _, err := dnstest.Query(c, name, "A")
+		rcode, _, err := dnszone.Query(c, name, "A")
 		c.Close()
 		if err != nil || rcode != wantRcode {
 			t.Errorf("dns %s: %s %v, want %s", name, rcode, err, wantRcode)

@@ -12,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/appconnector/appconnector/connector/wireguard"
+	"github.com/appconnector/appconnector/connector/wireguard/wgtest"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
@@ -24,8 +23,7 @@ import (
 // binary derives its flow caps from the limit and says so; the peer gets
 // its share, another peer's flow and the admin API still work.
 func TestDescriptorLimitKeepsOthersServed(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	netstacktest.CheckLeaks(t)
 	prlimit, err := exec.LookPath("prlimit")
 	if err != nil {
 		t.Skip("prlimit (util-linux) is not installed")
@@ -39,14 +37,14 @@ func TestDescriptorLimitKeepsOthersServed(t *testing.T) {
 	copyFile(t, self, bin, 0o755)
 
 	serverKey, _ := wireguard.GeneratePrivateKey()
-	keyA, _ := netstacktest.NewPrivateKey()
-	keyB, _ := netstacktest.NewPrivateKey()
+	keyA, _ := wireguard.GeneratePrivateKey()
+	keyB, _ := wireguard.GeneratePrivateKey()
 	addrA, addrB := netip.MustParsePrefix("10.97.0.2/32"), netip.MustParsePrefix("10.97.0.3/32")
 	conf := &wireguard.Config{
 		Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.97.0.1/24")}},
 		Peers: []wireguard.Peer{
-			{PublicKey: wireguard.Key(keyA.Public()), AllowedIPs: []netip.Prefix{addrA}},
-			{PublicKey: wireguard.Key(keyB.Public()), AllowedIPs: []netip.Prefix{addrB}},
+			{PublicKey: keyA.PublicKey(), AllowedIPs: []netip.Prefix{addrA}},
+			{PublicKey: keyB.PublicKey(), AllowedIPs: []netip.Prefix{addrB}},
 		},
 	}
 	var cb bytes.Buffer
@@ -64,13 +62,13 @@ func TestDescriptorLimitKeepsOthersServed(t *testing.T) {
 		t.Fatalf("no log line with the caps derived from the limit:\n%s", caps)
 	}
 
-	peer := func(key netstacktest.Key, addr netip.Prefix) *netstacktest.Peer {
-		p, err := netstacktest.New(netstacktest.Config{
+	peer := func(key wireguard.Key, addr netip.Prefix) *wgtest.Peer {
+		p, err := wgtest.New(wgtest.Config{
 			PrivateKey: key,
 			Addresses:  []netip.Prefix{addr},
-			Remotes: []netstacktest.RemotePeer{{
-				PublicKey:  netstacktest.Key(serverKey.PublicKey()),
-				Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port),
+			Remotes: []wireguard.Peer{{
+				PublicKey:  serverKey.PublicKey(),
+				Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String(),
 				AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")},
 			}},
 		})

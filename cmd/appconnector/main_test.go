@@ -25,22 +25,22 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/connector/wireguard"
+	"github.com/appconnector/appconnector/connector/wireguard/wgtest"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
-// When this variable is set, the test binary is the appconnector binary:
-// the process tests run it as a separate, unprivileged process.
-const mainEnv = "APPCONNECTOR_TEST_AS_MAIN"
+// asMain, in a command's environment, makes the test binary the
+// appconnector binary: the process tests run it as a separate,
+// unprivileged process.
+var asMain = netstacktest.RoleEnv("appconnector")
 
 func TestMain(m *testing.M) {
-	if os.Getenv(mainEnv) == "1" {
-		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
-	}
-	os.Exit(m.Run())
+	os.Exit(netstacktest.Main(m, map[string]func([]string) int{"appconnector": func(args []string) int {
+		return run(args, os.Stdin, os.Stdout, os.Stderr)
+	}}))
 }
 
 func TestGenkeyPubkey(t *testing.T) {
@@ -140,8 +140,7 @@ func TestBadConfigNamesFileLineKey(t *testing.T) {
 // loopback listen address for the test), connects the generated client
 // config, and checks that a second start reuses the identity.
 func TestEmbeddedDefault(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	netstacktest.CheckLeaks(t)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	pol := filepath.Join(dir, "policy.json")
@@ -217,13 +216,13 @@ func echoThroughClientConf(t *testing.T, path string, upstream netip.AddrPort) u
 		t.Fatalf("client AllowedIPs %v do not cover the route %v", cc.Peers[0].AllowedIPs, upstream.Addr())
 	}
 	ep := netip.MustParseAddrPort(cc.Peers[0].Endpoint)
-	client, err := netstacktest.New(netstacktest.Config{
-		PrivateKey: netstacktest.Key(cc.Interface.PrivateKey),
+	client, err := wgtest.New(wgtest.Config{
+		PrivateKey: cc.Interface.PrivateKey,
 		Addresses:  cc.Interface.Addresses,
-		Remotes: []netstacktest.RemotePeer{{
-			PublicKey:    netstacktest.Key(cc.Peers[0].PublicKey),
-			PresharedKey: netstacktest.Key(cc.Peers[0].PresharedKey),
-			Endpoint:     ep,
+		Remotes: []wireguard.Peer{{
+			PublicKey:    cc.Peers[0].PublicKey,
+			PresharedKey: cc.Peers[0].PresharedKey,
+			Endpoint:     ep.String(),
 			AllowedIPs:   cc.Peers[0].AllowedIPs,
 		}},
 	})
@@ -246,7 +245,7 @@ func containsPrefix(ps []netip.Prefix, a netip.Addr) bool {
 
 // echo sends n random bytes to a TCP echo server through the client and
 // checks they come back.
-func echo(t *testing.T, client *netstacktest.Peer, upstream netip.AddrPort, n int) {
+func echo(t *testing.T, client *wgtest.Peer, upstream netip.AddrPort, n int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -262,8 +261,7 @@ func echo(t *testing.T, client *netstacktest.Peer, upstream netip.AddrPort, n in
 // privileges (uid/gid 65534, no capabilities, no groups) and drives the
 // whole data path through it.
 func TestUnprivilegedProcess(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	netstacktest.CheckLeaks(t)
 	var prefix []string
 	if os.Geteuid() == 0 {
 		setpriv, err := exec.LookPath("setpriv")
@@ -277,11 +275,11 @@ func TestUnprivilegedProcess(t *testing.T) {
 	dir, bin := sharedDir(t)
 
 	serverKey, _ := wireguard.GeneratePrivateKey()
-	clientKey, _ := netstacktest.NewPrivateKey()
+	clientKey, _ := wireguard.GeneratePrivateKey()
 	connConf := &wireguard.Config{
 		Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{
 			netip.MustParsePrefix("10.98.0.1/24"), netip.MustParsePrefix("fd98::1/64")}},
-		Peers: []wireguard.Peer{{PublicKey: wireguard.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{
+		Peers: []wireguard.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{
 			netip.MustParsePrefix("10.98.0.2/32"), netip.MustParsePrefix("fd98::2/128")}}},
 	}
 	var cb bytes.Buffer
@@ -324,12 +322,12 @@ func TestUnprivilegedProcess(t *testing.T) {
 		}
 	}
 
-	client, err := netstacktest.New(netstacktest.Config{
+	client, err := wgtest.New(wgtest.Config{
 		PrivateKey: clientKey,
 		Addresses:  []netip.Prefix{netip.MustParsePrefix("10.98.0.2/32"), netip.MustParsePrefix("fd98::2/128")},
-		Remotes: []netstacktest.RemotePeer{{
-			PublicKey:  netstacktest.Key(serverKey.PublicKey()),
-			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port),
+		Remotes: []wireguard.Peer{{
+			PublicKey:  serverKey.PublicKey(),
+			Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String(),
 			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 		}},
 	})
@@ -378,7 +376,7 @@ func TestUnprivilegedProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	dc.SetDeadline(time.Now().Add(10 * time.Second))
-	rcode, addrs, err := dnstest.Query(dc, "app.example.com", "A")
+	rcode, addrs, err := dnszone.Query(dc, "app.example.com", "A")
 	dc.Close()
 	if err != nil || rcode != "NOERROR" || len(addrs) != 1 {
 		t.Fatalf("query through the tunnel: %s %v %v", rcode, addrs, err)
@@ -430,7 +428,7 @@ func TestUnprivilegedProcess(t *testing.T) {
 		}
 		// With --config too, it kept where the client was, for its
 		// next start.
-		checkStoredEndpoint(t, state, wireguard.Key(clientKey.Public()), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), client.Port))
+		checkStoredEndpoint(t, state, clientKey.PublicKey(), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), client.Port))
 	case <-time.After(10 * time.Second):
 		t.Error("connector did not exit within 10s of SIGTERM")
 		cmd.Process.Kill()
@@ -441,7 +439,7 @@ func TestUnprivilegedProcess(t *testing.T) {
 
 // routeAPIFlood opens 12 watch streams and one request with a 64 KiB
 // header against the route API at addr through client.
-func routeAPIFlood(t *testing.T, client *netstacktest.Peer, addr string) {
+func routeAPIFlood(t *testing.T, client *wgtest.Peer, addr string) {
 	t.Helper()
 	tr := &http.Transport{DialContext: client.DialContext, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
@@ -508,7 +506,7 @@ type connectorProc struct {
 func startConnectorProc(t *testing.T, args []string) *connectorProc {
 	t.Helper()
 	p := &connectorProc{cmd: exec.Command(args[0], args[1:]...), logDone: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), mainEnv+"=1")
+	p.cmd.Env = append(os.Environ(), asMain)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -567,7 +565,7 @@ func (p *connectorProc) exited() {
 }
 
 // tryDial opens and closes a TCP connection through the client.
-func tryDial(client *netstacktest.Peer, dst netip.AddrPort) error {
+func tryDial(client *wgtest.Peer, dst netip.AddrPort) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := client.DialContext(ctx, "tcp", dst.String())

@@ -96,7 +96,7 @@ func TestUnsafeStateDirRefused(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		args := append(nobody, bin, "up", "--state", tc.dir, "--listen", "127.0.0.1:0")
 		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-		cmd.Env = append(os.Environ(), mainEnv+"=1")
+		cmd.Env = append(os.Environ(), asMain)
 		out, err := cmd.CombinedOutput()
 		cancel()
 		var exit *exec.ExitError

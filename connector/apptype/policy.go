@@ -2,6 +2,7 @@ package apptype
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +16,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/appconnector/appconnector/connector/wireguard"
 	"go4.org/netipx"
 )
 
@@ -64,7 +64,7 @@ type App struct {
 	// may resolve the app's domains through the connector and reach its
 	// routes. Each entry is a peer's public key in canonical base64 or
 	// "tag:<name>", selecting the peers that carry the tag (see
-	// wireguard.Peer.Tags). Nil means every peer; after ParsePolicy it is
+	// the wireguard package's Peer.Tags). Nil means every peer; after ParsePolicy it is
 	// never empty but non-nil, and holds no duplicates. See PeerAllowed.
 	Peers []string `json:"peers,omitempty"`
 
@@ -82,7 +82,7 @@ const (
 )
 
 // PeerAllowed reports whether the peer with public key pubKey (canonical
-// base64, as wireguard.Key.String returns) carrying tags may use the app: true
+// base64, as wireguard.Key.String returns it) carrying tags may use the app: true
 // if a.Peers is empty, lists pubKey, or lists one of tags. A nil a allows
 // no one.
 func (a *App) PeerAllowed(pubKey string, tags []string) bool {
@@ -701,14 +701,21 @@ func parsePeerSelector(s string) (string, error) {
 		}
 		return s, nil
 	}
-	k, err := wireguard.ParseKey(s)
-	switch {
-	case err != nil:
-		return "", fmt.Errorf(`want a WireGuard public key or "tag:<name>": %w`, err)
-	case k.IsZero():
+	// A WireGuard public key as wg(8) prints it: 44 characters of padded
+	// base64 encoding exactly 32 bytes (the wireguard package's ParseKey
+	// reads the same; this package stays a leaf).
+	const bad = `want a WireGuard public key or "tag:<name>": invalid key: `
+	if s = strings.TrimSpace(s); len(s) != 44 {
+		return "", fmt.Errorf(bad+"want 44 base64 characters, got %d", len(s))
+	}
+	var k [33]byte // base64.StdEncoding.DecodedLen(44): Decode needs the room
+	if n, err := base64.StdEncoding.Strict().Decode(k[:], []byte(s)); err != nil || n != 32 {
+		return "", errors.New(bad + "not the base64 encoding of 32 bytes")
+	}
+	if k == ([33]byte{}) {
 		return "", errors.New("the all-zero key is not a peer's public key")
 	}
-	return k.String(), nil
+	return base64.StdEncoding.EncodeToString(k[:32]), nil
 }
 
 // errAt returns a *PolicyError for the token at file offset off about the

@@ -28,14 +28,10 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/appconnector/appconnector/connector/netx"
 	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
-
-// Dialer opens host sockets. *net.Dialer implements it.
-type Dialer interface {
-	DialContext(ctx context.Context, network, address string) (net.Conn, error)
-}
 
 // Config configures a Client.
 type Config struct {
@@ -63,7 +59,7 @@ type Config struct {
 
 	// Direct opens the host sockets of flows that do not use a tunnel.
 	// Nil means a net.Dialer.
-	Direct Dialer
+	Direct netx.DialFunc
 
 	// ProbeInterval is how often each connector is asked a question to
 	// measure it; two unanswered in a row mark it down. ProbeTimeout
@@ -79,7 +75,7 @@ type Config struct {
 type Client struct {
 	cfg     Config
 	log     *slog.Logger
-	direct  Dialer
+	direct  netx.DialFunc
 	hostDNS []string
 	links   []*link // connectors and exit peers, in config order
 	cache   dnsCache
@@ -115,7 +111,7 @@ func New(cfg Config) (*Client, error) {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	if c.direct == nil {
-		c.direct = &net.Dialer{}
+		c.direct = (&net.Dialer{}).DialContext
 	}
 	if c.cfg.ProbeInterval <= 0 {
 		c.cfg.ProbeInterval = time.Second
@@ -310,7 +306,7 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 		}
 		var conn net.Conn
 		if l == nil {
-			conn, err = c.direct.DialContext(ctx, network, dst)
+			conn, err = c.direct(ctx, network, dst)
 		} else {
 			conn, err = l.dial(ctx, network, dst)
 		}

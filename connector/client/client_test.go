@@ -10,12 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
@@ -28,11 +27,6 @@ const appPolicy = `[{"name": "web", "connectors": ["*"], "domains": ["app.exampl
   "allowPrivate": ["127.0.0.1/32", "::1/128"]}]`
 
 var loopback = netip.MustParseAddr("127.0.0.1")
-
-func checkLeaks(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
-}
 
 // testConnector is a running connector the client may use.
 type testConnector struct {
@@ -90,8 +84,8 @@ func (tc *testConnector) peerFor() wireguard.Peer {
 type setup struct {
 	client     *client.Client
 	connectors []*testConnector
-	app        *dnstest.Server // the apps' authoritative DNS
-	host       *dnstest.Server // the host's resolver
+	app        *dnszone.Server // the apps' authoritative DNS
+	host       *dnszone.Server // the host's resolver
 	direct     *netstacktest.Dialer
 }
 
@@ -116,7 +110,7 @@ func newSetup(t *testing.T, connectors int, mod func(*client.Config)) *setup {
 		}},
 		ListenAddr:    loopback,
 		HostDNS:       []string{s.host.Addr},
-		Direct:        s.direct,
+		Direct:        s.direct.DialContext,
 		ProbeInterval: 200 * time.Millisecond,
 		ProbeTimeout:  300 * time.Millisecond,
 	}
@@ -145,7 +139,7 @@ func (s *setup) forwarded() (n uint64) {
 }
 
 func TestDialAppByName(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	s := newSetup(t, 1, nil)
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -185,7 +179,7 @@ func TestDialAppByName(t *testing.T) {
 }
 
 func TestSplitResolver(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	s := newSetup(t, 1, nil)
 	r := s.client.Resolver()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -232,7 +226,7 @@ func TestSplitResolver(t *testing.T) {
 				t.Fatal(err)
 			}
 			c.SetDeadline(time.Now().Add(10 * time.Second))
-			rcode, _, err := dnstest.Query(c, tc.name, "A")
+			rcode, _, err := dnszone.Query(c, tc.name, "A")
 			c.Close()
 			if err != nil || rcode != tc.rcode {
 				t.Errorf("%s over %s: %s %v, want %s", tc.name, network, rcode, err, tc.rcode)
@@ -242,7 +236,7 @@ func TestSplitResolver(t *testing.T) {
 }
 
 func TestIgnoreRoutesGoesDirect(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	s := newSetup(t, 1, func(c *client.Config) { c.IgnoreRoutes = true })
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	s.host.Add("app.example.com. 60 IN A 127.0.0.1") // the host's view of the name
@@ -263,7 +257,7 @@ func TestIgnoreRoutesGoesDirect(t *testing.T) {
 // new connections go through the other within 5 s, and a flow on the
 // dead one ends instead of hanging.
 func TestFailover(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	s := newSetup(t, 2, nil)
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
 	dst := fmt.Sprintf("app.example.com:%d", echo.Port())
@@ -321,12 +315,12 @@ func TestFailover(t *testing.T) {
 	}
 }
 
-func netstackCfg(d *netstacktest.Dialer) netstack.Config { return netstack.Config{Dialer: d} }
+func netstackCfg(d *netstacktest.Dialer) netstack.Config { return netstack.Config{Dial: d.DialContext} }
 
 // TestExitPeer: a peer with a default route carries what no app routes,
 // instead of a direct connection; app routes still win.
 func TestExitPeer(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	var exit *testConnector
 	s := newSetup(t, 1, func(c *client.Config) {
 		// An exit node that forwards loopback for the test (a real one

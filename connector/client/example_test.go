@@ -12,7 +12,7 @@ import (
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
-	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
@@ -56,7 +56,7 @@ func Example() {
 // lab is a connector serving app.example.com, its DNS and the app, on
 // loopback.
 type lab struct {
-	dns        *dnstest.Server
+	dns        *dnszone.Server
 	conn       *connector.Connector
 	app        *http.Server
 	appPort    int
@@ -74,7 +74,7 @@ func startLab() *lab {
 		io.WriteString(w, "hello from the app")
 	})}
 	go l.app.Serve(ln)
-	if l.dns, err = dnstest.Start("app.example.com. 60 IN A 127.0.0.1"); err != nil {
+	if l.dns, err = dnszone.Start("app.example.com. 60 IN A 127.0.0.1"); err != nil {
 		log.Fatal(err)
 	}
 	policy, err := apptype.ParsePolicy("policy.json", []byte(`[{"name": "app", "connectors": ["*"],

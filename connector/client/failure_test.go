@@ -19,6 +19,7 @@ import (
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/client"
 	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -102,13 +103,13 @@ type relayed struct {
 // relayedSetup starts n connectors (each with its own upstream DNS
 // server, so one can be broken) and a client that reaches them through
 // relays.
-func relayedSetup(t *testing.T, n int, upstreams []*dnstest.Server, host *dnstest.Server, mod func(*client.Config)) (*client.Client, []*relayed, wireguard.Key) {
+func relayedSetup(t *testing.T, n int, upstreams []*dnszone.Server, host *dnszone.Server, mod func(*client.Config)) (*client.Client, []*relayed, wireguard.Key) {
 	t.Helper()
 	key, _ := wireguard.GeneratePrivateKey()
 	cfg := client.Config{
 		WireGuard: &wireguard.Config{Interface: wireguard.Interface{
 			PrivateKey: key, Addresses: []netip.Prefix{netip.MustParsePrefix("10.90.0.2/32")}}},
-		ListenAddr: loopback, HostDNS: []string{host.Addr}, Direct: &netstacktest.Dialer{},
+		ListenAddr: loopback, HostDNS: []string{host.Addr}, Direct: (&netstacktest.Dialer{}).DialContext,
 		ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond,
 	}
 	var rs []*relayed
@@ -132,7 +133,7 @@ func relayedSetup(t *testing.T, n int, upstreams []*dnstest.Server, host *dnstes
 	return c, rs, key
 }
 
-func appUpstream(t *testing.T) *dnstest.Server {
+func appUpstream(t *testing.T) *dnszone.Server {
 	return dnstest.New(t, "app.example.com. 60 IN A 127.0.0.1", "*.app.example.com. 60 IN A 127.0.0.1")
 }
 
@@ -155,11 +156,11 @@ func used(t *testing.T, rs []*relayed) (*relayed, *relayed) {
 // complete response), and new connections, by name and by the address a
 // program resolved earlier, go through the other connector within 5 s.
 func TestPartitionFailover(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	// The echo server first, so it is stopped after the connectors: the
 	// one cut off still holds its upstream side of the flow until closed.
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
-	c, rs, _ := relayedSetup(t, 2, []*dnstest.Server{appUpstream(t), appUpstream(t)}, dnstest.New(t), nil)
+	c, rs, _ := relayedSetup(t, 2, []*dnszone.Server{appUpstream(t), appUpstream(t)}, dnstest.New(t), nil)
 	ctx := context.Background()
 	addrs, err := c.Resolver().LookupNetIP(ctx, "ip4", "app.example.com")
 	if err != nil {
@@ -214,10 +215,10 @@ func TestPartitionFailover(t *testing.T) {
 // and a connector whose upstream DNS fails (but which answers probes) is
 // passed over for one that can answer.
 func TestQuestionFailover(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	broken := dnstest.New(t)
 	broken.SetRcode("q2.app.example.com.", dns.RcodeServerFailure)
-	c, rs, _ := relayedSetup(t, 2, []*dnstest.Server{broken, appUpstream(t)}, dnstest.New(t), nil)
+	c, rs, _ := relayedSetup(t, 2, []*dnszone.Server{broken, appUpstream(t)}, dnstest.New(t), nil)
 	r := c.Resolver()
 	for range 10 { // whichever connector is preferred, the answer comes
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -247,10 +248,10 @@ func TestQuestionFailover(t *testing.T) {
 // new one with more domains comes up at the same address; the client
 // follows its routes again instead of holding the dead stream forever.
 func TestRouteWatchAfterRestart(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	up := dnstest.New(t, "app.example.com. 60 IN A 127.0.0.1", "x.new.test. 60 IN A 127.0.0.1")
 	host := dnstest.New(t, "x.new.test. 60 IN A 127.0.0.3")
-	c, rs, clientKey := relayedSetup(t, 1, []*dnstest.Server{up}, host, nil)
+	c, rs, clientKey := relayedSetup(t, 1, []*dnszone.Server{up}, host, nil)
 	r := c.Resolver()
 	ctx := context.Background()
 	if a, err := r.LookupNetIP(ctx, "ip4", "x.new.test"); err != nil || a[0] != netip.MustParseAddr("127.0.0.3") {
@@ -291,8 +292,8 @@ func TestRouteWatchAfterRestart(t *testing.T) {
 // TestDNSFloodBounded: questions to a connector that does not answer pin
 // a bounded number of goroutines; the excess is answered SERVFAIL at once.
 func TestDNSFloodBounded(t *testing.T) {
-	checkLeaks(t)
-	c, rs, _ := relayedSetup(t, 1, []*dnstest.Server{appUpstream(t)}, dnstest.New(t), nil)
+	netstacktest.CheckLeaks(t)
+	c, rs, _ := relayedSetup(t, 1, []*dnszone.Server{appUpstream(t)}, dnstest.New(t), nil)
 	rs[0].relay.drop.Store(true)
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -332,8 +333,8 @@ func TestDNSFloodBounded(t *testing.T) {
 // TestCloseIsPrompt: Close does not wait out questions to a silent
 // connector, and the client is closed afterwards.
 func TestCloseIsPrompt(t *testing.T) {
-	checkLeaks(t)
-	c, rs, _ := relayedSetup(t, 1, []*dnstest.Server{appUpstream(t)}, dnstest.New(t), nil)
+	netstacktest.CheckLeaks(t)
+	c, rs, _ := relayedSetup(t, 1, []*dnszone.Server{appUpstream(t)}, dnstest.New(t), nil)
 	rs[0].relay.drop.Store(true)
 	go c.Resolver().LookupNetIP(context.Background(), "ip4", "slow.app.example.com")
 	time.Sleep(100 * time.Millisecond)
@@ -356,7 +357,7 @@ func TestCloseIsPrompt(t *testing.T) {
 // client then asks another connector for app names, without touching
 // flows through the first.
 func TestUpstreamFailureMovesQuestions(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	dead := dnstest.New(t)
 	deadAddr := dead.Addr
 	dead.Close()
@@ -374,7 +375,7 @@ func TestUpstreamFailureMovesQuestions(t *testing.T) {
 				DNS: []netip.Addr{sick.tunnel, well.tunnel}},
 			Peers: []wireguard.Peer{sick.peerFor(), well.peerFor()},
 		},
-		ListenAddr: loopback, Direct: &netstacktest.Dialer{},
+		ListenAddr: loopback, Direct: (&netstacktest.Dialer{}).DialContext,
 		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond,
 	})
 	if err != nil {

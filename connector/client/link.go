@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -16,13 +17,10 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
 
 	"github.com/appconnector/appconnector/connector/apptype"
+	"github.com/appconnector/appconnector/connector/logger"
 	"github.com/appconnector/appconnector/connector/wireguard"
-	"github.com/appconnector/appconnector/netstack"
-	"github.com/appconnector/appconnector/tun"
 )
 
 // A link is the client's tunnel to one peer: its own WireGuard device,
@@ -40,10 +38,8 @@ type link struct {
 	// route, so it carries destinations of no app of that family.
 	exit4, exit6 bool
 
-	tun   *tun.Device
-	stack *netstack.Stack
-	dev   *device.Device
-	http  *http.Client
+	dev  *wireguard.Device
+	http *http.Client
 
 	mu sync.Mutex // guards the fields after it
 	// static are the peer's AllowedIPs from the config; advertised come
@@ -85,57 +81,33 @@ func newLink(c *Client, peer wireguard.Peer, dnsAddr netip.Addr) (*link, error) 
 			l.exit6 = l.exit6 || p.Addr().Is6()
 		}
 	}
-	var err error
-	if l.tun, err = tun.New(tun.Config{MTU: c.cfg.WireGuard.Interface.MTU}); err != nil {
-		return nil, err
-	}
+	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+	defer cancel()
 	// Inside the link, every destination goes to its one peer: the client
 	// has already chosen this link for the flow.
-	if l.stack, err = netstack.New(l.tun, netstack.Config{Addresses: c.cfg.WireGuard.Interface.Addresses}); err != nil {
-		l.tun.Close()
-		return nil, err
-	}
-	var bind conn.Bind
-	if c.cfg.ListenAddr.IsValid() {
-		if bind, err = wireguard.NewBind(c.cfg.ListenAddr); err != nil {
-			l.stack.Close()
-			l.tun.Close()
-			return nil, err
-		}
-	} else {
-		bind = conn.NewDefaultBind()
-	}
+	p := peer
+	p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+	ifc := c.cfg.WireGuard.Interface
 	wlog := c.log.With("component", "wireguard", "peer", l.name)
-	l.dev = device.NewDevice(l.tun, bind, &device.Logger{
-		Verbosef: func(format string, args ...any) { wlog.Debug(fmt.Sprintf(format, args...)) },
-		Errorf:   func(format string, args ...any) { wlog.Error(fmt.Sprintf(format, args...)) },
+	dev, err := wireguard.NewDevice(ctx, wireguard.DeviceConfig{
+		Config: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: ifc.PrivateKey, Addresses: ifc.Addresses, MTU: ifc.MTU},
+			Peers:     []wireguard.Peer{p},
+		},
+		ListenAddr: c.cfg.ListenAddr,
+		Verbosef:   logger.Slog(wlog, slog.LevelDebug),
+		Errorf:     logger.Slog(wlog, slog.LevelError),
 	})
-	if err := l.configure(); err != nil {
-		l.close()
+	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", l.name, err)
 	}
+	l.dev = dev
 	l.http = &http.Client{Transport: &http.Transport{
-		DialContext:       l.stack.DialContext,
+		DialContext:       l.dev.Stack.DialContext,
 		DisableKeepAlives: true,
 		Proxy:             nil,
 	}}
 	return l, nil
-}
-
-func (l *link) configure() error {
-	ctx, cancel := context.WithTimeout(l.c.ctx, 10*time.Second)
-	defer cancel()
-	p := l.peer
-	p.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
-	one := &wireguard.Config{Interface: wireguard.Interface{PrivateKey: l.c.cfg.WireGuard.Interface.PrivateKey}, Peers: []wireguard.Peer{p}}
-	uapi, err := one.UAPI(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := l.dev.IpcSet(uapi); err != nil {
-		return fmt.Errorf("configure wireguard: %w", err)
-	}
-	return l.dev.Up()
 }
 
 // run probes the connector and follows its routes until the client
@@ -156,13 +128,13 @@ func (l *link) run() {
 func (l *link) probeLoop() {
 	t := time.NewTicker(l.c.cfg.ProbeInterval)
 	defer t.Stop()
-	lastIn := l.tun.Stats().InboundPackets
+	lastIn := l.dev.Tun.Stats().InboundPackets
 	for {
 		start := time.Now()
 		dnsDown, err := l.probe()
 		// A connector that is busy may answer late, but one that sends
 		// anything at all is alive: only silence counts as a miss.
-		in := l.tun.Stats().InboundPackets
+		in := l.dev.Tun.Stats().InboundPackets
 		heard := in != lastIn
 		lastIn = in
 		l.mu.Lock()
@@ -252,7 +224,7 @@ func (l *link) probe() (dnsDown bool, err error) {
 func (l *link) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 	addr := netip.AddrPortFrom(l.dnsAddr, 53).String()
 	for _, network := range []string{"udp", "tcp"} {
-		c, err := l.stack.DialContext(ctx, network, addr)
+		c, err := l.dev.Stack.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
@@ -481,7 +453,7 @@ func (l *link) routes() []netip.Prefix {
 // dial opens a flow through the link and tracks it, so it is closed at
 // once if the link goes down.
 func (l *link) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	c, err := l.stack.DialContext(ctx, network, addr)
+	c, err := l.dev.Stack.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -498,10 +470,7 @@ func (l *link) dial(ctx context.Context, network, addr string) (net.Conn, error)
 	return tc, nil
 }
 
-func (l *link) close() {
-	l.stack.Close()
-	l.dev.Close() // closes the tun device and the bind
-}
+func (l *link) close() { l.dev.Close() }
 
 // errTunnelDown is what reads and writes on a flow return after its
 // connector was found dead: a reset, not an end of stream.

@@ -168,9 +168,9 @@ func (c *Client) ask(ctx context.Context, server string, m *dns.Msg) (*dns.Msg, 
 	if err != nil {
 		return nil, err
 	}
-	dial := c.direct.DialContext
+	dial := c.direct
 	if l, _ := c.pick(ap.Addr().Unmap()); l != nil {
-		dial = l.stack.DialContext
+		dial = l.dev.Stack.DialContext
 	}
 	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

@@ -7,13 +7,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/appconnector/appconnector/connector/wireguard/wgtest"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // TestUAPIShowsEveryConnector: the client's read-only UAPI socket lists
 // each connector as a peer of one interface, and refuses changes.
 func TestUAPIShowsEveryConnector(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	s := newSetup(t, 2, nil)
 	path := filepath.Join(t.TempDir(), "client.sock")
 	ln, err := net.Listen("unix", path)
@@ -28,7 +29,7 @@ func TestUAPIShowsEveryConnector(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	get := netstacktest.UAPIExchange(t, path, "get=1\n\n")
+	get := wgtest.UAPIExchange(t, path, "get=1\n\n")
 	if n := strings.Count(get, "private_key="); n != 1 {
 		t.Errorf("%d interface sections, want 1:\n%s", n, get)
 	}
@@ -41,7 +42,7 @@ func TestUAPIShowsEveryConnector(t *testing.T) {
 	if !strings.HasSuffix(get, "errno=0\n") {
 		t.Errorf("get did not end with errno=0:\n%s", get)
 	}
-	if set := netstacktest.UAPIExchange(t, path, "set=1\nprivate_key="+strings.Repeat("00", 32)+"\n\n"); set != "errno=1\n" {
+	if set := wgtest.UAPIExchange(t, path, "set=1\nprivate_key="+strings.Repeat("00", 32)+"\n\n"); set != "errno=1\n" {
 		t.Errorf("set: %q, want errno=1 (EPERM)", set)
 	}
 }

@@ -1,7 +1,8 @@
 // Package demo runs the whole app-connector loop on one machine, with no
-// configuration and no internet: a connector, an upstream DNS server and
-// an HTTP "app" on loopback, and a client peer talking real WireGuard over
-// UDP on 127.0.0.1. It narrates each step and checks it.
+// configuration and no internet: a connector, an upstream DNS server
+// (dnszone) and an HTTP "app" on loopback, and the real client library
+// talking WireGuard over UDP on 127.0.0.1. It narrates each step and
+// checks it.
 package demo
 
 import (
@@ -19,9 +20,9 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
-	"github.com/appconnector/appconnector/connector/dnstest"
+	"github.com/appconnector/appconnector/connector/client"
+	"github.com/appconnector/appconnector/connector/dnszone"
 	"github.com/appconnector/appconnector/connector/wireguard"
-	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 var (
@@ -58,7 +59,7 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	appPort := appLn.Addr().(*net.TCPAddr).Port
 
 	// Its DNS: www.demo.example is a CNAME of app.demo.example.
-	up, err := dnstest.Start(
+	up, err := dnszone.Start(
 		"www.demo.example. 60 IN CNAME app.demo.example.",
 		"app.demo.example. 60 IN A 127.0.0.1",
 		"example.org. 60 IN A 192.0.2.1",
@@ -80,14 +81,14 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	clientKey, err := netstacktest.NewPrivateKey()
+	clientKey, err := wireguard.GeneratePrivateKey()
 	if err != nil {
 		return err
 	}
 	conn, err := connector.New(connector.Config{
 		WireGuard: &wireguard.Config{
 			Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{connectorV4}},
-			Peers:     []wireguard.Peer{{PublicKey: wireguard.Key(clientKey.Public()), AllowedIPs: []netip.Prefix{clientV4}}},
+			Peers:     []wireguard.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{clientV4}}},
 		},
 		ListenAddr:   loopback,
 		Policy:       policy,
@@ -98,45 +99,52 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 		return err
 	}
 	defer conn.Close()
-	client, err := netstacktest.New(netstacktest.Config{
-		PrivateKey: clientKey,
-		Addresses:  []netip.Prefix{clientV4},
-		Remotes: []netstacktest.RemotePeer{{
-			PublicKey:  netstacktest.Key(serverKey.PublicKey()),
-			Endpoint:   netip.AddrPortFrom(loopback, conn.Port()),
-			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")},
-		}},
+	// The client sends the whole of 127.0.0.0/8 to the connector (a
+	// static route in its peer's AllowedIPs), so that even addresses no
+	// app has reach the connector, whose refusals the demo shows.
+	cl, err := client.New(client.Config{
+		WireGuard: &wireguard.Config{
+			Interface: wireguard.Interface{PrivateKey: clientKey, Addresses: []netip.Prefix{clientV4}, DNS: []netip.Addr{connectorV4.Addr()}},
+			Peers: []wireguard.Peer{{
+				PublicKey:  serverKey.PublicKey(),
+				Endpoint:   netip.AddrPortFrom(loopback, conn.Port()).String(),
+				AllowedIPs: []netip.Prefix{netip.PrefixFrom(connectorV4.Addr(), 32), netip.MustParsePrefix("127.0.0.0/8")},
+			}},
+		},
+		ListenAddr: loopback,
+		HostDNS:    []string{up.Addr},
+		Logger:     log,
 	})
 	if err != nil {
 		return err
 	}
-	defer client.Close()
+	defer cl.Close()
 
 	fmt.Fprintf(w, "appconnector demo: everything below runs in this process, on 127.0.0.1 only.\n")
 	say("app:        HTTP on 127.0.0.1:%d, named www.demo.example (CNAME app.demo.example) by the DNS server on %s", appPort, up.Addr)
 	say("connector:  WireGuard on 127.0.0.1:%d, tunnel address %s, policy: app \"demo\" = demo.example, *.demo.example", conn.Port(), connectorV4.Addr())
-	say("client:     a WireGuard peer with its own userspace stack, tunnel address %s", clientV4.Addr())
+	say("client:     the appconnector client library, tunnel address %s; its peer's AllowedIPs send 127.0.0.0/8 to the connector", clientV4.Addr())
 
 	appAddr := netip.AddrPortFrom(loopback, uint16(appPort))
 	step(1, "Before any DNS answer, the client connects to %s through the tunnel:", appAddr)
-	if err := dialThrough(ctx, client, appAddr); err == nil {
+	if err := dialThrough(ctx, cl, appAddr); err == nil {
 		return errors.New("step 1: the app was reachable before its name was resolved")
 	} else {
 		say("refused (%v): no route yet", shortErr(err))
 	}
 
-	step(2, "The client asks the connector (%s:53) for www.demo.example:", connectorV4.Addr())
-	before := conn.Advertised(wireguard.Key(clientKey.Public()).String())
-	rcode, addrs, err := queryThrough(ctx, client, "www.demo.example", "A")
+	step(2, "The client resolves www.demo.example; its split DNS asks the connector (%s:53), which serves that name:", connectorV4.Addr())
+	before := conn.Advertised(clientKey.PublicKey().String())
+	addrs, err := cl.Resolver().LookupNetIP(ctx, "ip4", "www.demo.example")
 	if err != nil {
 		return fmt.Errorf("step 2: %w", err)
 	}
 	// The answer has arrived: the route must be in the table already.
-	after := conn.Advertised(wireguard.Key(clientKey.Public()).String())
+	after := conn.Advertised(clientKey.PublicKey().String())
 	v0, v1, adv := before.Version, after.Version, after.Routes
-	say("answer: %s %v", rcode, addrs)
-	if rcode != "NOERROR" || len(addrs) != 1 || addrs[0] != loopback {
-		return fmt.Errorf("step 2: unexpected answer %s %v", rcode, addrs)
+	say("answer: %v", addrs)
+	if len(addrs) != 1 || addrs[0] != loopback {
+		return fmt.Errorf("step 2: unexpected answer %v", addrs)
 	}
 	if v1 == v0 || len(adv) != 1 || adv[0] != netip.PrefixFrom(loopback, 32) {
 		return fmt.Errorf("step 2: route not in the table when the answer arrived (version %d→%d, routes %v)", v0, v1, adv)
@@ -145,21 +153,32 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	say("the route was installed before the answer was sent, so the first connection goes through")
 
 	step(3, "The client fetches http://www.demo.example:%d/ through the tunnel:", appPort)
-	body, err := fetchThrough(ctx, client, fmt.Sprintf("http://www.demo.example:%d/hello", appPort), addrs[0])
+	forwarded := conn.Stats().Netstack.TCPForwarded
+	body, err := fetch(ctx, cl, fmt.Sprintf("http://www.demo.example:%d/hello", appPort))
 	if err != nil {
 		return fmt.Errorf("step 3: %w", err)
 	}
 	say("%s", strings.TrimSpace(body))
+	if n := conn.Stats().Netstack.TCPForwarded - forwarded; n != 1 {
+		return fmt.Errorf("step 3: the connector forwarded %d connections, want 1", n)
+	}
+	say("the connector forwarded the connection from its host socket")
 
-	step(4, "The client asks for example.org, a name of no app:")
-	if rcode, _, err = queryThrough(ctx, client, "example.org", "A"); err != nil || rcode != "REFUSED" {
+	step(4, "The client resolves example.org, a name of no app, and asks the connector for it too:")
+	hostAddrs, err := cl.Resolver().LookupNetIP(ctx, "ip4", "example.org")
+	if err != nil {
+		return fmt.Errorf("step 4: %w", err)
+	}
+	say("the client's resolver answered %v from the host's DNS server, not the connector", hostAddrs)
+	rcode, err := queryThrough(ctx, cl, "example.org", "A")
+	if err != nil || rcode != "REFUSED" {
 		return fmt.Errorf("step 4: %s, %v; want REFUSED", rcode, err)
 	}
-	say("%s: the connector is not an open resolver", rcode)
+	say("asked directly, the connector says %s: it is not an open resolver", rcode)
 
 	other := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), uint16(appPort))
 	step(5, "The client connects to %s, an address no app routes:", other)
-	if err := dialThrough(ctx, client, other); err == nil {
+	if err := dialThrough(ctx, cl, other); err == nil {
 		return errors.New("step 5: a connection outside every route was forwarded")
 	} else {
 		say("refused (%v)", shortErr(err))
@@ -179,10 +198,10 @@ func Run(ctx context.Context, w io.Writer, log *slog.Logger) error {
 	return nil
 }
 
-func dialThrough(ctx context.Context, client *netstacktest.Peer, dst netip.AddrPort) error {
+func dialThrough(ctx context.Context, cl *client.Client, dst netip.AddrPort) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := client.DialContext(ctx, "tcp", dst.String())
+	c, err := cl.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
 		return err
 	}
@@ -190,28 +209,22 @@ func dialThrough(ctx context.Context, client *netstacktest.Peer, dst netip.AddrP
 	return nil
 }
 
-func queryThrough(ctx context.Context, client *netstacktest.Peer, name, qtype string) (string, []netip.Addr, error) {
-	c, err := client.DialContext(ctx, "udp", netip.AddrPortFrom(connectorV4.Addr(), 53).String())
+// queryThrough asks the connector a question through the tunnel and
+// returns the answer's rcode.
+func queryThrough(ctx context.Context, cl *client.Client, name, qtype string) (string, error) {
+	c, err := cl.DialContext(ctx, "udp", netip.AddrPortFrom(connectorV4.Addr(), 53).String())
 	if err != nil {
-		return "", nil, err
+		return "", err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	return dnstest.Query(c, name, qtype)
+	rcode, _, err := dnszone.Query(c, name, qtype)
+	return rcode, err
 }
 
-// fetchThrough GETs url through the tunnel, connecting to addr (what the
-// name resolved to) at the URL's port.
-func fetchThrough(ctx context.Context, client *netstacktest.Peer, url string, addr netip.Addr) (string, error) {
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, hostport string) (net.Conn, error) {
-			_, port, err := net.SplitHostPort(hostport)
-			if err != nil {
-				return nil, err
-			}
-			return client.DialContext(ctx, "tcp", net.JoinHostPort(addr.String(), port))
-		},
-	}}
+// fetch GETs url through the client, which resolves its name.
+func fetch(ctx context.Context, cl *client.Client, url string) (string, error) {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: cl.DialContext}}
 	defer hc.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {

@@ -7,11 +7,11 @@ import (
 	"strings"
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 func TestRun(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	var out bytes.Buffer
 	if err := Run(context.Background(), &out, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())

@@ -14,24 +14,23 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-// upstreamEnv, when set, makes the test binary the upstream HTTP server:
-// its value is the address to listen on.
-const upstreamEnv = "APPCONNECTOR_KERNELTEST_UPSTREAM"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
+)
 
 // upstreamReady is the line the upstream prints once it listens.
 const upstreamReady = "upstream listening"
 
+// TestMain also makes the test binary the upstream HTTP server (role
+// "upstream", its argument the address to listen on).
 func TestMain(m *testing.M) {
-	if addr := os.Getenv(upstreamEnv); addr != "" {
-		if err := serveUpstream(addr, os.Stdout); err != nil {
+	code := netstacktest.Main(m, map[string]func([]string) int{"upstream": func(args []string) int {
+		if err := serveUpstream(args[0], os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "upstream:", err)
-			os.Exit(1)
+			return 1
 		}
-		os.Exit(0)
-	}
-	code := m.Run()
+		return 0
+	}})
 	if build.dir != "" {
 		os.RemoveAll(build.dir)
 	}

@@ -16,9 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/appconnector/appconnector/connector/wireguard"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // The rig's addresses, inside its namespaces only: 198.18.0.0/15
@@ -98,12 +97,6 @@ type rig struct {
 	mu       sync.Mutex // guards the fields after it
 	conn     *proc      // the connector process now running
 	listenAt time.Time  // when it logged "wireguard up"
-}
-
-// checkLeaks fails t if goroutines it started outlive it.
-func checkLeaks(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
 }
 
 // newRig builds the namespaces, starts the upstream, the reference
@@ -313,12 +306,12 @@ func (r *rig) startUpstream() {
 	r.must(err)
 	ready := make(chan struct{})
 	var once sync.Once
-	p, err := startProc(r.t, "upstream", append(os.Environ(), upstreamEnv+"=:"+strconv.Itoa(httpPort)),
+	p, err := startProc(r.t, "upstream", append(os.Environ(), netstacktest.RoleEnv("upstream")),
 		func(line string) {
 			if strings.HasPrefix(line, upstreamReady) {
 				once.Do(func() { close(ready) })
 			}
-		}, nsExec(r.up, self)...)
+		}, nsExec(r.up, self, ":"+strconv.Itoa(httpPort))...)
 	r.must(err)
 	r.must(p.waitFor(20*time.Second, "listening", func() bool {
 		select {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // recoveryBound is how long, after a restarted connector listens again,
@@ -22,7 +24,7 @@ const recoveryBound = 2 * time.Second
 // nor resets its session, opens a new connection within recoveryBound of
 // the connector listening again. A few restarts, alternating the family.
 func TestKernelRestart(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	r := newRig(t)
 	for i := range 4 {
 		f := family(i % 2)
@@ -51,7 +53,7 @@ func TestKernelRestart(t *testing.T) {
 // IPv4 and IPv6. Every one through the connector must succeed, and
 // afterwards the connector must have no flow left open.
 func TestKernelShortConnections(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	r := newRig(t)
 	counts := [2]int{viaConnector: 200, viaReference: 50} // cheap: not scaled
 	for _, f := range []family{v4, v6} {
@@ -140,7 +142,7 @@ func (r *rig) shortConns(p path, f family, n int) ([]time.Duration, int, error) 
 // prohibited" (not silence) from an address of no route; traceroute -T
 // reaches a routed address.
 func TestKernelICMP(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	r := newRig(t)
 	pingFlag := [2]string{v4: "-4", v6: "-6"}
 	prohibited := [2]string{v4: "Packet filtered", v6: "Administratively prohibited"}

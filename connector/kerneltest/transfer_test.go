@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 const (
@@ -305,7 +307,7 @@ type row struct {
 // connector may stall or fail, except a few downloads at 1% loss (a known
 // open problem, see measure); the rates are only reported.
 func TestKernelThroughput(t *testing.T) {
-	checkLeaks(t)
+	netstacktest.CheckLeaks(t)
 	r := newRig(t)
 	plans := []struct{ loss, conn, ref int }{
 		{0, scaled(t, 50, 3), scaled(t, 10, 3)},

@@ -8,12 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 	"golang.zx2c4.com/wireguard/conn"
 )
 
 func TestSendReceiveBatch(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	for _, addr := range []string{"127.0.0.1", "::1"} {
 		t.Run(addr, func(t *testing.T) {
 			a, _ := NewBind(netip.MustParseAddr(addr))
@@ -111,7 +111,7 @@ func TestErrors(t *testing.T) {
 // segmented sends and may come back coalesced) mixed with shorter ones,
 // and checks every datagram arrives once, intact and in order.
 func TestOffloadRuns(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 	a, _ := NewBind(netip.MustParseAddr("127.0.0.1"))
 	b, _ := NewBind(netip.MustParseAddr("127.0.0.1"))
 	if _, _, err := a.Open(0); err != nil {

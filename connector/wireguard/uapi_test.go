@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
@@ -135,7 +135,7 @@ func TestUAPINilLookupWithIPLiterals(t *testing.T) {
 // TestUAPIWireGuardDevice feeds UAPI output to a real wireguard-go device
 // on in-memory TUN and bind fakes and reads the state back.
 func TestUAPIWireGuardDevice(t *testing.T) {
-	defer goleak.VerifyNone(t)
+	netstacktest.CheckLeaks(t)
 
 	text, err := realisticWant.UAPI(context.Background(), newFakeResolver().lookup)
 	if err != nil {

@@ -1,7 +1,6 @@
 package netstacktest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // Dialer is a host dialer for tests. It counts dials, can hold them until
@@ -54,7 +55,7 @@ func (d *Dialer) allowed(a netip.Addr) bool {
 	return false
 }
 
-// DialContext implements netstack.Dialer.
+// DialContext is a netx.DialFunc.
 func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	d.Dials.Add(1)
 	if strings.HasPrefix(network, "tcp") {
@@ -133,29 +134,10 @@ func RSSKiB() int64 {
 	return 0
 }
 
-// UAPIExchange sends one request to the WireGuard UAPI socket at path and
-// returns the reply up to and including its errno line.
-func UAPIExchange(tb testing.TB, path, req string) string {
+// CheckLeaks fails tb if goroutines started after this call are still
+// running once tb's cleanups (registered later, so run earlier) are done.
+func CheckLeaks(tb testing.TB) {
 	tb.Helper()
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte(req)); err != nil {
-		tb.Fatal(err)
-	}
-	var b strings.Builder
-	r := bufio.NewReader(c)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			tb.Fatalf("UAPI reply so far %q: %v", b.String(), err)
-		}
-		b.WriteString(line)
-		if strings.HasPrefix(line, "errno=") {
-			return b.String()
-		}
-	}
+	opt := goleak.IgnoreCurrent()
+	tb.Cleanup(func() { goleak.VerifyNone(tb, opt) })
 }

@@ -1,7 +1,8 @@
-// Package dnstest is an authoritative DNS server on loopback for tests and
-// the demo: a real miekg/dns server on UDP and TCP with a zone given as
-// records in presentation format.
-package dnstest
+// Package dnszone is a small authoritative DNS server on loopback: a
+// miekg/dns server on UDP and TCP answering from a zone given as records
+// in presentation format. The demo names its app with it, and the tests
+// (through dnstest) use it as the upstream they control.
+package dnszone
 
 import (
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 
 	"github.com/miekg/dns"
 )
@@ -35,18 +35,6 @@ type Server struct {
 	wg      sync.WaitGroup
 }
 
-// New starts a server with the given records (e.g. "app.example.com. 60 IN
-// A 192.0.2.1") and stops it when the test ends.
-func New(tb testing.TB, records ...string) *Server {
-	tb.Helper()
-	s, err := Start(records...)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(s.Close)
-	return s
-}
-
 // Start starts a server on 127.0.0.1 (a free port, UDP and TCP) with the
 // given records. Close stops it.
 func Start(records ...string) (*Server, error) {
@@ -63,7 +51,7 @@ func Start(records ...string) (*Server, error) {
 	var err error
 	for range 20 {
 		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			return nil, fmt.Errorf("dnstest: %w", err)
+			return nil, fmt.Errorf("dnszone: %w", err)
 		}
 		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
 			break
@@ -71,7 +59,7 @@ func Start(records ...string) (*Server, error) {
 		pc.Close()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("dnstest: %w", err)
+		return nil, fmt.Errorf("dnszone: %w", err)
 	}
 	return s.serve(pc, ln), nil
 }
@@ -87,12 +75,12 @@ func StartAt(addr string, records ...string) (*Server, error) {
 	}
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dnstest: %w", err)
+		return nil, fmt.Errorf("dnszone: %w", err)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		pc.Close()
-		return nil, fmt.Errorf("dnstest: %w", err)
+		return nil, fmt.Errorf("dnszone: %w", err)
 	}
 	return s.serve(pc, ln), nil
 }
@@ -126,10 +114,10 @@ func (s *Server) Close() {
 func (s *Server) Add(record string) error {
 	rr, err := dns.NewRR(record)
 	if err != nil {
-		return fmt.Errorf("dnstest: record %q: %w", record, err)
+		return fmt.Errorf("dnszone: record %q: %w", record, err)
 	}
 	if rr == nil {
-		return fmt.Errorf("dnstest: record %q: empty", record)
+		return fmt.Errorf("dnszone: record %q: empty", record)
 	}
 	name := strings.ToLower(rr.Header().Name)
 	s.mu.Lock()
@@ -229,30 +217,50 @@ func (s *Server) wildcardLocked(name string) (string, bool) {
 }
 
 // Query sends a question for name (type "A", "AAAA", ...) on c, a
-// connection to a DNS server (UDP or TCP: a net.PacketConn-less
-// net.Conn from a dial), and returns the answer's rcode ("NOERROR",
-// "REFUSED", ...) and its A and AAAA addresses.
+// connection to a DNS server from a dial (UDP or TCP, by c's local
+// address), and returns the answer's rcode ("NOERROR", "REFUSED", ...) and
+// its A and AAAA addresses.
 func Query(c net.Conn, name, qtype string) (rcode string, addrs []netip.Addr, err error) {
 	t, ok := dns.StringToType[qtype]
 	if !ok {
-		return "", nil, fmt.Errorf("dnstest: unknown type %q", qtype)
+		return "", nil, fmt.Errorf("dnszone: unknown type %q", qtype)
 	}
-	co := &dns.Conn{Conn: c, UDPSize: 1232}
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), t)
 	m.SetEdns0(1232, false)
-	if err := co.WriteMsg(m); err != nil {
-		return "", nil, err
-	}
-	r, err := co.ReadMsg()
-	if err != nil {
-		return "", nil, err
+	var r *dns.Msg
+	if strings.HasPrefix(c.LocalAddr().Network(), "udp") {
+		// One datagram each way, whatever c's type (dns.Conn frames
+		// anything that is not a net.PacketConn as TCP).
+		out, err := m.Pack()
+		if err != nil {
+			return "", nil, err
+		}
+		if _, err := c.Write(out); err != nil {
+			return "", nil, err
+		}
+		buf := make([]byte, 1232)
+		n, err := c.Read(buf)
+		if err != nil {
+			return "", nil, err
+		}
+		r = new(dns.Msg)
+		if err := r.Unpack(buf[:n]); err != nil {
+			return "", nil, err
+		}
+	} else {
+		co := &dns.Conn{Conn: c}
+		if err := co.WriteMsg(m); err != nil {
+			return "", nil, err
+		}
+		if r, err = co.ReadMsg(); err != nil {
+			return "", nil, err
+		}
 	}
 	if r.Id != m.Id {
-		return "", nil, fmt.Errorf("dnstest: reply id %d, want %d", r.Id, m.Id)
+		return "", nil, fmt.Errorf("dnszone: reply id %d, want %d", r.Id, m.Id)
 	}
-	addrs = AnswerAddrs(r)
-	return dns.RcodeToString[r.Rcode], addrs, nil
+	return dns.RcodeToString[r.Rcode], AnswerAddrs(r), nil
 }
 
 // AnswerAddrs returns the addresses of the A and AAAA records in m's

@@ -1,4 +1,4 @@
-package client
+package httpproxy
 
 import (
 	"bufio"
@@ -21,17 +21,20 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/appconnector/appconnector/connector/proxy/proxytest"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
 // startHTTPProxy serves p on a new loopback listener until the test ends.
-func startHTTPProxy(t testing.TB, p *HTTPProxy) string {
+func startHTTPProxy(t testing.TB, p *Server) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p.Dial == nil {
-		p.Dial = pxDial
+		p.Dial = proxytest.Dial
 	}
 	if p.Logf == nil {
 		p.Logf = t.Logf
@@ -76,7 +79,7 @@ func startUpstream(t testing.TB) (port uint16, records func() []upstreamRecord) 
 		fmt.Fprintf(w, "%s %s %s %s", r.Method, r.Host, r.RequestURI, body)
 	}))
 	t.Cleanup(srv.Close)
-	_, port = hostPort(t, srv.Listener.Addr())
+	_, port = proxytest.HostPort(t, srv.Listener.Addr())
 	return port, func() []upstreamRecord {
 		mu.Lock()
 		defer mu.Unlock()
@@ -113,9 +116,9 @@ func dialProxy(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
 }
 
 func TestHTTPProxyConnect(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startHTTPProxy(t, &HTTPProxy{})
-	_, port := hostPort(t, pxTCPEcho(t, "tcp", "127.0.0.1:0"))
+	netstacktest.CheckLeaks(t)
+	addr := startHTTPProxy(t, &Server{})
+	_, port := proxytest.HostPort(t, proxytest.TCPEcho(t, "tcp", "127.0.0.1:0"))
 	for _, target := range []string{fmt.Sprintf("app.test:%d", port), fmt.Sprintf("127.0.0.1:%d", port)} {
 		t.Run(target, func(t *testing.T) {
 			c, br := dialProxy(t, addr)
@@ -143,8 +146,8 @@ func TestHTTPProxyConnect(t *testing.T) {
 }
 
 func TestHTTPProxyAbsoluteURI(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startHTTPProxy(t, &HTTPProxy{})
+	netstacktest.CheckLeaks(t)
+	addr := startHTTPProxy(t, &Server{})
 	port, records := startUpstream(t)
 	host := fmt.Sprintf("app.test:%d", port)
 	c, br := dialProxy(t, addr)
@@ -181,8 +184,8 @@ func TestHTTPProxyAbsoluteURI(t *testing.T) {
 }
 
 func TestHTTPProxyHopByHop(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startHTTPProxy(t, &HTTPProxy{})
+	netstacktest.CheckLeaks(t)
+	addr := startHTTPProxy(t, &Server{})
 	port, records := startUpstream(t)
 	host := fmt.Sprintf("app.test:%d", port)
 	c, br := dialProxy(t, addr)
@@ -216,13 +219,13 @@ func TestHTTPProxyHopByHop(t *testing.T) {
 }
 
 func TestHTTPProxyErrors(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startHTTPProxy(t, &HTTPProxy{DialTimeout: 50 * time.Millisecond})
+	netstacktest.CheckLeaks(t)
+	addr := startHTTPProxy(t, &Server{DialTimeout: 50 * time.Millisecond})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, closedPort := hostPort(t, ln.Addr())
+	_, closedPort := proxytest.HostPort(t, ln.Addr())
 	ln.Close()
 	for _, tt := range []struct {
 		host string
@@ -274,14 +277,14 @@ func TestHTTPProxyErrors(t *testing.T) {
 }
 
 func TestHTTPProxyGoClient(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startHTTPProxy(t, &HTTPProxy{})
+	netstacktest.CheckLeaks(t)
+	addr := startHTTPProxy(t, &Server{})
 	port, _ := startUpstream(t)
 	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "secure %s %s", r.Host, r.URL.Path)
 	}))
 	defer tlsSrv.Close()
-	_, tlsPort := hostPort(t, tlsSrv.Listener.Addr())
+	_, tlsPort := proxytest.HostPort(t, tlsSrv.Listener.Addr())
 	roots := x509.NewCertPool()
 	roots.AddCert(tlsSrv.Certificate())
 	proxyURL := &url.URL{Scheme: "http", Host: addr}
@@ -320,8 +323,8 @@ func TestHTTPProxyGoClient(t *testing.T) {
 }
 
 func TestHTTPProxyStreaming(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startHTTPProxy(t, &HTTPProxy{})
+	netstacktest.CheckLeaks(t)
+	addr := startHTTPProxy(t, &Server{})
 	next := make(chan struct{})
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "first\n")
@@ -334,7 +337,7 @@ func TestHTTPProxyStreaming(t *testing.T) {
 		io.WriteString(w, "second\n")
 	}))
 	defer upstream.Close()
-	_, port := hostPort(t, upstream.Listener.Addr())
+	_, port := proxytest.HostPort(t, upstream.Listener.Addr())
 	c, br := dialProxy(t, addr)
 	fmt.Fprintf(c, "GET http://app.test:%d/ HTTP/1.1\r\nHost: app.test\r\n\r\n", port)
 	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
@@ -355,8 +358,8 @@ func TestHTTPProxyStreaming(t *testing.T) {
 }
 
 func TestHTTPProxyMaxConns(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startHTTPProxy(t, &HTTPProxy{MaxConns: 1})
+	netstacktest.CheckLeaks(t)
+	addr := startHTTPProxy(t, &Server{MaxConns: 1})
 	port, _ := startUpstream(t)
 	host := fmt.Sprintf("app.test:%d", port)
 	req := fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", host, host)
@@ -366,7 +369,7 @@ func TestHTTPProxyMaxConns(t *testing.T) {
 	}
 	c2, _ := dialProxy(t, addr)
 	io.WriteString(c2, req)
-	expectEOF(t, c2)
+	proxytest.ExpectEOF(t, c2)
 	c1.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -389,8 +392,8 @@ func TestHTTPProxyMaxConns(t *testing.T) {
 }
 
 func TestHTTPProxyClose(t *testing.T) {
-	pxLeakCheck(t)
-	p := &HTTPProxy{Dial: pxDial, Logf: t.Logf, DialTimeout: time.Minute}
+	netstacktest.CheckLeaks(t)
+	p := &Server{Dial: proxytest.Dial, Logf: t.Logf, DialTimeout: time.Minute}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -399,7 +402,7 @@ func TestHTTPProxyClose(t *testing.T) {
 	go func() { done <- p.Serve(ln) }()
 	t.Cleanup(func() { p.Close() })
 	addr := ln.Addr().String()
-	_, echoPort := hostPort(t, pxTCPEcho(t, "tcp", "127.0.0.1:0"))
+	_, echoPort := proxytest.HostPort(t, proxytest.TCPEcho(t, "tcp", "127.0.0.1:0"))
 	hold := make(chan struct{})
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(200)
@@ -411,7 +414,7 @@ func TestHTTPProxyClose(t *testing.T) {
 	}))
 	defer upstream.Close()
 	defer close(hold)
-	_, port := hostPort(t, upstream.Listener.Addr())
+	_, port := proxytest.HostPort(t, upstream.Listener.Addr())
 
 	// An open tunnel, a request waiting on its upstream, an idle client
 	// and one waiting on a slow dial.
@@ -458,14 +461,14 @@ func TestHTTPProxyCurl(t *testing.T) {
 	if err != nil {
 		t.Skip("curl is not installed")
 	}
-	pxLeakCheck(t)
-	addr := startHTTPProxy(t, &HTTPProxy{})
+	netstacktest.CheckLeaks(t)
+	addr := startHTTPProxy(t, &Server{})
 	port, _ := startUpstream(t)
 	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "secure %s", r.Host)
 	}))
 	defer tlsSrv.Close()
-	_, tlsPort := hostPort(t, tlsSrv.Listener.Addr())
+	_, tlsPort := proxytest.HostPort(t, tlsSrv.Listener.Addr())
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
 	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw})
 	if err := os.WriteFile(caFile, pemBytes, 0o600); err != nil {
@@ -485,7 +488,7 @@ func TestHTTPProxyCurl(t *testing.T) {
 		{"keep-alive", []string{"-x", proxyURL, "http://" + host + "/1", "http://" + host + "/2"}, "GET " + host + " /1 GET " + host + " /2 "},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			out := runCurl(t, curl, append([]string{"-q", "-sS", "--max-time", "20"}, tt.args...)...)
+			out := proxytest.Curl(t, curl, append([]string{"-q", "-sS", "--max-time", "20"}, tt.args...)...)
 			if out != tt.want {
 				t.Fatalf("curl got %q, want %q", out, tt.want)
 			}
@@ -496,15 +499,15 @@ func TestHTTPProxyCurl(t *testing.T) {
 
 // TestHTTPProxyDialTimeoutContext checks that the DialFunc gets a deadline.
 func TestHTTPProxyDialTimeoutContext(t *testing.T) {
-	pxLeakCheck(t)
+	netstacktest.CheckLeaks(t)
 	var mu sync.Mutex
 	var deadlines []bool
-	addr := startHTTPProxy(t, &HTTPProxy{Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+	addr := startHTTPProxy(t, &Server{Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
 		_, ok := ctx.Deadline()
 		mu.Lock()
 		deadlines = append(deadlines, ok)
 		mu.Unlock()
-		return pxDial(ctx, network, address)
+		return proxytest.Dial(ctx, network, address)
 	}})
 	port, _ := startUpstream(t)
 	c, br := dialProxy(t, addr)
@@ -521,8 +524,8 @@ func TestHTTPProxyDialTimeoutContext(t *testing.T) {
 }
 
 func TestHTTPProxyUpstreamAbort(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startHTTPProxy(t, &HTTPProxy{})
+	netstacktest.CheckLeaks(t)
+	addr := startHTTPProxy(t, &Server{})
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/sized" {
 			w.Header().Set("Content-Length", "100")
@@ -535,7 +538,7 @@ func TestHTTPProxyUpstreamAbort(t *testing.T) {
 		}
 	}))
 	defer upstream.Close()
-	_, port := hostPort(t, upstream.Listener.Addr())
+	_, port := proxytest.HostPort(t, upstream.Listener.Addr())
 	for _, path := range []string{"/chunked", "/sized"} {
 		t.Run(path, func(t *testing.T) {
 			c, br := dialProxy(t, addr)

@@ -1,4 +1,4 @@
-package client
+package socks5
 
 import (
 	"bytes"
@@ -20,100 +20,11 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-	"golang.org/x/net/proxy"
+	"github.com/appconnector/appconnector/connector/proxy"
+	"github.com/appconnector/appconnector/connector/proxy/proxytest"
+	"github.com/appconnector/appconnector/netstack/netstacktest"
+	xproxy "golang.org/x/net/proxy"
 )
-
-// Every connection these tests make stays on loopback: the proxies reach
-// the world only through pxDial, which refuses anything but loopback IP
-// literals and the test hostnames below.
-
-// pxHosts maps the test hostnames to loopback addresses.
-var pxHosts = map[string]string{
-	"app.test":    "127.0.0.1",
-	"app6.test":   "::1",
-	"example.com": "127.0.0.1", // the name in httptest's TLS certificate
-}
-
-// pxDial is the DialFunc of the tests. Besides pxHosts it knows
-// "blocked.test" (ErrNotAllowed), "slow.test" (waits for ctx),
-// "netdown.test" (ENETUNREACH), "nohost.test" (EHOSTUNREACH) and
-// "broken.test" (some other error).
-func pxDial(ctx context.Context, network, address string) (net.Conn, error) {
-	host, port, err := net.SplitHostPort(address)
-	if err != nil {
-		return nil, err
-	}
-	switch host {
-	case "blocked.test":
-		return nil, fmt.Errorf("policy for %s: %w", host, ErrNotAllowed)
-	case "slow.test":
-		<-ctx.Done()
-		return nil, fmt.Errorf("dial %s: %w", address, ctx.Err())
-	case "netdown.test":
-		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.ENETUNREACH)}
-	case "nohost.test":
-		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}
-	case "broken.test":
-		return nil, errors.New("tunnel is down")
-	}
-	if mapped, ok := pxHosts[host]; ok {
-		host = mapped
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil || !ip.IsLoopback() {
-		return nil, fmt.Errorf("test dialer refuses %q: not loopback", address)
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
-}
-
-func pxLeakCheck(t testing.TB) {
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
-}
-
-// pxTCPEcho starts a TCP echo server on addr that half-closes after the
-// client's EOF.
-func pxTCPEcho(t testing.TB, network, addr string) net.Addr {
-	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Skipf("listen %s %s: %v", network, addr, err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-				io.Copy(io.Discard, c)
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr()
-}
 
 // pxUDPEcho starts a UDP echo server on 127.0.0.1 and returns its port
 // and a function listing the payloads it received.
@@ -153,14 +64,14 @@ func pxUDPEcho(t testing.TB) (port uint16, received func() []string) {
 }
 
 // startSOCKS serves s on a new loopback listener until the test ends.
-func startSOCKS(t testing.TB, s *SOCKS5Server) string {
+func startSOCKS(t testing.TB, s *Server) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.Dial == nil {
-		s.Dial = pxDial
+		s.Dial = proxytest.Dial
 	}
 	if s.Logf == nil {
 		s.Logf = t.Logf
@@ -193,12 +104,6 @@ func socksAddrBytes(host string, port uint16) []byte {
 // socksDomainBytes encodes name as ATYP 3 and DST.ADDR, whatever it is.
 func socksDomainBytes(name string) []byte {
 	return append([]byte{socksAtypDomain, byte(len(name))}, name...)
-}
-
-func hostPort(t testing.TB, a net.Addr) (string, uint16) {
-	t.Helper()
-	ap := netip.MustParseAddrPort(a.String())
-	return ap.Addr().String(), ap.Port()
 }
 
 // socksDial connects to the proxy and does the greeting with methods,
@@ -249,19 +154,6 @@ func readSOCKSReply(t testing.TB, c net.Conn) (rep byte, bnd socksAddr) {
 	return h[1], bnd
 }
 
-// expectEOF checks that the server closes c without sending more.
-func expectEOF(t testing.TB, c net.Conn) {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	b, err := io.ReadAll(c)
-	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("want EOF, got %v", err)
-	}
-	if len(b) > 0 {
-		t.Fatalf("want EOF, got more bytes %x", b)
-	}
-}
-
 // echoHalfClose writes msg, half-closes and expects msg back then EOF.
 func echoHalfClose(t testing.TB, c net.Conn, msg string) {
 	t.Helper()
@@ -281,16 +173,18 @@ func echoHalfClose(t testing.TB, c net.Conn, msg string) {
 }
 
 func TestSOCKS5Connect(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{})
-	echo4 := pxTCPEcho(t, "tcp", "127.0.0.1:0")
-	host4, port4 := hostPort(t, echo4)
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{})
+	echo4 := proxytest.TCPEcho(t, "tcp", "127.0.0.1:0")
+	host4, port4 := proxytest.HostPort(t, echo4)
 	tests := []struct {
 		name string
 		echo func(t *testing.T) (host string, port uint16)
 	}{
 		{"ipv4", func(*testing.T) (string, uint16) { return host4, port4 }},
-		{"ipv6", func(t *testing.T) (string, uint16) { return hostPort(t, pxTCPEcho(t, "tcp6", "[::1]:0")) }},
+		{"ipv6", func(t *testing.T) (string, uint16) {
+			return proxytest.HostPort(t, proxytest.TCPEcho(t, "tcp6", "[::1]:0"))
+		}},
 		{"domain", func(*testing.T) (string, uint16) { return "app.test", port4 }},
 		{"domain-ip-literal", func(*testing.T) (string, uint16) { return "127.0.0.1 as a name", port4 }},
 	}
@@ -318,9 +212,9 @@ func TestSOCKS5Connect(t *testing.T) {
 }
 
 func TestSOCKS5PipelinedData(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{})
-	_, port := hostPort(t, pxTCPEcho(t, "tcp", "127.0.0.1:0"))
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{})
+	_, port := proxytest.HostPort(t, proxytest.TCPEcho(t, "tcp", "127.0.0.1:0"))
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -347,10 +241,10 @@ func TestSOCKS5PipelinedData(t *testing.T) {
 }
 
 func TestSOCKS5Auth(t *testing.T) {
-	pxLeakCheck(t)
-	authAddr := startSOCKS(t, &SOCKS5Server{Username: "alice", Password: "s3cret"})
-	openAddr := startSOCKS(t, &SOCKS5Server{})
-	_, port := hostPort(t, pxTCPEcho(t, "tcp", "127.0.0.1:0"))
+	netstacktest.CheckLeaks(t)
+	authAddr := startSOCKS(t, &Server{Username: "alice", Password: "s3cret"})
+	openAddr := startSOCKS(t, &Server{})
+	_, port := proxytest.HostPort(t, proxytest.TCPEcho(t, "tcp", "127.0.0.1:0"))
 	auth := func(user, pass string) []byte {
 		b := append([]byte{1, byte(len(user))}, user...)
 		return append(append(b, byte(len(pass))), pass...)
@@ -387,7 +281,7 @@ func TestSOCKS5Auth(t *testing.T) {
 			if _, err := io.ReadFull(c, st[:]); err != nil || st != [2]byte{1, 1} {
 				t.Fatalf("auth status %x, %v; want 01 01", st, err)
 			}
-			expectEOF(t, c)
+			proxytest.ExpectEOF(t, c)
 		})
 	}
 	t.Run("bad-auth-version", func(t *testing.T) {
@@ -397,40 +291,40 @@ func TestSOCKS5Auth(t *testing.T) {
 		if _, err := io.ReadFull(c, st[:]); err != nil || st[1] == 0 {
 			t.Fatalf("auth status %x, %v; want failure", st, err)
 		}
-		expectEOF(t, c)
+		proxytest.ExpectEOF(t, c)
 	})
 	t.Run("no-acceptable-method", func(t *testing.T) {
 		c, m := socksDial(t, authAddr, socksMethodNone, 0x01)
 		if m != socksMethodNoAcceptable {
 			t.Fatalf("method %#x, want 0xff", m)
 		}
-		expectEOF(t, c)
+		proxytest.ExpectEOF(t, c)
 	})
 	t.Run("auth-offered-to-open-server", func(t *testing.T) {
 		c, m := socksDial(t, openAddr, socksMethodUserPass)
 		if m != socksMethodNoAcceptable {
 			t.Fatalf("method %#x, want 0xff", m)
 		}
-		expectEOF(t, c)
+		proxytest.ExpectEOF(t, c)
 	})
 	t.Run("zero-methods", func(t *testing.T) {
 		c, m := socksDial(t, openAddr)
 		if m != socksMethodNoAcceptable {
 			t.Fatalf("method %#x, want 0xff", m)
 		}
-		expectEOF(t, c)
+		proxytest.ExpectEOF(t, c)
 	})
 }
 
 func TestSOCKS5DialErrors(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{DialTimeout: 50 * time.Millisecond})
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{DialTimeout: 50 * time.Millisecond})
 	// A port that was just free: nothing listens there.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, closedPort := hostPort(t, ln.Addr())
+	_, closedPort := proxytest.HostPort(t, ln.Addr())
 	ln.Close()
 	for _, tt := range []struct {
 		name string
@@ -456,7 +350,7 @@ func TestSOCKS5DialErrors(t *testing.T) {
 			if bnd.ip != netip.IPv4Unspecified() || bnd.port != 0 {
 				t.Errorf("BND %v, want 0.0.0.0:0", bnd)
 			}
-			expectEOF(t, c)
+			proxytest.ExpectEOF(t, c)
 		})
 	}
 }
@@ -466,8 +360,8 @@ func TestSOCKS5DialReplyCodes(t *testing.T) {
 		err  error
 		want byte
 	}{
-		{ErrNotAllowed, socksRepNotAllowed},
-		{fmt.Errorf("x: %w", ErrNotAllowed), socksRepNotAllowed},
+		{proxy.ErrNotAllowed, socksRepNotAllowed},
+		{fmt.Errorf("x: %w", proxy.ErrNotAllowed), socksRepNotAllowed},
 		{syscall.ECONNREFUSED, socksRepConnRefused},
 		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, socksRepConnRefused}, // as the tunnels' stacks report it
 		{context.DeadlineExceeded, socksRepTTLExpired},
@@ -486,9 +380,9 @@ func TestSOCKS5DialReplyCodes(t *testing.T) {
 }
 
 func TestSOCKS5Malformed(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{})
-	_, port := hostPort(t, pxTCPEcho(t, "tcp", "127.0.0.1:0"))
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{})
+	_, port := proxytest.HostPort(t, proxytest.TCPEcho(t, "tcp", "127.0.0.1:0"))
 	greet := []byte{5, 1, 0}
 	req := func(b ...byte) []byte { return append(slices.Clone(greet), b...) }
 	dst := socksAddrBytes("127.0.0.1", port)
@@ -539,8 +433,8 @@ func TestSOCKS5Malformed(t *testing.T) {
 }
 
 func TestSOCKS5HandshakeTimeout(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{HandshakeTimeout: 100 * time.Millisecond})
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{HandshakeTimeout: 100 * time.Millisecond})
 	for _, tt := range []struct {
 		name string
 		send []byte
@@ -571,8 +465,8 @@ func TestSOCKS5HandshakeTimeout(t *testing.T) {
 }
 
 func TestSOCKS5MaxConns(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{MaxConns: 2})
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{MaxConns: 2})
 	c1, _ := socksDial(t, addr, socksMethodNone)
 	c2, _ := socksDial(t, addr, socksMethodNone) // both are now being served
 	c3, err := net.Dial("tcp", addr)
@@ -581,7 +475,7 @@ func TestSOCKS5MaxConns(t *testing.T) {
 	}
 	defer c3.Close()
 	c3.Write([]byte{5, 1, 0})
-	expectEOF(t, c3)
+	proxytest.ExpectEOF(t, c3)
 	c1.Close()
 	// The slot frees once the server has noticed; retry until it has.
 	deadline := time.Now().Add(10 * time.Second)
@@ -607,24 +501,24 @@ func TestSOCKS5MaxConns(t *testing.T) {
 }
 
 func TestSOCKS5XNetProxy(t *testing.T) {
-	pxLeakCheck(t)
-	_, port := hostPort(t, pxTCPEcho(t, "tcp", "127.0.0.1:0"))
+	netstacktest.CheckLeaks(t)
+	_, port := proxytest.HostPort(t, proxytest.TCPEcho(t, "tcp", "127.0.0.1:0"))
 	for _, tt := range []struct {
 		name string
-		srv  *SOCKS5Server
-		auth *proxy.Auth
+		srv  *Server
+		auth *xproxy.Auth
 		dst  string
 	}{
-		{"no-auth-domain", &SOCKS5Server{}, nil, fmt.Sprintf("app.test:%d", port)},
-		{"no-auth-ip", &SOCKS5Server{}, nil, fmt.Sprintf("127.0.0.1:%d", port)},
-		{"auth-domain", &SOCKS5Server{Username: "u", Password: "p"}, &proxy.Auth{User: "u", Password: "p"}, fmt.Sprintf("app.test:%d", port)},
+		{"no-auth-domain", &Server{}, nil, fmt.Sprintf("app.test:%d", port)},
+		{"no-auth-ip", &Server{}, nil, fmt.Sprintf("127.0.0.1:%d", port)},
+		{"auth-domain", &Server{Username: "u", Password: "p"}, &xproxy.Auth{User: "u", Password: "p"}, fmt.Sprintf("app.test:%d", port)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			d, err := proxy.SOCKS5("tcp", startSOCKS(t, tt.srv), tt.auth, proxy.Direct)
+			d, err := xproxy.SOCKS5("tcp", startSOCKS(t, tt.srv), tt.auth, xproxy.Direct)
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := d.(proxy.ContextDialer).DialContext(context.Background(), "tcp", tt.dst)
+			c, err := d.(xproxy.ContextDialer).DialContext(context.Background(), "tcp", tt.dst)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -640,14 +534,14 @@ func TestSOCKS5XNetProxy(t *testing.T) {
 		})
 	}
 	t.Run("wrong-password", func(t *testing.T) {
-		d, _ := proxy.SOCKS5("tcp", startSOCKS(t, &SOCKS5Server{Username: "u", Password: "p"}), &proxy.Auth{User: "u", Password: "x"}, proxy.Direct)
+		d, _ := xproxy.SOCKS5("tcp", startSOCKS(t, &Server{Username: "u", Password: "p"}), &xproxy.Auth{User: "u", Password: "x"}, xproxy.Direct)
 		if c, err := d.Dial("tcp", fmt.Sprintf("app.test:%d", port)); err == nil {
 			c.Close()
 			t.Fatal("dial with a wrong password succeeded")
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
-		d, _ := proxy.SOCKS5("tcp", startSOCKS(t, &SOCKS5Server{}), nil, proxy.Direct)
+		d, _ := xproxy.SOCKS5("tcp", startSOCKS(t, &Server{}), nil, xproxy.Direct)
 		_, err := d.Dial("tcp", "blocked.test:443")
 		if err == nil || !strings.Contains(err.Error(), "not allowed") {
 			t.Fatalf("err = %v, want connection not allowed", err)
@@ -704,8 +598,8 @@ func udpExchange(t testing.TB, pc *net.UDPConn, relay netip.AddrPort, dst []byte
 }
 
 func TestSOCKS5UDPAssociate(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{})
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{})
 	port, received := pxUDPEcho(t)
 	pc := listenUDP(t, "127.0.0.1")
 	control, relay := udpAssociate(t, addr, socksAddrBytes("0.0.0.0", 0))
@@ -764,8 +658,8 @@ func TestSOCKS5UDPAssociate(t *testing.T) {
 }
 
 func TestSOCKS5UDPAssociateRules(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{})
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{})
 	port, received := pxUDPEcho(t)
 	byIP := socksAddrBytes("127.0.0.1", port)
 
@@ -785,23 +679,23 @@ func TestSOCKS5UDPAssociateRules(t *testing.T) {
 		if rep, _ := socksRequest(t, c, socksCmdUDPAssociate, socksAddrBytes("127.0.0.2", 5000)); rep != socksRepNotAllowed {
 			t.Fatalf("rep %#x, want 0x02", rep)
 		}
-		expectEOF(t, c)
+		proxytest.ExpectEOF(t, c)
 	})
 }
 
 func TestSOCKS5UDPIdleTimeout(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{UDPIdleTimeout: 100 * time.Millisecond})
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{UDPIdleTimeout: 100 * time.Millisecond})
 	port, _ := pxUDPEcho(t)
 	pc := listenUDP(t, "127.0.0.1")
 	control, relay := udpAssociate(t, addr, socksAddrBytes("0.0.0.0", 0))
 	udpExchange(t, pc, relay, socksAddrBytes("app.test", port), "once")
-	expectEOF(t, control) // the idle association closes its control connection
+	proxytest.ExpectEOF(t, control) // the idle association closes its control connection
 }
 
 func TestSOCKS5Close(t *testing.T) {
-	pxLeakCheck(t)
-	s := &SOCKS5Server{Logf: t.Logf, Dial: pxDial}
+	netstacktest.CheckLeaks(t)
+	s := &Server{Logf: t.Logf, Dial: proxytest.Dial}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -809,7 +703,7 @@ func TestSOCKS5Close(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ln) }()
 	addr := ln.Addr().String()
-	_, port := hostPort(t, pxTCPEcho(t, "tcp", "127.0.0.1:0"))
+	_, port := proxytest.HostPort(t, proxytest.TCPEcho(t, "tcp", "127.0.0.1:0"))
 	udpPort, _ := pxUDPEcho(t)
 
 	// An active relay, an association with a destination, a client in
@@ -833,7 +727,7 @@ func TestSOCKS5Close(t *testing.T) {
 	if _, err := io.ReadAll(relayed); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("relayed connection not closed: %v", err)
 	}
-	expectEOF(t, control)
+	proxytest.ExpectEOF(t, control)
 	if err := s.Close(); err != nil { // idempotent
 		t.Fatal(err)
 	}
@@ -854,49 +748,33 @@ func TestSOCKS5Curl(t *testing.T) {
 	if err != nil {
 		t.Skip("curl is not installed")
 	}
-	pxLeakCheck(t)
+	netstacktest.CheckLeaks(t)
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello %s %s", r.Host, r.URL.Path)
 	}))
 	defer upstream.Close()
-	_, port := hostPort(t, upstream.Listener.Addr())
+	_, port := proxytest.HostPort(t, upstream.Listener.Addr())
 	for _, tt := range []struct {
 		name string
-		srv  *SOCKS5Server
+		srv  *Server
 		args []string
 		host string
 	}{
-		{"socks5-hostname", &SOCKS5Server{}, []string{"--socks5-hostname"}, "app.test"},
-		{"socks5-ip", &SOCKS5Server{}, []string{"--socks5"}, "127.0.0.1"},
-		{"socks5-hostname-auth", &SOCKS5Server{Username: "u", Password: "p w"}, []string{"--proxy-user", "u:p w", "--socks5-hostname"}, "app.test"},
+		{"socks5-hostname", &Server{}, []string{"--socks5-hostname"}, "app.test"},
+		{"socks5-ip", &Server{}, []string{"--socks5"}, "127.0.0.1"},
+		{"socks5-hostname-auth", &Server{Username: "u", Password: "p w"}, []string{"--proxy-user", "u:p w", "--socks5-hostname"}, "app.test"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			proxyAddr := startSOCKS(t, tt.srv)
 			url := fmt.Sprintf("http://%s:%d/path", tt.host, port)
 			args := append([]string{"-q", "-sS", "--max-time", "20"}, tt.args...)
-			out := runCurl(t, curl, append(args, proxyAddr, url)...)
+			out := proxytest.Curl(t, curl, append(args, proxyAddr, url)...)
 			if want := fmt.Sprintf("hello %s:%d /path", tt.host, port); out != want {
 				t.Fatalf("curl got %q, want %q", out, want)
 			}
 		})
 	}
 	upstream.Close()
-}
-
-// runCurl runs curl with an environment free of proxy settings.
-func runCurl(t testing.TB, curl string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, curl, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("curl %q: %v: %s", args, err, stderr.String())
-	}
-	return string(out)
 }
 
 // FuzzSOCKS5Handshake feeds arbitrary bytes as a client's first packets
@@ -917,11 +795,10 @@ func FuzzSOCKS5Handshake(f *testing.F) {
 	f.Add([]byte{4, 1, 0, 80, 127, 0, 0, 1, 0}, false)
 	f.Add([]byte{}, false)
 
-	pxLeakCheckF := goleak.IgnoreCurrent()
-	f.Cleanup(func() { goleak.VerifyNone(f, pxLeakCheckF) })
+	netstacktest.CheckLeaks(f)
 	f.Fuzz(func(t *testing.T, data []byte, auth bool) {
 		var echoes sync.WaitGroup
-		s := &SOCKS5Server{
+		s := &Server{
 			HandshakeTimeout: 50 * time.Millisecond,
 			DialTimeout:      20 * time.Millisecond,
 			UDPIdleTimeout:   50 * time.Millisecond,
@@ -933,7 +810,7 @@ func FuzzSOCKS5Handshake(f *testing.F) {
 				case strings.HasSuffix(port, "1"):
 					return nil, syscall.ECONNREFUSED
 				case strings.HasSuffix(port, "2"):
-					return nil, ErrNotAllowed
+					return nil, proxy.ErrNotAllowed
 				case strings.HasSuffix(port, "3"):
 					<-ctx.Done()
 					return nil, ctx.Err()
@@ -980,8 +857,8 @@ func FuzzSOCKS5Handshake(f *testing.F) {
 // with no credentials took the association with the first datagram
 // (issue 11, finding 8). Naming the port binds the relay to it.
 func TestSOCKS5UDPAssociateWithAuthNeedsClientPort(t *testing.T) {
-	pxLeakCheck(t)
-	addr := startSOCKS(t, &SOCKS5Server{Username: "alice", Password: "s3cret"})
+	netstacktest.CheckLeaks(t)
+	addr := startSOCKS(t, &Server{Username: "alice", Password: "s3cret"})
 	port, received := pxUDPEcho(t)
 	login := func() net.Conn {
 		t.Helper()

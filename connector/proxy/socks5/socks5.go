@@ -1,4 +1,4 @@
-package client
+package socks5
 
 import (
 	"context"
@@ -13,6 +13,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/appconnector/appconnector/connector/logger"
+	"github.com/appconnector/appconnector/connector/netx"
+	"github.com/appconnector/appconnector/connector/proxy"
 )
 
 // SOCKS5 wire constants (RFC 1928, RFC 1929).
@@ -51,7 +55,7 @@ const (
 	defaultSOCKSUDPIdleTimeout = 2 * time.Minute
 )
 
-// SOCKS5Server is a SOCKS version 5 proxy (RFC 1928): CONNECT with IPv4,
+// Server is a SOCKS version 5 proxy (RFC 1928): CONNECT with IPv4,
 // IPv6 or domain-name addresses, and UDP ASSOCIATE, with optional
 // username/password authentication (RFC 1929). BIND is not supported.
 //
@@ -59,10 +63,10 @@ const (
 // name or dials on its own. Set the fields before the first call to Serve
 // and do not change them afterwards. Serve may be called for several
 // listeners at once, and Serve and Close are safe to call concurrently.
-type SOCKS5Server struct {
+type Server struct {
 	// Dial opens the outbound connections ("tcp" for CONNECT, "udp" for
 	// each UDP destination). Required.
-	Dial DialFunc
+	Dial netx.DialFunc
 
 	// Username and Password, when either is set, make username/password
 	// authentication (method 0x02) the only method accepted. When both are
@@ -93,40 +97,40 @@ type SOCKS5Server struct {
 	MaxConns int
 
 	// Logf receives diagnostics, rate-limited. Nil discards them.
-	Logf func(format string, args ...any)
+	Logf logger.Logf
 
 	initOnce sync.Once
-	g        proxyGroup
-	logf     func(format string, args ...any) // rate-limited Logf
+	g        proxy.Group
+	logf     logger.Logf // rate-limited Logf
 }
 
-func (s *SOCKS5Server) init() {
+func (s *Server) init() {
 	s.initOnce.Do(func() {
-		s.g.init()
-		s.logf = newProxyLogf(s.Logf)
+		s.g.Init()
+		s.logf = proxy.RateLimit(s.Logf)
 	})
 }
 
-func (s *SOCKS5Server) dialTimeout() time.Duration {
-	return durationOr(s.DialTimeout, defaultProxyDialTimeout)
+func (s *Server) dialTimeout() time.Duration {
+	return proxy.Or(s.DialTimeout, proxy.DefaultDialTimeout)
 }
 
-func (s *SOCKS5Server) handshakeTimeout() time.Duration {
-	return durationOr(s.HandshakeTimeout, defaultSOCKSHandshake)
+func (s *Server) handshakeTimeout() time.Duration {
+	return proxy.Or(s.HandshakeTimeout, defaultSOCKSHandshake)
 }
 
 // reply writes the reply to a request, within HandshakeTimeout.
-func (s *SOCKS5Server) reply(c net.Conn, rep byte, bnd net.Addr) error {
+func (s *Server) reply(c net.Conn, rep byte, bnd net.Addr) error {
 	c.SetWriteDeadline(time.Now().Add(s.handshakeTimeout()))
 	defer c.SetWriteDeadline(time.Time{})
 	return writeSOCKSReply(c, rep, bnd)
 }
 
 // authRequired reports whether clients must authenticate.
-func (s *SOCKS5Server) authRequired() bool { return s.Username != "" || s.Password != "" }
+func (s *Server) authRequired() bool { return s.Username != "" || s.Password != "" }
 
-func (s *SOCKS5Server) udpIdleTimeout() time.Duration {
-	return durationOr(s.UDPIdleTimeout, defaultSOCKSUDPIdleTimeout)
+func (s *Server) udpIdleTimeout() time.Duration {
+	return proxy.Or(s.UDPIdleTimeout, defaultSOCKSUDPIdleTimeout)
 }
 
 // Serve accepts SOCKS5 clients on ln until ln fails or Close is called.
@@ -134,33 +138,33 @@ func (s *SOCKS5Server) udpIdleTimeout() time.Duration {
 // (also when called after Close), otherwise the error that ended it.
 // Connections it accepted live on after an external ln.Close, until
 // they end or Close is called.
-func (s *SOCKS5Server) Serve(ln net.Listener) error {
+func (s *Server) Serve(ln net.Listener) error {
 	s.init()
 	if s.Dial == nil {
 		ln.Close()
 		return errors.New("socks5: Dial is nil")
 	}
-	if !s.g.addListener(ln) {
+	if !s.g.AddListener(ln) {
 		ln.Close()
 		return nil
 	}
-	defer s.g.removeListener(ln)
+	defer s.g.RemoveListener(ln)
 	defer ln.Close()
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if s.g.isClosed() {
+			if s.g.IsClosed() {
 				return nil
 			}
-			if !isTemporary(err) {
+			if !proxy.IsTemporary(err) {
 				return fmt.Errorf("socks5: accept on %v: %w", ln.Addr(), err)
 			}
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			s.logf("socks5: accept on %v: %v; retrying in %v", ln.Addr(), err, backoff)
 			select {
 			case <-time.After(backoff):
-			case <-s.g.ctx.Done():
+			case <-s.g.Context().Done():
 			}
 			continue
 		}
@@ -173,27 +177,27 @@ func (s *SOCKS5Server) Serve(ln net.Listener) error {
 // and UDP association, cancels dials in progress, and waits for every
 // goroutine the server started. It is idempotent and always returns nil;
 // a second call also waits.
-func (s *SOCKS5Server) Close() error {
+func (s *Server) Close() error {
 	s.init()
-	s.g.close(nil)
+	s.g.Close(nil)
 	return nil
 }
 
 // startConn serves c on a new goroutine, or closes c at once when the
 // server is closed or at MaxConns.
-func (s *SOCKS5Server) startConn(c net.Conn) {
-	if !s.g.addConn(c, intOr(s.MaxConns, defaultProxyMaxConns)) {
+func (s *Server) startConn(c net.Conn) {
+	if !s.g.AddConn(c, proxy.Or(s.MaxConns, proxy.DefaultMaxConns)) {
 		c.Close()
-		s.logf("socks5: refused %v: closed or at %d connections", c.RemoteAddr(), intOr(s.MaxConns, defaultProxyMaxConns))
+		s.logf("socks5: refused %v: closed or at %d connections", c.RemoteAddr(), proxy.Or(s.MaxConns, proxy.DefaultMaxConns))
 		return
 	}
-	ok := s.g.spawn(func() {
-		defer s.g.removeConn(c)
+	ok := s.g.Spawn(func() {
+		defer s.g.RemoveConn(c)
 		defer c.Close()
 		s.serveConn(c)
 	})
 	if !ok {
-		s.g.removeConn(c)
+		s.g.RemoveConn(c)
 		c.Close()
 	}
 }
@@ -209,7 +213,7 @@ func (e *socksReplyError) Error() string { return e.err.Error() }
 func (e *socksReplyError) Unwrap() error { return e.err }
 
 // serveConn runs one client connection to its end. The caller closes c.
-func (s *SOCKS5Server) serveConn(c net.Conn) {
+func (s *Server) serveConn(c net.Conn) {
 	c.SetDeadline(time.Now().Add(s.handshakeTimeout()))
 	cmd, dst, err := s.handshake(c)
 	if err != nil {
@@ -232,7 +236,7 @@ func (s *SOCKS5Server) serveConn(c net.Conn) {
 // returns the command (CONNECT or UDP ASSOCIATE) and its address. It never
 // reads past the request, so data the client pipelines after it is left
 // in c.
-func (s *SOCKS5Server) handshake(c net.Conn) (cmd byte, dst socksAddr, err error) {
+func (s *Server) handshake(c net.Conn) (cmd byte, dst socksAddr, err error) {
 	var hdr [2]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		return 0, dst, fmt.Errorf("read greeting: %w", err)
@@ -289,7 +293,7 @@ func (s *SOCKS5Server) handshake(c net.Conn) (cmd byte, dst socksAddr, err error
 }
 
 // authenticate runs the RFC 1929 username/password subnegotiation.
-func (s *SOCKS5Server) authenticate(c net.Conn) error {
+func (s *Server) authenticate(c net.Conn) error {
 	var b [1 + 1 + 255 + 1 + 255]byte
 	if _, err := io.ReadFull(c, b[:2]); err != nil {
 		return fmt.Errorf("read auth: %w", err)
@@ -321,12 +325,12 @@ func (s *SOCKS5Server) authenticate(c net.Conn) error {
 }
 
 // connect serves CONNECT: dial first, then reply, then relay.
-func (s *SOCKS5Server) connect(c net.Conn, dst socksAddr) {
+func (s *Server) connect(c net.Conn, dst socksAddr) {
 	if dst.port == 0 {
 		s.reply(c, socksRepHostUnreachable, nil)
 		return
 	}
-	ctx, cancel := context.WithTimeout(s.g.ctx, s.dialTimeout())
+	ctx, cancel := context.WithTimeout(s.g.Context(), s.dialTimeout())
 	out, err := s.Dial(ctx, "tcp", dst.String())
 	cancel()
 	if err == nil && out == nil {
@@ -341,21 +345,21 @@ func (s *SOCKS5Server) connect(c net.Conn, dst socksAddr) {
 		out.Close()
 		return
 	}
-	proxyRelay(c, out, s.g.spawn)
+	proxy.Relay(c, out, s.g.Spawn)
 }
 
 // socksDialReply maps a dial error to a SOCKS reply code.
 func socksDialReply(err error) byte {
 	switch {
-	case errors.Is(err, ErrNotAllowed):
+	case errors.Is(err, proxy.ErrNotAllowed):
 		return socksRepNotAllowed
-	case isRefused(err):
+	case proxy.IsRefused(err):
 		return socksRepConnRefused
-	case isTimeout(err):
+	case proxy.IsTimeout(err):
 		return socksRepTTLExpired
-	case isNetUnreachable(err):
+	case proxy.IsNetUnreachable(err):
 		return socksRepNetUnreachable
-	case isHostUnreachable(err):
+	case proxy.IsHostUnreachable(err):
 		return socksRepHostUnreachable
 	}
 	return socksRepGeneralFailure
@@ -497,7 +501,7 @@ func validSOCKSName(name string) bool {
 // socksAssoc is one UDP ASSOCIATE relay. It lives as long as its control
 // connection: ending either ends both.
 type socksAssoc struct {
-	s         *SOCKS5Server
+	s         *Server
 	control   net.Conn
 	pc        *net.UDPConn    // client-facing socket
 	ctx       context.Context // canceled when the association ends
@@ -524,7 +528,7 @@ type socksUDPDest struct {
 
 // associate serves UDP ASSOCIATE on control until the association ends.
 // dst is where the client says it will send from (zero: unknown).
-func (s *SOCKS5Server) associate(control net.Conn, dst socksAddr) {
+func (s *Server) associate(control net.Conn, dst socksAddr) {
 	local, ok1 := control.LocalAddr().(*net.TCPAddr)
 	remote, ok2 := control.RemoteAddr().(*net.TCPAddr)
 	if !ok1 || !ok2 {
@@ -562,12 +566,12 @@ func (s *SOCKS5Server) associate(control net.Conn, dst socksAddr) {
 		start:     time.Now(),
 		dests:     make(map[string]*socksUDPDest),
 	}
-	a.ctx, a.cancel = context.WithCancel(s.g.ctx)
+	a.ctx, a.cancel = context.WithCancel(s.g.Context())
 	defer a.end()
 	if err := s.reply(control, socksRepSucceeded, pc.LocalAddr()); err != nil {
 		return
 	}
-	if !s.g.spawn(a.readClient) || !s.g.spawn(a.watchIdle) {
+	if !s.g.Spawn(a.readClient) || !s.g.Spawn(a.watchIdle) {
 		return
 	}
 	// The control connection carries nothing more; its end (by the
@@ -669,7 +673,7 @@ func (a *socksAssoc) fromClient(b []byte) {
 
 	a.touch(d)
 	first := append([]byte(nil), payload...)
-	if !a.s.g.spawn(func() { a.runDest(d, dst, first) }) {
+	if !a.s.g.Spawn(func() { a.runDest(d, dst, first) }) {
 		a.removeDest(d)
 	}
 }
