@@ -5,107 +5,63 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/tailscale/hujson"
 )
 
-// This file holds the syntax layer of policy files: HuJSON comments and
-// trailing commas, walking JSON values while tracking file offsets, and the
-// top-level layouts ({"apps": ...} and Tailscale policy files) in which the
-// app lists of policy.go are found.
+// This file holds the syntax layer of policy files: reading HuJSON (JSON
+// with comments and trailing commas, the syntax of Tailscale policy files)
+// with github.com/tailscale/hujson, walking JSON values while tracking file
+// offsets, and the top-level layouts ({"apps": ...} and Tailscale policy
+// files) in which the app lists of policy.go are found.
 
-// hujsonError reports input that stripHuJSON cannot turn into JSON.
-type hujsonError struct {
-	off int // byte offset of the offending construct
-	err error
+// standardize returns data as standard JSON: hujson blanks every comment
+// and trailing comma with spaces, so byte offsets, lines and columns in the
+// result are those of data. A HuJSON syntax error is a *PolicyError at its
+// line and column.
+func (ps *policyParser) standardize(data []byte) ([]byte, error) {
+	// hujson wants a line comment to end with a newline; a file's last
+	// line may not. The byte added after the end moves nothing.
+	clean, err := hujson.Standardize(append(slices.Clone(data), '\n'))
+	if err == nil {
+		return clean[:len(data)], nil
+	}
+	e := &PolicyError{File: ps.file, Line: 1, Col: 1, Err: err}
+	// hujson names the place as "hujson: line L, column C: <what>".
+	if _, serr := fmt.Sscanf(err.Error(), "hujson: line %d, column %d:", &e.Line, &e.Col); serr == nil {
+		if inner := errors.Unwrap(err); inner != nil {
+			e.Err = inner
+		}
+	}
+	// The newline added is not in the file: an error there is at its end.
+	off := min(offsetOf(data, e.Line, e.Col), len(data))
+	e.Line, e.Col = lineCol(data, off)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		// Say which construct the file ended in, in the words of
+		// encoding/json where it is not a comment.
+		e.Err = errors.New("unexpected end of JSON input")
+		if bytes.HasPrefix(data[off:], []byte("/*")) {
+			e.Err = errors.New(`block comment "/*" is never closed with "*/"`)
+		}
+	}
+	return nil, e
 }
 
-func (e *hujsonError) Error() string { return e.err.Error() }
-
-// stripHuJSON returns a copy of data, which is JSON extended with comments
-// and trailing commas (HuJSON, the syntax of Tailscale policy files), in
-// which every comment and trailing comma is replaced by spaces. Newlines are
-// kept and nothing moves, so byte offsets, lines and columns in the copy are
-// those of data.
-//
-// Comments are "//" to the end of the line and "/*" to the next "*/"; they
-// may appear wherever white space may. A trailing comma is one that follows
-// a value and precedes, after any space and comments, a closing ']' or '}'.
-// Anything else, valid JSON or not, is copied as is for the JSON parser to
-// judge: "[,]" keeps its comma and fails there. The only error is a block
-// comment without its end; it is a *hujsonError at the comment's start.
-func stripHuJSON(data []byte) ([]byte, error) {
-	out := make([]byte, len(data))
-	copy(out, data)
-	blank := func(from, to int) {
-		for i := from; i < to; i++ {
-			if out[i] != '\n' {
-				out[i] = ' '
-			}
+// offsetOf converts a 1-based line and byte column in data to an offset.
+func offsetOf(data []byte, line, col int) int {
+	off := 0
+	for ; line > 1; line-- {
+		i := bytes.IndexByte(data[off:], '\n')
+		if i < 0 {
+			return len(data)
 		}
+		off += i + 1
 	}
-	var (
-		afterValue bool // the last token ended a value, so a comma may trail it
-		comma      = -1 // offset of a comma that is trailing if ']' or '}' comes next
-	)
-	for i := 0; i < len(out); {
-		c := out[i]
-		switch {
-		case c == ' ' || c == '\t' || c == '\r' || c == '\n':
-			i++
-		case c == '/' && i+1 < len(out) && out[i+1] == '/':
-			end := i + 2
-			for end < len(out) && out[end] != '\n' {
-				end++
-			}
-			blank(i, end)
-			i = end
-		case c == '/' && i+1 < len(out) && out[i+1] == '*':
-			n := bytes.Index(out[i+2:], []byte("*/"))
-			if n < 0 {
-				return nil, &hujsonError{off: i, err: errors.New(`block comment "/*" is never closed with "*/"`)}
-			}
-			end := i + 2 + n + 2
-			blank(i, end)
-			i = end
-		case c == ',':
-			comma = -1
-			if afterValue {
-				comma = i
-			}
-			afterValue = false
-			i++
-		case c == ']' || c == '}':
-			if comma >= 0 {
-				out[comma] = ' '
-			}
-			comma, afterValue = -1, true
-			i++
-		case c == '"':
-			i = skipString(out, i)
-			comma, afterValue = -1, true
-		default:
-			// The start of a value or a ':' (after which no comma may
-			// trail), or a stray byte that the JSON parser reports.
-			comma, afterValue = -1, c != '[' && c != '{' && c != ':'
-			i++
-		}
-	}
-	return out, nil
-}
-
-// skipString returns the offset just after the JSON string starting with the
-// quote at data[i], or len(data) if it is not closed.
-func skipString(data []byte, i int) int {
-	for i++; i < len(data); i++ {
-		switch data[i] {
-		case '\\':
-			i++ // the escaped byte cannot end the string
-		case '"':
-			return i + 1
-		}
-	}
-	return len(data)
+	return off + col - 1
 }
 
 // parseTopObject parses a top-level object m: {"apps": [...]} or a

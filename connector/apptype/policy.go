@@ -262,14 +262,9 @@ func LoadPolicy(path string) (*Policy, error) {
 // it may be a misplaced private key.
 func ParsePolicy(filename string, data []byte) (*Policy, error) {
 	ps := &policyParser{file: filename, data: data}
-	clean, err := stripHuJSON(data)
+	clean, err := ps.standardize(data)
 	if err != nil {
-		off := 0
-		var he *hujsonError
-		if errors.As(err, &he) {
-			off = he.off
-		}
-		return nil, ps.errAt(off, nil, "", "", err)
+		return nil, err
 	}
 	// Offsets, lines and columns in clean are those of data.
 	ps.data = clean
