@@ -8,7 +8,7 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/textproto"
+	"net/http/httputil"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,7 +48,8 @@ type Server struct {
 	g         proxy.Group
 	logf      logger.Logf // rate-limited Logf
 	srv       *http.Server
-	transport *http.Transport // for absolute-URI requests
+	transport *http.Transport        // for absolute-URI requests
+	rp        *httputil.ReverseProxy // forwards them
 }
 
 // Timeouts of the HTTP proxy besides DialTimeout.
@@ -74,6 +75,18 @@ func (p *Server) init() {
 			ExpectContinueTimeout: time.Second,
 			// No ResponseHeaderTimeout: long polls are legitimate; the
 			// client decides how long to wait.
+		}
+		// The request already names its upstream (an absolute URI):
+		// Rewrite keeps it, and adds no X-Forwarded-* header.
+		// ReverseProxy drops hop-by-hop headers both ways (keeping an
+		// Upgrade the client asked for, whose connection it then
+		// relays), flushes streamed bodies as they come, and aborts the
+		// client's response if the upstream fails mid-body.
+		p.rp = &httputil.ReverseProxy{
+			Rewrite:      func(*httputil.ProxyRequest) {},
+			Transport:    p.transport,
+			ErrorLog:     log.New(logWriter(p.logf), "", 0),
+			ErrorHandler: p.dialFailed,
 		}
 		p.srv = &http.Server{
 			Handler:           http.HandlerFunc(p.serveHTTP),
@@ -227,7 +240,7 @@ func (p *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this is a proxy: send CONNECT host:port or a request with an absolute http:// URI", http.StatusBadRequest)
 		return
 	}
-	p.forward(w, r)
+	p.rp.ServeHTTP(w, r)
 }
 
 // serveConnect dials the CONNECT target, then answers 200 and tunnels
@@ -287,91 +300,6 @@ func (p *Server) dialFailed(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	p.logf("httpproxy: %v: %s %s: %v", r.RemoteAddr, r.Method, r.URL.Host, err)
 	http.Error(w, fmt.Sprintf("%d %s: %v", code, http.StatusText(code), err), code)
-}
-
-// forward sends an absolute-URI request upstream and streams the response.
-func (p *Server) forward(w http.ResponseWriter, r *http.Request) {
-	out := r.Clone(r.Context())
-	out.RequestURI = ""
-	out.Close = false // the client's Connection: close is not the upstream's
-	removeHopByHop(out.Header)
-	if _, ok := out.Header["User-Agent"]; !ok {
-		out.Header.Set("User-Agent", "") // keep Go from adding its own
-	}
-	resp, err := p.transport.RoundTrip(out)
-	if err != nil {
-		p.dialFailed(w, r, err)
-		return
-	}
-	defer resp.Body.Close()
-	removeHopByHop(resp.Header)
-	h := w.Header()
-	for k, vv := range resp.Header {
-		h[k] = vv
-	}
-	w.WriteHeader(resp.StatusCode)
-	if resp.ContentLength < 0 {
-		// A stream or long poll may send its header well before its body.
-		http.NewResponseController(w).Flush()
-	}
-	if err := copyResponseBody(w, resp); err != nil {
-		if r.Context().Err() == nil {
-			// The upstream failed mid-body: abort so that the client
-			// sees a broken response, not a complete one.
-			panic(http.ErrAbortHandler)
-		}
-		return
-	}
-	for k, vv := range resp.Trailer {
-		h[http.TrailerPrefix+k] = vv
-	}
-}
-
-// copyResponseBody streams resp.Body to w, flushing after each write when
-// the length is unknown (streams, server-sent events). Write errors (the
-// client went away) are not reported.
-func copyResponseBody(w http.ResponseWriter, resp *http.Response) error {
-	flush := resp.ContentLength < 0
-	rc := http.NewResponseController(w)
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return nil
-			}
-			if flush {
-				rc.Flush()
-			}
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// hopByHop are the headers that describe one connection, not the message.
-var hopByHop = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
-// removeHopByHop deletes hop-by-hop headers from h, including those that
-// the Connection header names.
-func removeHopByHop(h http.Header) {
-	for _, v := range h["Connection"] {
-		for _, name := range strings.Split(v, ",") {
-			if name = textproto.TrimString(name); name != "" {
-				h.Del(name)
-			}
-		}
-	}
-	for _, name := range hopByHop {
-		h.Del(name)
-	}
 }
 
 // validHostPort reports whether s is "host:port" with a non-empty host and

@@ -191,7 +191,7 @@ func TestHTTPProxyHopByHop(t *testing.T) {
 	c, br := dialProxy(t, addr)
 	resp, _ := rawHTTP(t, c, br, "GET", fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n"+
 		"Connection: keep-alive, X-Private\r\nX-Private: secret\r\nProxy-Connection: keep-alive\r\n"+
-		"Keep-Alive: 300\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nTe: trailers\r\n"+
+		"Keep-Alive: 300\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nTe: gzip\r\n"+
 		"Upgrade: websocket\r\nX-Keep: yes\r\n\r\n", host, host))
 	if resp.StatusCode != 200 {
 		t.Fatal(resp.Status)
@@ -216,6 +216,56 @@ func TestHTTPProxyHopByHop(t *testing.T) {
 	if resp.Header.Get("X-Keep") != "kept" {
 		t.Errorf("client lost X-Keep: %v", resp.Header)
 	}
+}
+
+// A request to upgrade its connection (WebSocket's handshake, here a
+// made-up protocol that echoes lines) is forwarded with its Upgrade and
+// Connection headers, and after the upstream's 101 the proxy relays the
+// connection both ways until either side closes it.
+func TestHTTPProxyUpgrade(t *testing.T) {
+	netstacktest.CheckLeaks(t)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" || !strings.EqualFold(r.Header.Get("Connection"), "upgrade") {
+			http.Error(w, "want Upgrade: echo", http.StatusBadRequest)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString("echo: " + line)
+			brw.Flush()
+		}
+	}))
+	defer up.Close()
+	_, port := proxytest.HostPort(t, up.Listener.Addr())
+	addr := startHTTPProxy(t, &Server{})
+	c, br := dialProxy(t, addr)
+	host := fmt.Sprintf("app.test:%d", port)
+	fmt.Fprintf(c, "GET http://%s/chat HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", host, host)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Upgrade") != "echo" {
+		t.Fatalf("response %s, Upgrade %q; want 101 and echo", resp.Status, resp.Header.Get("Upgrade"))
+	}
+	for _, msg := range []string{"one", "two"} {
+		fmt.Fprintf(c, "%s\n", msg)
+		got, err := br.ReadString('\n')
+		if err != nil || got != "echo: "+msg+"\n" {
+			t.Fatalf("after the upgrade: %q, %v; want the echo of %q", got, err, msg)
+		}
+	}
+	c.Close()
 }
 
 func TestHTTPProxyErrors(t *testing.T) {
