@@ -18,6 +18,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/appconnector/appconnector/connector"
 )
 
 // Names of the files the harness writes into its output directory; Validate
@@ -361,7 +363,7 @@ func (r *Report) WriteMarkdown(path string, scenarios []string) error {
 	if err := r.Markdown(&buf, scenarios); err != nil {
 		return err
 	}
-	return writeFileAtomic(path, buf.Bytes())
+	return connector.WriteFileAtomic(path, buf.Bytes(), 0o644)
 }
 
 // WriteJSON writes r to path as indented JSON, atomically, with Stalls
@@ -381,32 +383,7 @@ func (r *Report) WriteJSON(path string) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return writeFileAtomic(path, append(data, '\n'))
-}
-
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory, which it fsyncs and renames into place, then fsyncs the
-// directory (best effort: some file systems refuse), so a reader sees the
-// old file or the new one, never part of one.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	_, err = f.Write(data)
-	err = errors.Join(err, f.Chmod(0o644), f.Sync(), f.Close())
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return connector.WriteFileAtomic(path, append(data, '\n'), 0o644)
 }
 
 // SVG layout in px, and the colour of each scenario.
@@ -468,7 +445,7 @@ func (r *Report) WriteSVG(path string, scenarios []string) error {
 		writeSVGPanel(&b, row, scens, colors, x0, y0)
 	}
 	b.WriteString("</svg>\n")
-	return writeFileAtomic(path, b.Bytes())
+	return connector.WriteFileAtomic(path, b.Bytes(), 0o644)
 }
 
 // writeSVGPanel draws row into the panel whose top left corner is (x0, y0).

@@ -189,5 +189,5 @@ func writeConfig(path string, cfg *wireguard.Config) error {
 	if _, err := cfg.WriteTo(&b); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return writeFileAtomic(path, b.Bytes(), 0o600)
+	return WriteFileAtomic(path, b.Bytes(), 0o600)
 }

@@ -70,7 +70,7 @@ func saveEndpoints(path string, eps []storedEndpoint) error {
 	if err != nil {
 		return fmt.Errorf("save peer endpoints: %w", err)
 	}
-	if err := writeFileAtomic(path, append(data, '\n'), 0o600); err != nil {
+	if err := WriteFileAtomic(path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save peer endpoints: %w", err)
 	}
 	return nil

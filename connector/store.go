@@ -15,11 +15,13 @@ import (
 	"github.com/appconnector/appconnector/connector/apptype"
 )
 
-// writeFileAtomic replaces path with data so that a crash at any moment
-// leaves either the old file or the new one, never a mix or an empty
-// file: write a temporary file in the same directory, fsync it, rename it
-// over path, then fsync the directory so the rename itself is durable.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+// WriteFileAtomic replaces path with data, created with perm, so that a
+// crash at any moment leaves either the old file or the new one, never a
+// mix or an empty file: write a temporary file in the same directory,
+// fsync it, rename it over path, then fsync the directory so the rename
+// itself is durable. The connector's state files and the benchmark's
+// reports are written with it.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -89,10 +91,10 @@ func saveRoutes(path string, rs []storedRoute) error {
 	if err != nil {
 		return fmt.Errorf("save routes: %w", err)
 	}
-	return writeFileAtomic(path, append(data, '\n'), 0o600)
+	return WriteFileAtomic(path, append(data, '\n'), 0o600)
 }
 
-// removeStaleTemps removes the temporary files writeFileAtomic leaves
+// removeStaleTemps removes the temporary files WriteFileAtomic leaves
 // behind for path when the process dies between creating and renaming one
 // (kill -9, power loss). Only a starting connector calls it, before it
 // writes anything itself.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/appconnector/appconnector/connector/apptype"
 	"github.com/appconnector/appconnector/connector/logger"
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
@@ -222,35 +223,11 @@ func (l *link) probe() (dnsDown bool, err error) {
 // exchange sends a DNS message to the connector through the tunnel (UDP,
 // then TCP if the answer was truncated).
 func (l *link) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
-	addr := netip.AddrPortFrom(l.dnsAddr, 53).String()
-	for _, network := range []string{"udp", "tcp"} {
-		c, err := l.dev.Stack.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		if d, ok := ctx.Deadline(); ok {
-			c.SetDeadline(d)
-		}
-		stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-		co := &dns.Conn{Conn: c, UDPSize: dns.DefaultMsgSize}
-		err = co.WriteMsg(m)
-		var r *dns.Msg
-		if err == nil {
-			r, err = co.ReadMsg()
-		}
-		stop()
-		c.Close()
-		if err != nil {
-			return nil, fmt.Errorf("ask connector %s: %w", l.name, err)
-		}
-		if r.Id != m.Id {
-			return nil, fmt.Errorf("ask connector %s: reply id mismatch", l.name)
-		}
-		if !r.Truncated {
-			return r, nil
-		}
+	r, err := upstream.ExchangeOver(ctx, l.dev.Stack.DialContext, netip.AddrPortFrom(l.dnsAddr, 53).String(), m)
+	if err != nil {
+		return nil, fmt.Errorf("ask connector %s: %w", l.name, err)
 	}
-	return nil, fmt.Errorf("ask connector %s: truncated over TCP", l.name)
+	return r, nil
 }
 
 // watchRoutes follows the connector's route API, reconnecting after a

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/miekg/dns"
 )
 
@@ -172,34 +173,9 @@ func (c *Client) ask(ctx context.Context, server string, m *dns.Msg) (*dns.Msg, 
 	if l, _ := c.pick(ap.Addr().Unmap()); l != nil {
 		dial = l.dev.Stack.DialContext
 	}
-	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, upstream.TryTimeout)
 	defer cancel()
-	for _, network := range []string{"udp", "tcp"} {
-		conn, err := dial(tctx, network, server)
-		if err != nil {
-			return nil, err
-		}
-		if d, ok := tctx.Deadline(); ok {
-			conn.SetDeadline(d)
-		}
-		co := &dns.Conn{Conn: conn, UDPSize: dns.DefaultMsgSize}
-		err = co.WriteMsg(m)
-		var r *dns.Msg
-		if err == nil {
-			r, err = co.ReadMsg()
-		}
-		conn.Close()
-		if err != nil {
-			return nil, err
-		}
-		if r.Id != m.Id {
-			return nil, errors.New("reply id mismatch")
-		}
-		if !r.Truncated {
-			return r, nil
-		}
-	}
-	return nil, errors.New("truncated over TCP")
+	return upstream.ExchangeOver(ctx, dial, server, m)
 }
 
 func failure(req *dns.Msg, rcode int) *dns.Msg {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -38,19 +39,17 @@ type Group struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.Mutex // guards the fields after it
-	closed    bool
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}  // client connections, counted for MaxConns
-	others    map[io.Closer]struct{} // anything else close must close
+	mu      sync.Mutex // guards the fields after it
+	closed  bool
+	conns   map[net.Conn]struct{}  // client connections, counted for MaxConns
+	closers map[io.Closer]struct{} // listeners, upstream connections: anything else Close closes
 }
 
 // Init prepares g for use.
 func (g *Group) Init() {
 	g.ctx, g.cancel = context.WithCancel(context.Background())
-	g.listeners = make(map[net.Listener]struct{})
 	g.conns = make(map[net.Conn]struct{})
-	g.others = make(map[io.Closer]struct{})
+	g.closers = make(map[io.Closer]struct{})
 }
 
 // Context is canceled when g closes.
@@ -63,62 +62,40 @@ func (g *Group) IsClosed() bool {
 	return g.closed
 }
 
-// AddListener tracks ln; it reports false if the group is closed.
-func (g *Group) AddListener(ln net.Listener) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		return false
-	}
-	g.listeners[ln] = struct{}{}
-	return true
-}
-
-// RemoveListener forgets ln.
-func (g *Group) RemoveListener(ln net.Listener) {
-	g.mu.Lock()
-	delete(g.listeners, ln)
-	g.mu.Unlock()
-}
-
-// AddConn tracks c; it reports false if the group is closed or already
-// tracks limit connections.
-func (g *Group) AddConn(c net.Conn, limit int) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed || len(g.conns) >= limit {
-		return false
-	}
-	g.conns[c] = struct{}{}
-	return true
-}
+// AddConn tracks the client connection c; it reports false if the group
+// is closed or already tracks limit connections.
+func (g *Group) AddConn(c net.Conn, limit int) bool { return track(g, g.conns, c, limit) }
 
 // RemoveConn forgets c.
-func (g *Group) RemoveConn(c net.Conn) {
-	g.mu.Lock()
-	delete(g.conns, c)
-	g.mu.Unlock()
-}
+func (g *Group) RemoveConn(c net.Conn) { untrack(g, g.conns, c) }
 
-// AddOther tracks c, which Close will close; it reports false if the group is closed.
-func (g *Group) AddOther(c io.Closer) bool {
+// AddCloser tracks c (a listener, an upstream connection), which Close
+// will close; it reports false if the group is closed.
+func (g *Group) AddCloser(c io.Closer) bool { return track(g, g.closers, c, math.MaxInt) }
+
+// RemoveCloser forgets c.
+func (g *Group) RemoveCloser(c io.Closer) { untrack(g, g.closers, c) }
+
+// track adds v to set, one of g's, unless g is closed or set holds limit
+// entries.
+func track[K comparable](g *Group, set map[K]struct{}, v K, limit int) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.closed {
+	if g.closed || len(set) >= limit {
 		return false
 	}
-	g.others[c] = struct{}{}
+	set[v] = struct{}{}
 	return true
 }
 
-// RemoveOther forgets c.
-func (g *Group) RemoveOther(c io.Closer) {
+func untrack[K comparable](g *Group, set map[K]struct{}, v K) {
 	g.mu.Lock()
-	delete(g.others, c)
+	delete(set, v)
 	g.mu.Unlock()
 }
 
-// Enter counts the caller's goroutine, which must then call Exit; it reports false, counting nothing, if the group is closed.
+// Enter counts the caller's goroutine, which must then call Exit; it
+// reports false, counting nothing, if the group is closed.
 func (g *Group) Enter() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -152,13 +129,10 @@ func (g *Group) Close(also func()) {
 	first := !g.closed
 	g.closed = true
 	var closers []io.Closer
-	for ln := range g.listeners {
-		closers = append(closers, ln)
-	}
 	for c := range g.conns {
 		closers = append(closers, c)
 	}
-	for c := range g.others {
+	for c := range g.closers {
 		closers = append(closers, c)
 	}
 	g.mu.Unlock()

@@ -22,15 +22,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/appconnector/appconnector/connector/netx"
 	"github.com/miekg/dns"
 )
 
 // TryTimeout bounds one exchange with one upstream.
 const TryTimeout = 2 * time.Second
-
-// udpSize is the EDNS UDP payload size asked for and accepted (the DNS
-// flag day 2020 value, which avoids fragmentation).
-const udpSize = 1232
 
 // Encrypted upstreams' host names are resolved with the host's resolver
 // and again this often (on failure, the last addresses stay in use).
@@ -158,27 +155,42 @@ func (u *Upstream) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 }
 
 // plainUpstream is DNS over UDP, and over TCP for answers too large for
-// UDP.
+// UDP, from host sockets.
 type plainUpstream struct {
-	addr     string
-	udp, tcp *dns.Client
+	addr string
+	dial netx.DialFunc
 }
 
 func newPlainUpstream(addr string) *plainUpstream {
-	return &plainUpstream{
-		addr: addr,
-		udp:  &dns.Client{Net: "udp", UDPSize: udpSize, Timeout: TryTimeout},
-		tcp:  &dns.Client{Net: "tcp", Timeout: TryTimeout},
-	}
+	return &plainUpstream{addr: addr, dial: (&net.Dialer{}).DialContext}
 }
 
 func (p *plainUpstream) exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
-	r, _, err := p.udp.ExchangeContext(ctx, m, p.addr)
+	return ExchangeOver(ctx, p.dial, p.addr, m)
+}
+
+// ExchangeOver asks the plain DNS server at server ("ip:port") m over UDP,
+// then over TCP if the answer is truncated or did not arrive whole (some
+// servers send large answers without TC), opening each connection with
+// dial: host sockets, or a tunnel's stack. Each try is bounded by ctx and
+// by TryTimeout; answers with another ID are skipped. It is the one plain
+// DNS exchange of appconnector: the connector's upstreams, and the
+// client's questions to its connectors and to the host's servers.
+func ExchangeOver(ctx context.Context, dial netx.DialFunc, server string, m *dns.Msg) (*dns.Msg, error) {
+	try := func(network string) (*dns.Msg, error) {
+		ctx, cancel := context.WithTimeout(ctx, TryTimeout)
+		defer cancel()
+		c, err := dial(ctx, network, server)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		return exchangeOn(ctx, &dns.Conn{Conn: c, UDPSize: dns.DefaultMsgSize}, m)
+	}
+	r, err := try("udp")
 	var ne net.Error
 	if (err == nil && r.Truncated) || (err != nil && ctx.Err() == nil && !(errors.As(err, &ne) && ne.Timeout())) {
-		// Truncated, or an answer that did not fit or parse (some
-		// servers send large answers without TC): ask over TCP.
-		r, _, err = p.tcp.ExchangeContext(ctx, m, p.addr)
+		r, err = try("tcp")
 	}
 	return r, err
 }

@@ -123,7 +123,7 @@ func (p *Server) dialPooled(ctx context.Context, network, address string) (net.C
 		return nil, err
 	}
 	pc := &pooledConn{Conn: c, g: &p.g}
-	if !p.g.AddOther(pc) {
+	if !p.g.AddCloser(pc) {
 		c.Close()
 		return nil, fmt.Errorf("dial %s: proxy closed", address)
 	}
@@ -142,7 +142,7 @@ var _ net.Conn = (*pooledConn)(nil)
 
 func (c *pooledConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.g.RemoveOther(c) })
+	c.once.Do(func() { c.g.RemoveCloser(c) })
 	return err
 }
 

@@ -144,11 +144,11 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 		return errors.New("socks5: Dial is nil")
 	}
-	if !s.g.AddListener(ln) {
+	if !s.g.AddCloser(ln) {
 		ln.Close()
 		return nil
 	}
-	defer s.g.RemoveListener(ln)
+	defer s.g.RemoveCloser(ln)
 	defer ln.Close()
 	var backoff time.Duration
 	for {
