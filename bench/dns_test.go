@@ -204,7 +204,7 @@ func dnsSetupDial(b *testing.B, records []string, maxRoutes int) (ask func(name 
 		ListenAddr:   loopback,
 		Policy:       policy,
 		DNSUpstreams: []string{up.Addr},
-		MaxLearned:   max(maxRoutes, 1000), MaxLearnedPerApp: max(maxRoutes, 1000),
+		MaxRoutes:    max(maxRoutes, 1000), MaxRoutesPerApp: max(maxRoutes, 1000),
 		// What is measured is learning itself, as fast as one peer asks,
 		// not the per-peer learning rate the connector enforces.
 		LearnRate: 1e9, LearnBurst: max(maxRoutes, 1_000_000),

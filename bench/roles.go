@@ -62,7 +62,7 @@ func connectorRole(dir, dnsUpstream string, log *slog.Logger) error {
 		// Every run learns new names; none may be evicted mid-run, and
 		// learning is measured as fast as the one client asks, not at the
 		// per-peer learning rate.
-		MaxLearned: 10_000_000, MaxLearnedPerApp: 10_000_000,
+		MaxRoutes: 10_000_000, MaxRoutesPerApp: 10_000_000,
 		LearnRate: 1e9, LearnBurst: 10_000_000,
 		Logger: log,
 	})

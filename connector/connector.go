@@ -54,10 +54,10 @@ type Config struct {
 	// DNSHealthWindow: when no upstream has answered for this long,
 	// /healthz answers 503. Zero means DefaultDNSHealthWindow.
 	DNSHealthWindow time.Duration
-	// ForwardUnknownNames makes the connector resolve names that belong
+	// DNSForwardAll makes the connector resolve names that belong
 	// to no app too (without learning routes from them). By default they
 	// are REFUSED: the connector is not an open resolver.
-	ForwardUnknownNames bool
+	DNSForwardAll bool
 	// DNSTimeout bounds the upstream resolution of one question. Zero
 	// means 5 seconds.
 	DNSTimeout time.Duration
@@ -74,20 +74,20 @@ type Config struct {
 	// streams; beyond it a request gets 429. Zero means the Defaults.
 	MaxAPIConns, MaxAPIConnsPerPeer, MaxWatchesPerPeer int
 
-	// A learned route lives clamp(TTL, RouteTTLMin, RouteTTL) after the
+	// A learned route lives clamp(TTL, RouteTTLMin, RouteTTLMax) after the
 	// last DNS answer that named it (TTL: that answer record's), and at
 	// least RouteGrace after its last flow ended; never while a flow to
-	// it is open. Zero values mean DefaultRouteTTL, DefaultRouteTTLMin and
+	// it is open. Zero values mean DefaultRouteTTLMax, DefaultRouteTTLMin and
 	// DefaultRouteGrace; a negative RouteTTLMin gives every route
-	// RouteTTL whatever its TTL, a negative RouteGrace no grace.
-	RouteTTL, RouteTTLMin, RouteGrace time.Duration
-	// MaxLearned and MaxLearnedPerApp cap the learned routes; at a cap the
+	// RouteTTLMax whatever its TTL, a negative RouteGrace no grace.
+	RouteTTLMax, RouteTTLMin, RouteGrace time.Duration
+	// MaxRoutes and MaxRoutesPerApp cap the learned routes; at a cap the
 	// least recently seen route with no open flow is evicted: first one
 	// the asking peer's questions hold, then one no flow used in the last
-	// 10 minutes, then any. MaxLearnedPerPeer caps the routes one peer's
+	// 10 minutes, then any. MaxRoutesPerPeer caps the routes one peer's
 	// questions hold (beyond it, its own oldest go). Zero means the
 	// Defaults (per peer: the table's cap).
-	MaxLearned, MaxLearnedPerApp, MaxLearnedPerPeer int
+	MaxRoutes, MaxRoutesPerApp, MaxRoutesPerPeer int
 	// LearnRate and LearnBurst bound how fast one peer's answers may add
 	// new learned addresses (a second, and at once); an answer beyond is
 	// SERVFAIL. Zero means the Defaults.
@@ -196,12 +196,12 @@ func New(cfg Config) (*Connector, error) {
 		ownNets = append(ownNets, p.Masked())
 	}
 	c.table = newRouteTable(tableConfig{
-		ttl:        orDefault(cfg.RouteTTL, DefaultRouteTTL),
+		ttl:        orDefault(cfg.RouteTTLMax, DefaultRouteTTLMax),
 		ttlMin:     orDefault(cfg.RouteTTLMin, DefaultRouteTTLMin),
 		grace:      max(orDefault(cfg.RouteGrace, DefaultRouteGrace), 0),
-		maxLearned: orDefault(cfg.MaxLearned, DefaultMaxLearned),
-		maxPerApp:  orDefault(cfg.MaxLearnedPerApp, DefaultMaxLearnedPerApp),
-		maxPerPeer: cfg.MaxLearnedPerPeer,
+		maxLearned: orDefault(cfg.MaxRoutes, DefaultMaxRoutes),
+		maxPerApp:  orDefault(cfg.MaxRoutesPerApp, DefaultMaxRoutesPerApp),
+		maxPerPeer: cfg.MaxRoutesPerPeer,
 		hostAddrs:  cfg.HostAddrs,
 		own:        own,
 		ownNets:    ownNets,
@@ -306,7 +306,7 @@ func (c *Connector) startDNS(cfg Config, upstreams []*upstream.Upstream) error {
 		upstreams: upstreams,
 		started:   time.Now(),
 		healthWin: orDefault(cfg.DNSHealthWindow, DefaultDNSHealthWindow),
-		forward:   cfg.ForwardUnknownNames,
+		forward:   cfg.DNSForwardAll,
 		timeout:   orDefault(cfg.DNSTimeout, defaultDNSTimeout),
 		logf:      logger.RateLimit(logger.Slog(dlog, slog.LevelInfo), 5, 10),
 		warnf:     logger.Slog(dlog, slog.LevelWarn),
@@ -319,7 +319,7 @@ func (c *Connector) startDNS(cfg Config, upstreams []*upstream.Upstream) error {
 		udpBusy:   connLimit{max: maxDNSInFlight, perPeer: maxDNSInFlightPerPeer},
 		learnRate: netstack.NewPeerRates(1, orDefault(cfg.LearnRate, DefaultLearnRate), orDefault(cfg.LearnBurst, DefaultLearnBurst)),
 		learnMax:  orDefault(cfg.LearnBurst, DefaultLearnBurst),
-		stale:     staleCache{max: orDefault(cfg.MaxLearned, DefaultMaxLearned)},
+		stale:     staleCache{max: orDefault(cfg.MaxRoutes, DefaultMaxRoutes)},
 		now:       c.table.cfg.now,
 	}
 	var pcs []net.PacketConn

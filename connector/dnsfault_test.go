@@ -358,7 +358,7 @@ func TestDNSManyNamesEvictOldest(t *testing.T) {
 		records[i] = fmt.Sprintf("n%d.w.example.com. 60 IN AAAA %s", i, addr(i))
 	}
 	up := dnstest.New(t, records...)
-	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}, MaxLearned: capacity, MaxLearnedPerApp: capacity,
+	e := newEnvWith(t, connector.Config{DNSUpstreams: []string{up.Addr}, MaxRoutes: capacity, MaxRoutesPerApp: capacity,
 		LearnRate: 1e9, LearnBurst: names}, // the eviction is tested here, not the learning rate
 		`[{"name": "w", "connectors": ["*"], "domains": ["*.w.example.com"]}]`)
 	c, err := e.client.DialContext(ctxTimeout(t, 5*time.Second), "udp", net.JoinHostPort(connV4.Addr().String(), "53"))

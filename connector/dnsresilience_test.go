@@ -24,7 +24,7 @@ func TestDNSServeStaleAndHealth(t *testing.T) {
 	up := dnstest.New(t, "app.example.com. 300 IN A 127.0.0.1")
 	e := newEnvWith(t, connector.Config{
 		DNSUpstreams: []string{up.Addr}, Now: clk.now, DNSTimeout: time.Second,
-		RouteTTLMin: time.Second, RouteTTL: time.Hour, RouteGrace: -1,
+		RouteTTLMin: time.Second, RouteTTLMax: time.Hour, RouteGrace: -1,
 		DNSHealthWindow: 600 * time.Millisecond,
 	}, `[{"name": "web", "connectors": ["*"], "domains": ["*.example.com"], "allowPrivate": ["127.0.0.1/32"]}]`)
 	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")

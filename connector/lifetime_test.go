@@ -43,7 +43,7 @@ func TestLearnedRouteLifetime(t *testing.T) {
 	)
 	e := newEnvWith(t, connector.Config{
 		DNSUpstreams: []string{up.Addr}, Now: clk.now,
-		RouteTTLMin: time.Second, RouteTTL: time.Hour, RouteGrace: 2 * time.Minute,
+		RouteTTLMin: time.Second, RouteTTLMax: time.Hour, RouteGrace: 2 * time.Minute,
 	}, `[{"name": "web", "connectors": ["*"], "domains": ["*.example.com"], "allowPrivate": ["127.0.0.1/32", "::1/128"]}]`)
 	echo6 := netstacktest.TCPEcho(t, "[::1]:0")
 	start := clk.now()

@@ -24,7 +24,7 @@ func TestPrefetch(t *testing.T) {
 	)
 	e := newEnvWith(t, connector.Config{
 		DNSUpstreams: []string{up.Addr}, Now: clk.now,
-		RouteTTLMin: time.Second, RouteTTL: time.Hour, RouteGrace: -1,
+		RouteTTLMin: time.Second, RouteTTLMax: time.Hour, RouteGrace: -1,
 	}, `[
 	  {"name": "pre", "connectors": ["*"], "domains": ["pre.example.com", "*.wild.example.com"], "prefetch": true,
 	   "allowPrivate": ["127.0.0.1/32", "::1/128"]},

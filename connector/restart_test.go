@@ -20,7 +20,7 @@ import (
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
 
-// The restart tests use stock WireGuard clients: netstacktest peers, a
+// The restart tests use stock WireGuard clients: wgtest peers, a
 // wireguard-go device with its default timers on a UDP socket on
 // 127.0.0.1, no persistent keepalive, nothing that probes or resets a
 // session. Such a client keeps sending on its session after the connector

@@ -18,15 +18,15 @@ import (
 // Defaults for the route table.
 const (
 	// A learned route lives clamp(TTL, DefaultRouteTTLMin,
-	// DefaultRouteTTL) after the last answer that named it (TTL: the
+	// DefaultRouteTTLMax) after the last answer that named it (TTL: the
 	// answer record's), and at least DefaultRouteGrace after its last
 	// flow ended.
-	DefaultRouteTTL          = 7 * 24 * time.Hour
-	DefaultRouteTTLMin       = 10 * time.Minute
-	DefaultRouteGrace        = 2 * time.Minute
-	DefaultMaxLearned        = 100_000
-	DefaultMaxLearnedPerApp  = 10_000
-	defaultMaxLearnedCeiling = 10_000_000
+	DefaultRouteTTLMax      = 7 * 24 * time.Hour
+	DefaultRouteTTLMin      = 10 * time.Minute
+	DefaultRouteGrace       = 2 * time.Minute
+	DefaultMaxRoutes        = 100_000
+	DefaultMaxRoutesPerApp  = 10_000
+	defaultMaxRoutesCeiling = 10_000_000
 )
 
 // peerID identifies the peer a flow or query comes from: its public key

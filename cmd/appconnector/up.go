@@ -31,8 +31,8 @@ type upFlags struct {
 	config, policy, state, listen, logLevel string
 	dnsUpstream, tags, admin, uapi          string
 	dnsUpstreamCA                           string
-	forwardUnknown                          bool
-	routeTTL, routeTTLMin, routeGrace       time.Duration
+	dnsForwardAll                           bool
+	routeTTLMax, routeTTLMin, routeGrace    time.Duration
 	drainTimeout                            time.Duration
 	maxRoutes, maxRoutesPerApp              int
 	maxRoutesPerPeer                        int
@@ -49,17 +49,17 @@ func up(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "DNS `servers` for app names, tried in order: ip[:port], tls://host[:853] (DNS over TLS) or https://host/dns-query (DNS over HTTPS), comma-separated (default: the name servers of /etc/resolv.conf)")
 	fs.StringVar(&f.dnsUpstreamCA, "dns-upstream-ca", "", "PEM `file` of CA certificates trusted, besides the system's, for tls:// and https:// upstreams")
-	fs.BoolVar(&f.forwardUnknown, "dns-forward-all", false, "also resolve names of no app (without learning routes); by default they are REFUSED")
+	fs.BoolVar(&f.dnsForwardAll, "dns-forward-all", false, "also resolve names of no app (without learning routes); by default they are REFUSED")
 	fs.StringVar(&f.tags, "tags", connector.DefaultTag, "this connector's `tags`, comma-separated: it serves the apps whose connectors name one of them")
 	fs.StringVar(&f.admin, "admin", "", "admin API `address`: a loopback IP:port, or a unix socket path (default: admin.sock in --state)")
-	fs.DurationVar(&f.routeTTL, "route-ttl-max", connector.DefaultRouteTTL, "the longest a learned route lives after the last DNS answer that named it")
-	fs.DurationVar(&f.routeTTL, "route-ttl", connector.DefaultRouteTTL, "the older name of --route-ttl-max")
+	fs.DurationVar(&f.routeTTLMax, "route-ttl-max", connector.DefaultRouteTTLMax, "the longest a learned route lives after the last DNS answer that named it")
+	fs.DurationVar(&f.routeTTLMax, "route-ttl", connector.DefaultRouteTTLMax, "the older name of --route-ttl-max")
 	fs.DurationVar(&f.routeTTLMin, "route-ttl-min", connector.DefaultRouteTTLMin, "the shortest a learned route lives after the last DNS answer that named it; between the two, the answer's TTL decides (0: every route lives --route-ttl-max)")
 	fs.DurationVar(&f.routeGrace, "route-grace", connector.DefaultRouteGrace, "a learned route lives at least this long after its last flow ended (never expires while a flow uses it)")
 	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME`: a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, refuse new flows and wait this long for open ones to end before resetting them")
-	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxLearned, "most learned routes in all")
-	fs.IntVar(&f.maxRoutesPerApp, "max-routes-per-app", connector.DefaultMaxLearnedPerApp, "most learned routes per app")
+	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxRoutes, "most learned routes in all")
+	fs.IntVar(&f.maxRoutesPerApp, "max-routes-per-app", connector.DefaultMaxRoutesPerApp, "most learned routes per app")
 	fs.IntVar(&f.maxRoutesPerPeer, "max-routes-per-peer", 0, "most learned routes one peer's questions may hold (0: --max-routes)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -187,23 +187,23 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 
 	caps := flowCaps(log)
 	c, err := connector.New(connector.Config{
-		Netstack:            caps,
-		WireGuard:           cfg,
-		ListenAddr:          listenAddr,
-		Policy:              policy,
-		Tags:                tags,
-		DNSUpstreams:        upstreams,
-		DNSUpstreamOptions:  upstreamOpts,
-		ForwardUnknownNames: f.forwardUnknown,
-		RouteTTL:            f.routeTTL,
-		RouteTTLMin:         negativeIfZero(f.routeTTLMin),
-		RouteGrace:          negativeIfZero(f.routeGrace),
-		MaxLearned:          f.maxRoutes,
-		MaxLearnedPerApp:    f.maxRoutesPerApp,
-		MaxLearnedPerPeer:   f.maxRoutesPerPeer,
-		StateDir:            dir,
-		HostAddrs:           hostAddrs(log),
-		Logger:              log,
+		Netstack:           caps,
+		WireGuard:          cfg,
+		ListenAddr:         listenAddr,
+		Policy:             policy,
+		Tags:               tags,
+		DNSUpstreams:       upstreams,
+		DNSUpstreamOptions: upstreamOpts,
+		DNSForwardAll:      f.dnsForwardAll,
+		RouteTTLMax:        f.routeTTLMax,
+		RouteTTLMin:        negativeIfZero(f.routeTTLMin),
+		RouteGrace:         negativeIfZero(f.routeGrace),
+		MaxRoutes:          f.maxRoutes,
+		MaxRoutesPerApp:    f.maxRoutesPerApp,
+		MaxRoutesPerPeer:   f.maxRoutesPerPeer,
+		StateDir:           dir,
+		HostAddrs:          hostAddrs(log),
+		Logger:             log,
 	})
 	if err != nil {
 		return err
@@ -502,12 +502,12 @@ func negativeIfZero(d time.Duration) time.Duration {
 // checkLifetimes checks the learned routes' lifetime flags.
 func checkLifetimes(f upFlags) error {
 	switch {
-	case f.routeTTL <= 0:
-		return fmt.Errorf("--route-ttl-max %v: want a positive duration", f.routeTTL)
+	case f.routeTTLMax <= 0:
+		return fmt.Errorf("--route-ttl-max %v: want a positive duration", f.routeTTLMax)
 	case f.routeTTLMin < 0:
 		return fmt.Errorf("--route-ttl-min %v: want 0 or a positive duration", f.routeTTLMin)
-	case f.routeTTLMin > f.routeTTL:
-		return fmt.Errorf("--route-ttl-min %v is longer than --route-ttl-max %v", f.routeTTLMin, f.routeTTL)
+	case f.routeTTLMin > f.routeTTLMax:
+		return fmt.Errorf("--route-ttl-min %v is longer than --route-ttl-max %v", f.routeTTLMin, f.routeTTLMax)
 	case f.routeGrace < 0:
 		return fmt.Errorf("--route-grace %v: want 0 or a positive duration", f.routeGrace)
 	}

@@ -1,7 +1,9 @@
 // Package client is appconnector's client side, for programs that cannot
 // create a TUN device or change routes: an unprivileged sidecar (the
-// `appconnector client` command serves SOCKS5, an HTTP proxy and DNS on
-// host loopback) or a Go program embedding it (serverless runtimes, tests).
+// `appconnector client` command serves DNS, and SOCKS5 and an HTTP proxy
+// from packages proxy/socks5 and proxy/httpproxy dialing through
+// Client.DialContext, on host loopback) or a Go program embedding it
+// (serverless runtimes, tests).
 //
 // A Client holds one userspace WireGuard tunnel per connector peer of its
 // configuration. It follows each connector's route API, so a flow to an
@@ -48,9 +50,10 @@ type Config struct {
 	// addresses.
 	ListenAddr netip.Addr
 
-	// IgnoreRoutes turns app routing off (the opt-out): every flow and
-	// every name goes the way it would without the connectors (directly,
-	// or through an exit peer).
+	// IgnoreRoutes is the sidecar's --accept-routes=false: app routing
+	// off (the opt-out), every flow and every name going the way it would
+	// without the connectors (directly, or through an exit peer). It is
+	// the flag's negation so that the zero Config routes.
 	IgnoreRoutes bool
 
 	// HostDNS are the "ip:port" DNS servers for names of no app. Nil

@@ -1,7 +1,9 @@
 // Package upstream is the DNS servers a connector resolves names with:
 // plain DNS (UDP, then TCP for a truncated answer), DNS over TLS (RFC
 // 7858) and DNS over HTTPS (RFC 8484), each keeping its counters, latency
-// and last answer; and the name servers of a resolv.conf file.
+// and last answer; the plain DNS exchange over any dial function that the
+// client uses too (ExchangeOver); and the name servers of a resolv.conf
+// file.
 package upstream
 
 import (

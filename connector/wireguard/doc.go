@@ -1,7 +1,9 @@
 // Package wireguard is appconnector's WireGuard plumbing, shared by the
 // connector, the client, the test peer and the harness: wg-quick(8)
-// configuration files and keys, a bind on one host address, and a
-// read-only UAPI server for `wg show`.
+// configuration files and keys, a bind on one host address, a read-only
+// UAPI server for `wg show`, and [NewDevice], the one constructor of a
+// userspace device (wireguard-go over a tun.Device whose packets a
+// netstack.Stack handles).
 //
 // A plain wg-quick file loads unchanged: keys that only wg-quick acts on
 // (DNS, Table, PreUp, PostUp, PreDown, PostDown, SaveConfig, FwMark) are

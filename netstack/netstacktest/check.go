@@ -1,3 +1,9 @@
+// Package netstacktest holds the helpers every layer's tests share: a
+// host dialer that reaches only loopback, TCP and UDP echo servers, ICMP
+// packets, waiting for a condition, the leak check, test binaries that
+// play helper processes, and tests run in a network namespace of their
+// own. It imports nothing of appconnector, so any package's tests may use
+// it.
 package netstacktest
 
 import (

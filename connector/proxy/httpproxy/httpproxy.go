@@ -1,3 +1,7 @@
+// Package httpproxy is an HTTP/1.1 forward proxy (CONNECT tunnels and
+// absolute-URI requests) whose every outbound connection goes through a
+// netx.DialFunc: appconnector's client sidecar serves it with the
+// client's DialContext.
 package httpproxy
 
 import (

@@ -1,3 +1,7 @@
+// Package socks5 is a SOCKS5 server (RFC 1928: CONNECT and UDP ASSOCIATE,
+// with optional RFC 1929 authentication) whose every outbound connection
+// goes through a netx.DialFunc: appconnector's client sidecar serves it
+// with the client's DialContext.
 package socks5
 
 import (
