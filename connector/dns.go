@@ -111,21 +111,9 @@ func (d *dnsService) start(pcs []net.PacketConn, lns []net.Listener) {
 	// Each server is running when start returns, so close can always
 	// shut it down (Shutdown of a server not yet started does nothing).
 	serve := func(srv *dns.Server) {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		failed := make(chan struct{})
 		d.servers = append(d.servers, srv)
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
-			if err := srv.ActivateAndServe(); err != nil {
-				d.logf("dns: serve: %v", err)
-				close(failed)
-			}
-		}()
-		select {
-		case <-started:
-		case <-failed:
+		if err := upstream.StartServer(&d.wg, srv); err != nil {
+			d.logf("dns: serve: %v", err)
 		}
 	}
 	for _, pc := range pcs {

@@ -15,9 +15,10 @@ const module = "github.com/appconnector/appconnector/"
 // layers lists the module's packages by role, bottom first: a package
 // imports only packages of layers below its own (test files aside).
 var layers = [][]string{
-	{"connector/logger", "connector/netx", "connector/apptype", "connector/dnszone", "netstack/netstacktest", "connector/kerneltest"},
-	{"tun", "connector/proxy", "connector/dnstest"},
-	{"netstack", "connector/upstream", "connector/proxy/socks5", "connector/proxy/httpproxy", "connector/proxy/proxytest"},
+	{"connector/logger", "connector/netx", "connector/apptype", "netstack/netstacktest", "connector/kerneltest"},
+	{"tun", "connector/proxy", "connector/upstream"},
+	{"netstack", "connector/dnszone", "connector/proxy/socks5", "connector/proxy/httpproxy", "connector/proxy/proxytest"},
+	{"connector/dnstest"},
 	{"connector/wireguard"},
 	{"connector/wireguard/wgtest"},
 	{"connector", "connector/client"},

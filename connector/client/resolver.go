@@ -413,22 +413,11 @@ func (c *Client) ServeDNS(pc net.PacketConn, ln net.Listener) (*DNSServer, error
 	}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) { w.WriteMsg(c.exchange(ctx, req)) })
 	srv := &dns.Server{Listener: ln, Handler: h, IdleTimeout: func() time.Duration { return 10 * time.Second }}
-	started, failed := make(chan struct{}), make(chan error, 1)
-	srv.NotifyStartedFunc = func() { close(started) }
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := srv.ActivateAndServe(); err != nil {
-			failed <- err
-		}
-	}()
-	select {
-	case <-started:
-		s.servers = append(s.servers, srv)
-	case err := <-failed:
+	if err := upstream.StartServer(&s.wg, srv); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("client: serve dns: %w", err)
 	}
+	s.servers = append(s.servers, srv)
 	return s, nil
 }
 

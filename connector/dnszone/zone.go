@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/miekg/dns"
 )
 
@@ -91,14 +92,7 @@ func (s *Server) serve(pc net.PacketConn, ln net.Listener) *Server {
 	s.udp = &dns.Server{PacketConn: pc, Handler: s}
 	s.tcp = &dns.Server{Listener: ln, Handler: s}
 	for _, srv := range []*dns.Server{s.udp, s.tcp} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			srv.ActivateAndServe()
-		}()
-		<-started
+		upstream.StartServer(&s.wg, srv) // a socket we just opened: it starts
 	}
 	return s
 }

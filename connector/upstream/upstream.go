@@ -469,3 +469,25 @@ func (u *Upstream) Stats() Stats {
 	}
 	return st
 }
+
+// StartServer runs srv (its PacketConn or Listener set) on a goroutine
+// counted in wg, and returns once it serves, or with the error that kept
+// it from starting. Shutdown then stops it. The connector's DNS, the
+// client's and dnszone's start their servers with it.
+func StartServer(wg *sync.WaitGroup, srv *dns.Server) error {
+	started, failed := make(chan struct{}), make(chan error, 1)
+	srv.NotifyStartedFunc = func() { close(started) }
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.ActivateAndServe(); err != nil {
+			failed <- err
+		}
+	}()
+	select {
+	case <-started:
+		return nil
+	case err := <-failed:
+		return err
+	}
+}
