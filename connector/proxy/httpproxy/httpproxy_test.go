@@ -29,25 +29,13 @@ import (
 // startHTTPProxy serves p on a new loopback listener until the test ends.
 func startHTTPProxy(t testing.TB, p *Server) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	if p.Dial == nil {
 		p.Dial = proxytest.Dial
 	}
 	if p.Logf == nil {
 		p.Logf = t.Logf
 	}
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ln) }()
-	t.Cleanup(func() {
-		p.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve returned %v after Close, want nil", err)
-		}
-	})
-	return ln.Addr().String()
+	return proxytest.Serve(t, p.Serve, p.Close)
 }
 
 // upstreamRecord is what the upstream test server saw of one request.

@@ -140,3 +140,23 @@ func Curl(t testing.TB, curl string, args ...string) string {
 	}
 	return string(out)
 }
+
+// Serve runs serve on a new loopback listener until the test ends, then
+// calls close and checks that serve returned nil; it returns the
+// listener's address.
+func Serve(t testing.TB, serve func(net.Listener) error, close func() error) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serve(ln) }()
+	t.Cleanup(func() {
+		close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve returned %v after Close, want nil", err)
+		}
+	})
+	return ln.Addr().String()
+}

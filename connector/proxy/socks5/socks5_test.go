@@ -66,25 +66,13 @@ func pxUDPEcho(t testing.TB) (port uint16, received func() []string) {
 // startSOCKS serves s on a new loopback listener until the test ends.
 func startSOCKS(t testing.TB, s *Server) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	if s.Dial == nil {
 		s.Dial = proxytest.Dial
 	}
 	if s.Logf == nil {
 		s.Logf = t.Logf
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		s.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve returned %v after Close, want nil", err)
-		}
-	})
-	return ln.Addr().String()
+	return proxytest.Serve(t, s.Serve, s.Close)
 }
 
 // socksAddrBytes encodes host:port as ATYP, DST.ADDR, DST.PORT.
