@@ -269,6 +269,9 @@ func New(cfg Config) (*Connector, error) {
 		},
 	})
 	if err != nil {
+		for _, up := range upstreams {
+			up.Close()
+		}
 		return nil, fmt.Errorf("connector: %w", err)
 	}
 	c.wg, c.tun, c.port = dev, dev.Tun, dev.Port()
