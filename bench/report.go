@@ -160,8 +160,10 @@ func (r *Report) scenarioOrder(given []string) []string {
 
 // ratioBaselines are the scenarios others are compared against, most
 // interesting first. A baseline is itself compared only with the baselines
-// after it: stock against direct, never direct against stock.
-var ratioBaselines = []string{"stock", "direct"}
+// after it: stock against direct, never direct against stock. limit (the
+// one-core crypto bound) has only bulk figures: its columns show bulk as
+// a fraction of it.
+var ratioBaselines = []string{"stock", "direct", "limit"}
 
 // ratioColumn is one "scenario/base" ratio column of the Markdown table.
 type ratioColumn struct{ scenario, base string }

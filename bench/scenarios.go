@@ -50,6 +50,9 @@ type scenario struct {
 	// debug asks the connector to report its counters on stderr.
 	debug func()
 	close func()
+	// limit marks the crypto bound: no path at all, only the bulk
+	// figures, measured by cryptoLimit.
+	limit bool
 }
 
 // setup holds what several scenarios share.
@@ -72,6 +75,12 @@ func directScenario(s *setup) (*scenario, error) {
 		servers: s.host,
 		close:   func() {},
 	}, nil
+}
+
+// limitScenario is the physical bound of bulk throughput: both ends'
+// ChaCha20-Poly1305 work on one core (cryptoLimit).
+func limitScenario(*setup) (*scenario, error) {
+	return &scenario{name: "limit", limit: true, close: func() {}}, nil
 }
 
 // stockScenario is two wireguard-go devices on wireguard-go's own
