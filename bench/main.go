@@ -22,7 +22,7 @@ import (
 // workload names, in the order they run within a scenario.
 var allWorkloads = []string{"bulk-up", "bulk-down", "rtt", "conns-1", "conns-32", "dns", "idle"}
 
-var allScenarios = []string{"direct", "stock", "connector", "socks5", "limit"}
+var allScenarios = []string{"direct", "stock", "stock-inproc", "connector", "socks5", "limit"}
 
 type options struct {
 	duration    time.Duration
@@ -165,7 +165,7 @@ func run(o options) error {
 		progress("setting up %s", name)
 		sc, err := map[string]func(*setup) (*scenario, error){
 			"direct": directScenario, "stock": stockScenario, "connector": connectorScenario, "socks5": socks5Scenario,
-			"limit": limitScenario,
+			"stock-inproc": stockInprocScenario, "limit": limitScenario,
 		}[name](s)
 		if err != nil {
 			return err
@@ -307,7 +307,7 @@ func runWorkload(o options, s *setup, sc *scenario, w string, runIdx int) ([]mea
 		// The harness holds sockets of its own per flow (the client side
 		// for direct and socks5, the server side for all but stock): stay
 		// within the open-file limit.
-		fdsPerFlow := map[string]int{"direct": 2, "stock": 0, "connector": 1, "socks5": 2}[sc.name]
+		fdsPerFlow := map[string]int{"direct": 2, "stock": 0, "stock-inproc": 0, "connector": 1, "socks5": 2}[sc.name]
 		n := o.idleFlows
 		if fdsPerFlow > 0 {
 			if limit := (fileLimit() - 2000) / fdsPerFlow; n > limit {

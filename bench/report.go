@@ -169,7 +169,9 @@ var ratioBaselines = []string{"stock", "direct", "limit"}
 type ratioColumn struct{ scenario, base string }
 
 // ratioColumns lists the ratio columns for scens, grouped by baseline, each
-// group in scenario order.
+// group in scenario order. stock-inproc is compared with stock only (the
+// cost of sharing the harness's process), and limit only with the paths
+// the bound is about: stock and connector.
 func ratioColumns(scens []string) []ratioColumn {
 	var cols []ratioColumn
 	for bi, base := range ratioBaselines {
@@ -179,6 +181,9 @@ func ratioColumns(scens []string) []ratioColumn {
 		for _, s := range scens {
 			if j := slices.Index(ratioBaselines, s); j >= bi {
 				continue // s is base itself or a more basic baseline
+			}
+			if s == "stock-inproc" && base != "stock" || base == "limit" && s != "stock" && s != "connector" {
+				continue
 			}
 			cols = append(cols, ratioColumn{s, base})
 		}
@@ -400,7 +405,7 @@ const (
 
 var (
 	svgScenarioColors = map[string]string{
-		"direct": "#4e79a7", "stock": "#f28e2b", "connector": "#59a14f", "socks5": "#b07aa1",
+		"direct": "#4e79a7", "stock": "#f28e2b", "stock-inproc": "#ffbe7d", "connector": "#59a14f", "socks5": "#b07aa1",
 	}
 	svgOtherColors = []string{"#e15759", "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#bab0ac"}
 )

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
@@ -41,6 +43,8 @@ func runRole(role, dir, dnsUpstream string) error {
 		return connectorRole(dir, dnsUpstream, log)
 	case "client":
 		return clientRole(dir, dnsUpstream, log)
+	case "stock":
+		return stockRole(dir)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
@@ -109,5 +113,51 @@ func clientRole(dir, dnsUpstream string, log *slog.Logger) error {
 	io.Copy(io.Discard, os.Stdin)
 	s.Close()
 	<-done
+	return nil
+}
+
+// stockRole is the stock scenario's server side: a wireguard-go device on
+// wireguard-go's own tun/netstack with the services inside its stack. It
+// prints "READY <port> <service>=<port>,..." and answers "held" with
+// "held N" and "release" (closing its hold connections) with "released".
+func stockRole(dir string) error {
+	conf, _, err := wireguard.Load(filepath.Join(dir, "wg.conf"))
+	if err != nil {
+		return err
+	}
+	uapi, err := conf.UAPI(context.Background(), nil)
+	if err != nil {
+		return err
+	}
+	addr := conf.Interface.Addresses[0].Addr()
+	tnet, dev, err := stockDevice(addr, uapi)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	port, err := wireguard.ListenPort(dev)
+	if err != nil {
+		return err
+	}
+	srv, err := serveStock(tnet, addr)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	var ports []string
+	for _, name := range services {
+		ports = append(ports, name+"="+srv.port(name))
+	}
+	fmt.Printf("READY %d %s\n", port, strings.Join(ports, ","))
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		switch sc.Text() {
+		case "held":
+			fmt.Printf("held %d\n", srv.heldCount())
+		case "release":
+			srv.releaseHeld()
+			fmt.Println("released")
+		}
+	}
 	return nil
 }

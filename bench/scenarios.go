@@ -42,8 +42,9 @@ type scenario struct {
 	// procs are the processes whose CPU and memory are measured; the
 	// harness itself is always measured.
 	procs map[string]int
-	// servers are the services' servers (host or in-stack).
-	servers *servers
+	// servers are the services' servers (host, in-stack, or in the stock
+	// process): the idle workload counts and releases their held flows.
+	servers holder
 	// openFlows reports the flows the connector still holds (nil: no
 	// connector), so workloads can wait for the last one's to drain.
 	openFlows func() int
@@ -53,6 +54,12 @@ type scenario struct {
 	// limit marks the crypto bound: no path at all, only the bulk
 	// figures, measured by cryptoLimit.
 	limit bool
+}
+
+// holder is what the idle workload needs of the services' servers.
+type holder interface {
+	heldCount() int // the hold connections open
+	releaseHeld()   // close them from the server side
 }
 
 // setup holds what several scenarios share.
@@ -83,50 +90,178 @@ func limitScenario(*setup) (*scenario, error) {
 	return &scenario{name: "limit", limit: true, close: func() {}}, nil
 }
 
+// The stock scenarios' addresses inside their tunnels.
+var (
+	stockServerAddr = netip.MustParseAddr("10.96.0.1")
+	stockClientAddr = netip.MustParseAddr("10.96.0.2")
+)
+
 // stockScenario is two wireguard-go devices on wireguard-go's own
 // tun/netstack, peered over UDP on 127.0.0.1, with the services inside
 // the server's stack (nothing forwarded): what users would start from.
+// The server side runs in a process of its own (the stock role), as the
+// connector does, so the two compare like with like.
 func stockScenario(s *setup) (*scenario, error) {
-	serverAddr, clientAddr := netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("10.96.0.2")
-	var closers []func()
-	fail := func(err error) (*scenario, error) {
-		for i := len(closers) - 1; i >= 0; i-- {
-			closers[i]()
+	serverKey, err := wireguard.GeneratePrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	clientKey, err := wireguard.GeneratePrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(s.dir, "stock")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	conf := &wireguard.Config{
+		Interface: wireguard.Interface{PrivateKey: serverKey, Addresses: []netip.Prefix{netip.PrefixFrom(stockServerAddr, 24)}},
+		Peers:     []wireguard.Peer{{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(stockClientAddr, 32)}}},
+	}
+	if err := writeConf(filepath.Join(dir, "wg.conf"), conf); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(s.self, "-role", "stock", "-dir", dir)
+	line, stdin, lines, err := startRole(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("stock process: %w", err)
+	}
+	proc := &stockProc{cmd: cmd, stdin: stdin, lines: lines, ports: map[string]uint16{}}
+	var port uint16
+	if f := strings.Fields(line); len(f) == 3 {
+		p, perr := strconv.ParseUint(f[1], 10, 16)
+		port, err = uint16(p), perr
+		for _, kv := range strings.Split(f[2], ",") {
+			name, v, _ := strings.Cut(kv, "=")
+			if p, perr := strconv.ParseUint(v, 10, 16); perr == nil {
+				proc.ports[name] = uint16(p)
+			}
 		}
+	}
+	if port == 0 || err != nil || len(proc.ports) != len(services) {
+		proc.stop()
+		return nil, fmt.Errorf("stock process said %q", line)
+	}
+	cnet, cdev, err := stockDevice(stockClientAddr, fmt.Sprintf("private_key=%s\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
+		clientKey.Hex(), serverKey.PublicKey().Hex(), netip.AddrPortFrom(loopback, port), stockServerAddr))
+	if err != nil {
+		proc.stop()
 		return nil, fmt.Errorf("stock: %w", err)
 	}
-	snet, cnet, closePair, err := stockPair(serverAddr, clientAddr)
-	if err != nil {
-		return fail(err)
-	}
-	closers = append(closers, closePair)
-	next := uint16(5000)
-	srv, err := startServers(func() (net.Listener, error) {
-		next++
-		return snet.ListenTCPAddrPort(netip.AddrPortFrom(serverAddr, next))
-	})
-	if err != nil {
-		return fail(err)
-	}
-	closers = append(closers, srv.stop)
 	return &scenario{
 		name: "stock",
 		dial: func(ctx context.Context, svc string) (net.Conn, error) {
-			p, _ := strconv.Atoi(srv.port(svc))
-			return cnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(serverAddr, uint16(p)))
+			return cnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(stockServerAddr, proc.ports[svc]))
 		},
-		servers: srv,
+		procs:   map[string]int{"stock": cmd.Process.Pid},
+		servers: proc,
 		close: func() {
-			for i := len(closers) - 1; i >= 0; i-- {
-				closers[i]()
-			}
+			cdev.Close()
+			proc.stop()
 		},
 	}, nil
 }
 
-// stockPair peers two wireguard-go devices on wireguard-go's own
-// tun/netstack over UDP on 127.0.0.1: the server at serverAddr, the client
-// at clientAddr. stop closes both.
+// stockProc is the stock scenario's server side in its own process.
+type stockProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines <-chan string
+	ports map[string]uint16 // by service
+}
+
+func (p *stockProc) stop() { stopRole(p.cmd, p.stdin) }
+
+// heldCount asks the process how many hold connections are open; -1 if
+// it does not answer.
+func (p *stockProc) heldCount() int {
+	n, err := strconv.Atoi(strings.TrimPrefix(p.ask("held"), "held "))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// releaseHeld has the process close its hold connections.
+func (p *stockProc) releaseHeld() { p.ask("release") }
+
+// ask sends a command line and returns the answer line ("" if none comes
+// within 5 s).
+func (p *stockProc) ask(cmd string) string {
+	if _, err := io.WriteString(p.stdin, cmd+"\n"); err != nil {
+		return ""
+	}
+	select {
+	case line := <-p.lines:
+		return line
+	case <-time.After(5 * time.Second):
+		return ""
+	}
+}
+
+// stockInprocScenario is the stock pair with both devices in the harness
+// process, sharing it with the harness and the other scenarios' clients:
+// the figure earlier reports compared against.
+func stockInprocScenario(s *setup) (*scenario, error) {
+	snet, cnet, closePair, err := stockPair(stockServerAddr, stockClientAddr)
+	if err != nil {
+		return nil, fmt.Errorf("stock-inproc: %w", err)
+	}
+	srv, err := serveStock(snet, stockServerAddr)
+	if err != nil {
+		closePair()
+		return nil, fmt.Errorf("stock-inproc: %w", err)
+	}
+	return &scenario{
+		name: "stock-inproc",
+		dial: func(ctx context.Context, svc string) (net.Conn, error) {
+			p, _ := strconv.Atoi(srv.port(svc))
+			return cnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(stockServerAddr, uint16(p)))
+		},
+		servers: srv,
+		close: func() {
+			srv.stop()
+			closePair()
+		},
+	}, nil
+}
+
+// serveStock serves the services inside a stock stack at addr, on ports
+// from 5001 up.
+func serveStock(tnet *stocknetstack.Net, addr netip.Addr) (*servers, error) {
+	next := uint16(5000)
+	return startServers(func() (net.Listener, error) {
+		next++
+		return tnet.ListenTCPAddrPort(netip.AddrPortFrom(addr, next))
+	})
+}
+
+// stockDevice starts a wireguard-go device on wireguard-go's own
+// tun/netstack at addr, its socket on 127.0.0.1, configured by uapi.
+func stockDevice(addr netip.Addr, uapi string) (*stocknetstack.Net, *device.Device, error) {
+	tdev, tnet, err := stocknetstack.CreateNetTUN([]netip.Addr{addr}, nil, 1420)
+	if err != nil {
+		return nil, nil, err
+	}
+	bind, err := wireguard.NewBind(loopback)
+	if err != nil {
+		tdev.Close()
+		return nil, nil, err
+	}
+	dev := device.NewDevice(tdev, bind, device.NewLogger(device.LogLevelSilent, ""))
+	if err := dev.IpcSet(uapi); err != nil {
+		dev.Close()
+		return nil, nil, err
+	}
+	if err := dev.Up(); err != nil {
+		dev.Close()
+		return nil, nil, err
+	}
+	return tnet, dev, nil
+}
+
+// stockPair peers two stock devices over UDP on 127.0.0.1: the server at
+// serverAddr, the client at clientAddr. stop closes both.
 func stockPair(serverAddr, clientAddr netip.Addr) (snet, cnet *stocknetstack.Net, stop func(), err error) {
 	serverKey, err := wireguard.GeneratePrivateKey()
 	if err != nil {
@@ -136,47 +271,23 @@ func stockPair(serverAddr, clientAddr netip.Addr) (snet, cnet *stocknetstack.Net
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	var devs []*device.Device
-	stop = func() {
-		for i := len(devs) - 1; i >= 0; i-- {
-			devs[i].Close()
-		}
-	}
-	start := func(addr netip.Addr, uapi string) (*stocknetstack.Net, *device.Device, error) {
-		tdev, tnet, err := stocknetstack.CreateNetTUN([]netip.Addr{addr}, nil, 1420)
-		if err != nil {
-			return nil, nil, err
-		}
-		bind, err := wireguard.NewBind(loopback)
-		if err != nil {
-			tdev.Close()
-			return nil, nil, err
-		}
-		dev := device.NewDevice(tdev, bind, device.NewLogger(device.LogLevelSilent, ""))
-		devs = append(devs, dev)
-		if err := dev.IpcSet(uapi); err != nil {
-			return nil, nil, err
-		}
-		return tnet, dev, dev.Up()
-	}
-	snet, sdev, err := start(serverAddr, fmt.Sprintf("private_key=%s\npublic_key=%s\nallowed_ip=%s/32\n",
+	snet, sdev, err := stockDevice(serverAddr, fmt.Sprintf("private_key=%s\npublic_key=%s\nallowed_ip=%s/32\n",
 		serverKey.Hex(), clientKey.PublicKey().Hex(), clientAddr))
 	if err != nil {
-		stop()
 		return nil, nil, nil, err
 	}
 	port, err := wireguard.ListenPort(sdev)
 	if err != nil {
-		stop()
+		sdev.Close()
 		return nil, nil, nil, err
 	}
-	cnet, _, err = start(clientAddr, fmt.Sprintf("private_key=%s\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
+	cnet, cdev, err := stockDevice(clientAddr, fmt.Sprintf("private_key=%s\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
 		clientKey.Hex(), serverKey.PublicKey().Hex(), netip.AddrPortFrom(loopback, port), serverAddr))
 	if err != nil {
-		stop()
+		sdev.Close()
 		return nil, nil, nil, err
 	}
-	return snet, cnet, stop, nil
+	return snet, cnet, func() { cdev.Close(); sdev.Close() }, nil
 }
 
 // connectorProc is a connector running as a separate process.
