@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -22,7 +23,7 @@ import (
 // workload names, in the order they run within a scenario.
 var allWorkloads = []string{"bulk-up", "bulk-down", "rtt", "conns-1", "conns-32", "dns", "idle"}
 
-var allScenarios = []string{"direct", "stock", "stock-inproc", "connector", "socks5", "limit"}
+var allScenarios = []string{"direct", "stock", "stock-inproc", "kernel", "connector", "socks5", "limit"}
 
 type options struct {
 	duration    time.Duration
@@ -165,8 +166,14 @@ func run(o options) error {
 		progress("setting up %s", name)
 		sc, err := map[string]func(*setup) (*scenario, error){
 			"direct": directScenario, "stock": stockScenario, "connector": connectorScenario, "socks5": socks5Scenario,
-			"stock-inproc": stockInprocScenario, "limit": limitScenario,
+			"stock-inproc": stockInprocScenario, "kernel": kernelScenario, "limit": limitScenario,
 		}[name](s)
+		var skip errSkipped
+		if errors.As(err, &skip) {
+			fmt.Fprintf(os.Stderr, "\n%s: %v\n", name, err)
+			o.scenarios = slices.DeleteFunc(slices.Clone(o.scenarios), func(s string) bool { return s == name })
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -307,7 +314,7 @@ func runWorkload(o options, s *setup, sc *scenario, w string, runIdx int) ([]mea
 		// The harness holds sockets of its own per flow (the client side
 		// for direct and socks5, the server side for all but stock): stay
 		// within the open-file limit.
-		fdsPerFlow := map[string]int{"direct": 2, "stock": 0, "stock-inproc": 0, "connector": 1, "socks5": 2}[sc.name]
+		fdsPerFlow := map[string]int{"direct": 2, "stock": 0, "stock-inproc": 0, "kernel": 1, "connector": 1, "socks5": 2}[sc.name]
 		n := o.idleFlows
 		if fdsPerFlow > 0 {
 			if limit := (fileLimit() - 2000) / fdsPerFlow; n > limit {

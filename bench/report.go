@@ -163,15 +163,16 @@ func (r *Report) scenarioOrder(given []string) []string {
 // after it: stock against direct, never direct against stock. limit (the
 // one-core crypto bound) has only bulk figures: its columns show bulk as
 // a fraction of it.
-var ratioBaselines = []string{"stock", "direct", "limit"}
+var ratioBaselines = []string{"stock", "kernel", "direct", "limit"}
 
 // ratioColumn is one "scenario/base" ratio column of the Markdown table.
 type ratioColumn struct{ scenario, base string }
 
 // ratioColumns lists the ratio columns for scens, grouped by baseline, each
 // group in scenario order. stock-inproc is compared with stock only (the
-// cost of sharing the harness's process), and limit only with the paths
-// the bound is about: stock and connector.
+// cost of sharing the harness's process), kernel (the privileged gateway)
+// with the connector only, and limit only with the tunnels: stock, kernel
+// and connector.
 func ratioColumns(scens []string) []ratioColumn {
 	var cols []ratioColumn
 	for bi, base := range ratioBaselines {
@@ -182,7 +183,8 @@ func ratioColumns(scens []string) []ratioColumn {
 			if j := slices.Index(ratioBaselines, s); j >= bi {
 				continue // s is base itself or a more basic baseline
 			}
-			if s == "stock-inproc" && base != "stock" || base == "limit" && s != "stock" && s != "connector" {
+			if s == "stock-inproc" && base != "stock" || base == "kernel" && s != "connector" ||
+				base == "limit" && s != "stock" && s != "kernel" && s != "connector" {
 				continue
 			}
 			cols = append(cols, ratioColumn{s, base})
@@ -405,7 +407,7 @@ const (
 
 var (
 	svgScenarioColors = map[string]string{
-		"direct": "#4e79a7", "stock": "#f28e2b", "stock-inproc": "#ffbe7d", "connector": "#59a14f", "socks5": "#b07aa1",
+		"direct": "#4e79a7", "stock": "#f28e2b", "stock-inproc": "#ffbe7d", "kernel": "#e15759", "connector": "#59a14f", "socks5": "#b07aa1",
 	}
 	svgOtherColors = []string{"#e15759", "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#bab0ac"}
 )
