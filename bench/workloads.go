@@ -326,10 +326,28 @@ const limitPacket = 1420
 // cryptoLimit measures the work every tunnelled byte needs at each end of
 // a WireGuard tunnel: a ChaCha20-Poly1305 seal (the sender's) and open
 // (the receiver's) of 1420-byte packets, on one core (this goroutine,
-// locked to its thread), for d. It returns the plaintext bytes carried and
-// the time taken: the bound on bulk throughput of any tunnel that does
-// both ends' crypto on one core, and the distance to it of the others.
+// locked to its thread). It returns the plaintext bytes carried and the
+// time taken in the fastest of five slices of d: the bound on bulk
+// throughput of any tunnel that does both ends' crypto on one core, as
+// the machine gives it when nothing else runs (the processes of earlier
+// workloads may still be winding down when it starts).
 func cryptoLimit(d time.Duration) (int64, time.Duration, error) {
+	var bestN int64
+	var bestD time.Duration
+	for range 5 {
+		n, took, err := cryptoSlice(d / 5)
+		if err != nil {
+			return 0, 0, err
+		}
+		if bestN == 0 || float64(n)/took.Seconds() > float64(bestN)/bestD.Seconds() {
+			bestN, bestD = n, took
+		}
+	}
+	return bestN, bestD, nil
+}
+
+// cryptoSlice seals and opens packets for d; see cryptoLimit.
+func cryptoSlice(d time.Duration) (int64, time.Duration, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	key := make([]byte, chacha20poly1305.KeySize)
