@@ -71,17 +71,34 @@ type setup struct {
 	self     string          // this binary, for the helper processes
 }
 
-// directScenario is loopback TCP to the services: the physical reference.
+// directScenario is loopback TCP to the services, and DNS questions
+// straight to the authoritative server: the physical reference.
 func directScenario(s *setup) (*scenario, error) {
 	var d net.Dialer
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return d.DialContext(ctx, network, s.dns.Addr)
+	}}
 	return &scenario{
 		name: "direct",
 		dial: func(ctx context.Context, svc string) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", joinHostPort("127.0.0.1", s.host.port(svc)))
 		},
+		resolve: lookupWith(r),
 		servers: s.host,
 		close:   func() {},
 	}, nil
+}
+
+// lookupWith is a scenario's resolve: an application's lookup of a name's
+// IPv4 addresses through r.
+func lookupWith(r *net.Resolver) func(ctx context.Context, name string) error {
+	return func(ctx context.Context, name string) error {
+		addrs, err := r.LookupNetIP(ctx, "ip4", name)
+		if err == nil && len(addrs) == 0 {
+			err = errors.New("no address")
+		}
+		return err
+	}
 }
 
 // limitScenario is the physical bound of bulk throughput: both ends'
@@ -387,19 +404,12 @@ func connectorScenario(s *setup) (*scenario, error) {
 		proc.stop()
 		return nil, fmt.Errorf("connector: client: %w", err)
 	}
-	r := c.Resolver()
 	return &scenario{
 		name: "connector",
 		dial: func(ctx context.Context, svc string) (net.Conn, error) {
 			return c.DialContext(ctx, "tcp", joinHostPort(appName, s.host.port(svc)))
 		},
-		resolve: func(ctx context.Context, name string) error {
-			addrs, err := r.LookupNetIP(ctx, "ip4", name)
-			if err == nil && len(addrs) == 0 {
-				err = errors.New("no address")
-			}
-			return err
-		},
+		resolve:   lookupWith(c.Resolver()),
 		procs:     map[string]int{"connector": proc.cmd.Process.Pid},
 		servers:   s.host,
 		openFlows: proc.openFlows,

@@ -332,6 +332,7 @@ const limitPacket = 1420
 // the machine gives it when nothing else runs (the processes of earlier
 // workloads may still be winding down when it starts).
 func cryptoLimit(d time.Duration) (int64, time.Duration, error) {
+	waitQuiet(5 * time.Second)
 	var bestN int64
 	var bestD time.Duration
 	for range 5 {
@@ -344,6 +345,36 @@ func cryptoLimit(d time.Duration) (int64, time.Duration, error) {
 		}
 	}
 	return bestN, bestD, nil
+}
+
+// waitQuiet waits, at most max, until the machine's CPUs were at least 90%
+// idle over 100 ms (from /proc/stat): the processes of earlier workloads
+// wind down (closing thousands of idle flows, collecting garbage) after
+// the workload itself has returned.
+func waitQuiet(max time.Duration) {
+	idle := func() (idle, total float64) {
+		data, err := os.ReadFile("/proc/stat")
+		if err != nil {
+			return 0, 0
+		}
+		line, _, _ := strings.Cut(string(data), "\n")
+		for i, f := range strings.Fields(line)[1:] { // "cpu" user nice system idle iowait ...
+			v, _ := strconv.ParseFloat(f, 64)
+			total += v
+			if i == 3 || i == 4 {
+				idle += v
+			}
+		}
+		return idle, total
+	}
+	for end := time.Now().Add(max); time.Now().Before(end); {
+		i0, t0 := idle()
+		time.Sleep(100 * time.Millisecond)
+		i1, t1 := idle()
+		if t1 <= t0 || (i1-i0)/(t1-t0) >= 0.9 {
+			return
+		}
+	}
 }
 
 // cryptoSlice seals and opens packets for d; see cryptoLimit.
