@@ -55,11 +55,7 @@ func kernelScenario(s *setup) (*scenario, error) {
 		k.stop()
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
-	gwKey, err := wireguard.GeneratePrivateKey()
-	if err != nil {
-		return nil, err
-	}
-	clientKey, err := wireguard.GeneratePrivateKey()
+	gwKey, clientKey, err := keyPair()
 	if err != nil {
 		return nil, err
 	}

@@ -119,11 +119,7 @@ var (
 // The server side runs in a process of its own (the stock role), as the
 // connector does, so the two compare like with like.
 func stockScenario(s *setup) (*scenario, error) {
-	serverKey, err := wireguard.GeneratePrivateKey()
-	if err != nil {
-		return nil, err
-	}
-	clientKey, err := wireguard.GeneratePrivateKey()
+	serverKey, clientKey, err := keyPair()
 	if err != nil {
 		return nil, err
 	}
@@ -280,11 +276,7 @@ func stockDevice(addr netip.Addr, uapi string) (*stocknetstack.Net, *device.Devi
 // stockPair peers two stock devices over UDP on 127.0.0.1: the server at
 // serverAddr, the client at clientAddr. stop closes both.
 func stockPair(serverAddr, clientAddr netip.Addr) (snet, cnet *stocknetstack.Net, stop func(), err error) {
-	serverKey, err := wireguard.GeneratePrivateKey()
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	clientKey, err := wireguard.GeneratePrivateKey()
+	serverKey, clientKey, err := keyPair()
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -564,4 +556,12 @@ func benchZone(n int) (names []string, records []string) {
 		records = append(records, fmt.Sprintf("%s 60 IN A 11.%d.%d.%d", name, i>>16&255, i>>8&255, i&255))
 	}
 	return names, records
+}
+
+// keyPair generates the private keys of a server and its client.
+func keyPair() (server, client wireguard.Key, err error) {
+	if server, err = wireguard.GeneratePrivateKey(); err == nil {
+		client, err = wireguard.GeneratePrivateKey()
+	}
+	return server, client, err
 }

@@ -259,12 +259,7 @@ func TestHTTPProxyUpgrade(t *testing.T) {
 func TestHTTPProxyErrors(t *testing.T) {
 	netstacktest.CheckLeaks(t)
 	addr := startHTTPProxy(t, &Server{DialTimeout: 50 * time.Millisecond})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, closedPort := proxytest.HostPort(t, ln.Addr())
-	ln.Close()
+	closedPort := netstacktest.ClosedPort(t, "tcp", "127.0.0.1").Port() // nothing listens there
 	for _, tt := range []struct {
 		host string
 		code int

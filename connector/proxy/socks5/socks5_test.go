@@ -307,13 +307,7 @@ func TestSOCKS5Auth(t *testing.T) {
 func TestSOCKS5DialErrors(t *testing.T) {
 	netstacktest.CheckLeaks(t)
 	addr := startSOCKS(t, &Server{DialTimeout: 50 * time.Millisecond})
-	// A port that was just free: nothing listens there.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, closedPort := proxytest.HostPort(t, ln.Addr())
-	ln.Close()
+	closedPort := netstacktest.ClosedPort(t, "tcp", "127.0.0.1").Port() // nothing listens there
 	for _, tt := range []struct {
 		name string
 		dst  []byte
