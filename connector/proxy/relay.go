@@ -1,8 +1,9 @@
 // Package proxy holds what appconnector's SOCKS5 and HTTP proxies share:
-// the dial function they forward through, the lifecycle of a proxy (its
-// listeners, connections and goroutines), the byte relay between two
-// connections, and the classification of dial errors. The proxies
-// themselves are its subpackages socks5 and httpproxy.
+// the error their dial function (a netx.DialFunc) returns for a refused
+// destination, the lifecycle of a proxy (its listeners, connections and
+// goroutines), the byte relay between two connections, and the
+// classification of dial errors. The proxies themselves are its
+// subpackages socks5 and httpproxy.
 package proxy
 
 import (
@@ -19,7 +20,7 @@ import (
 	"github.com/appconnector/appconnector/connector/logger"
 )
 
-// ErrNotAllowed is what a DialFunc returns (possibly wrapped) for a
+// ErrNotAllowed is what a proxy's dial returns (possibly wrapped) for a
 // destination that policy refuses. The SOCKS5 server answers it with
 // "connection not allowed by ruleset" (0x02) and the HTTP proxy with
 // 403 Forbidden.
