@@ -135,8 +135,7 @@ type Config struct {
 type Connector struct {
 	log   *slog.Logger
 	tags  []string
-	tun   *tun.Device
-	stack *netstack.Stack
+	stack *netstack.Stack // wg.Stack, known before wg (DNS listens on it first)
 	wg    *wireguard.Device
 	peers peerTable
 	table *routeTable
@@ -274,7 +273,7 @@ func New(cfg Config) (*Connector, error) {
 		}
 		return nil, fmt.Errorf("connector: %w", err)
 	}
-	c.wg, c.tun, c.port = dev, dev.Tun, dev.Port()
+	c.wg, c.port = dev, dev.Port()
 	c.greetPeers()
 	c.log.Info("wireguard up", "listen", netip.AddrPortFrom(cfg.ListenAddr, c.port).String(),
 		"addresses", fmt.Sprint(cfg.WireGuard.Interface.Addresses), "peers", len(cfg.WireGuard.Peers))
@@ -474,7 +473,7 @@ func (c *Connector) TCPStates() map[string]int { return c.stack.TCPStates() }
 
 // Stats returns a snapshot of the counters.
 func (c *Connector) Stats() Stats {
-	st := Stats{Tun: c.tun.Stats(), Netstack: c.stack.Stats(), Routes: c.table.statsSnapshot()}
+	st := Stats{Tun: c.wg.Tun.Stats(), Netstack: c.stack.Stats(), Routes: c.table.statsSnapshot()}
 	d := &c.dns.stats
 	st.DNS.Answered, st.DNS.Refused, st.DNS.ServFail = d.Answered.Load(), d.Refused.Load(), d.ServFail.Load()
 	st.DNS.Forwarded, st.DNS.FormErr, st.DNS.Limited = d.Forwarded.Load(), d.FormErr.Load(), d.Limited.Load()
