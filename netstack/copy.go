@@ -130,10 +130,10 @@ func hostReader(c net.Conn, pool *bufPool, stream bool) readFunc {
 	}
 }
 
-// copyStream copies from read to dst until the source ends, then
-// half-closes dst. It returns nil only if the source ended cleanly (EOF)
-// and the half-close worked.
-func copyStream(dst net.Conn, read readFunc, pool *bufPool) error {
+// copyStream copies from read to dst until the source ends, then calls
+// end (the half-close of dst). It returns nil only if the source ended
+// cleanly (EOF) and end worked.
+func copyStream(dst net.Conn, read readFunc, pool *bufPool, end func() error) error {
 	for {
 		b, n, err := read()
 		if b != nil {
@@ -146,13 +146,18 @@ func copyStream(dst net.Conn, read readFunc, pool *bufPool) error {
 			pool.put(b)
 		}
 		if errors.Is(err, io.EOF) {
-			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-				return cw.CloseWrite()
-			}
-			return nil
+			return end()
 		}
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// closeWrite half-closes c if it can.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }

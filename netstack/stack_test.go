@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -130,6 +132,74 @@ func TestTCPEchoAndHalfClose(t *testing.T) {
 			if n := p.dialer.Dials.Load(); n != 1 {
 				t.Errorf("host dials = %d, want 1", n)
 			}
+		})
+	}
+}
+
+// TestTCPCloseOrders closes a flow from each end first. Whichever side
+// closes first, the other must read its data and a clean end of stream
+// (a FIN, never a reset), and the gateway must let the flow go.
+func TestTCPCloseOrders(t *testing.T) {
+	netstacktest.CheckLeaks(t)
+	for _, hostFirst := range []bool{true, false} {
+		name := map[bool]string{true: "host-first", false: "peer-first"}[hostFirst]
+		t.Run(name, func(t *testing.T) {
+			p := newPair(t, netstack.Config{Allow: allowLoopback})
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			hostEnd := make(chan error, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					hostEnd <- err
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				if hostFirst {
+					c.Write([]byte("host"))
+					c.(*net.TCPConn).CloseWrite()
+				}
+				got, err := io.ReadAll(c)
+				if err == nil && string(got) != "peer" {
+					err = fmt.Errorf("host read %q, want %q", got, "peer")
+				}
+				if err == nil && !hostFirst {
+					_, err = c.Write([]byte("host"))
+				}
+				hostEnd <- err
+			}()
+			c, err := p.client.DialContext(ctxTimeout(t, 10*time.Second), "tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if hostFirst {
+				got, err := io.ReadAll(c)
+				if err != nil || string(got) != "host" {
+					t.Fatalf("peer read %q, %v; want %q and the host's FIN", got, err, "host")
+				}
+			}
+			if _, err := c.Write([]byte("peer")); err != nil {
+				t.Fatal(err)
+			}
+			if hostFirst {
+				c.Close()
+			} else {
+				c.(interface{ CloseWrite() error }).CloseWrite()
+				got, err := io.ReadAll(c)
+				if err != nil || string(got) != "host" {
+					t.Fatalf("peer read %q, %v; want %q and the host's FIN", got, err, "host")
+				}
+			}
+			if err := <-hostEnd; err != nil {
+				t.Fatalf("host side: %v", err)
+			}
+			netstacktest.WaitFor(t, func() bool { return p.gw.Stats().OpenFlows == 0 })
 		})
 	}
 }
