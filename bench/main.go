@@ -252,11 +252,7 @@ func runWorkload(o options, s *setup, sc *scenario, w string, runIdx int) ([]mea
 	}
 	switch w {
 	case "bulk-up", "bulk-down":
-		procs := measuredProcs(sc)
-		cpu0 := map[string]float64{}
-		for name, pid := range procs {
-			cpu0[name] = cpuSeconds(pid)
-		}
+		cpu := cpuSince(sc)
 		f := bulkUp
 		if w == "bulk-down" {
 			f = bulkDown
@@ -269,12 +265,7 @@ func runWorkload(o options, s *setup, sc *scenario, w string, runIdx int) ([]mea
 			return nil, fmt.Errorf("no data moved")
 		}
 		ms := []measurement{{metric: w, unit: "MB/s", higher: true, value: float64(n) / d.Seconds() / 1e6}}
-		gib := float64(n) / (1 << 30)
-		for _, name := range sortedKeys(procs) {
-			ms = append(ms, measurement{metric: "cpu-per-gib-" + strings.TrimPrefix(w, "bulk-"), unit: "s/GiB",
-				value: max(cpuSeconds(procs[name])-cpu0[name], 0) / gib, process: name})
-		}
-		return ms, nil
+		return append(ms, cpu("cpu-per-gib-"+strings.TrimPrefix(w, "bulk-"), "s/GiB", float64(n)/(1<<30))...), nil
 	case "rtt":
 		ds, err := rtt(sc, o.duration, o.rttMax)
 		if err != nil {
@@ -289,27 +280,31 @@ func runWorkload(o options, s *setup, sc *scenario, w string, runIdx int) ([]mea
 		if w == "conns-32" {
 			p = 32
 		}
-		r, failed, err := connRate(sc, o.duration, p)
+		cpu := cpuSince(sc)
+		r, done, failed, err := connRate(sc, o.duration, p)
 		if err != nil {
 			return nil, err
 		}
-		return []measurement{
+		ms := []measurement{
 			{metric: w, unit: "conns/s", higher: true, value: r},
 			{metric: w + "-failed", unit: "conns", value: float64(failed)},
-		}, nil
+		}
+		return append(ms, cpu("cpu-per-conn-"+strings.TrimPrefix(w, "conns-"), "µs", float64(done)/1e6)...), nil
 	case "dns":
 		if sc.resolve == nil {
 			return nil, nil
 		}
 		names := s.dnsNames[runIdx*o.dnsNames : (runIdx+1)*o.dnsNames]
+		cpu := cpuSince(sc)
 		lat, rate, err := dnsLearn(sc, names, 8)
 		if err != nil {
 			return nil, err
 		}
-		return []measurement{
+		ms := []measurement{
 			{metric: "dns-learn-p50", unit: "µs", value: float64(percentile(lat, 50).Nanoseconds()) / 1e3},
 			{metric: "dns-learn-rate", unit: "names/s", higher: true, value: rate},
-		}, nil
+		}
+		return append(ms, cpu("cpu-per-name", "µs", float64(len(names))/1e6)...), nil
 	case "idle":
 		// The harness holds sockets of its own per flow (the client side
 		// for direct and socks5, the server side for all but stock): stay

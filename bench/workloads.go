@@ -115,10 +115,11 @@ func rtt(sc *scenario, d time.Duration, max int) ([]time.Duration, error) {
 }
 
 // connRate opens connections (connect, one byte each way, the server
-// closes) with parallel workers for d and returns connections per second
-// and how many failed. It is an error only if more than 1% failed.
-func connRate(sc *scenario, d time.Duration, parallel int) (float64, int64, error) {
-	var done, failed atomic.Int64
+// closes) with parallel workers for d and returns connections per second,
+// how many completed and how many failed. It is an error only if more
+// than 1% failed.
+func connRate(sc *scenario, d time.Duration, parallel int) (rate float64, done, failed int64, err error) {
+	var ok, bad atomic.Int64
 	var firstErr atomic.Value
 	start := time.Now()
 	end := start.Add(d)
@@ -138,20 +139,21 @@ func connRate(sc *scenario, d time.Duration, parallel int) (float64, int64, erro
 					c.Close()
 				}
 				if err != nil {
-					if failed.Add(1) == 1 {
+					if bad.Add(1) == 1 {
 						firstErr.Store(err)
 					}
 					continue
 				}
-				done.Add(1)
+				ok.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
-	if f := failed.Load(); f*100 > done.Load()+f {
-		return 0, f, fmt.Errorf("conns-%d: %d of %d connections failed: %v", parallel, f, f+done.Load(), firstErr.Load())
+	done, failed = ok.Load(), bad.Load()
+	if failed*100 > done+failed {
+		return 0, done, failed, fmt.Errorf("conns-%d: %d of %d connections failed: %v", parallel, failed, failed+done, firstErr.Load())
 	}
-	return float64(done.Load()) / time.Since(start).Seconds(), failed.Load(), nil
+	return float64(done) / time.Since(start).Seconds(), done, failed, nil
 }
 
 // dnsLearn asks for names (each new to the connector, so each is learned
@@ -276,6 +278,28 @@ func measuredProcs(sc *scenario) map[string]int {
 }
 
 // cpuSeconds returns the user+system CPU time of process pid.
+// cpuSince snapshots the CPU time of sc's measured processes. The
+// returned function gives, for each, a measurement named metric: the CPU
+// time since the snapshot divided by per (in the unit's scale: per GiB,
+// per million connections for µs, ...).
+func cpuSince(sc *scenario) func(metric, unit string, per float64) []measurement {
+	procs := measuredProcs(sc)
+	cpu0 := map[string]float64{}
+	for name, pid := range procs {
+		cpu0[name] = cpuSeconds(pid)
+	}
+	return func(metric, unit string, per float64) []measurement {
+		if per <= 0 {
+			return nil
+		}
+		var ms []measurement
+		for _, name := range sortedKeys(procs) {
+			ms = append(ms, measurement{metric: metric, unit: unit, value: max(cpuSeconds(procs[name])-cpu0[name], 0) / per, process: name})
+		}
+		return ms
+	}
+}
+
 func cpuSeconds(pid int) float64 {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
