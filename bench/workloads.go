@@ -375,7 +375,7 @@ func cryptoLimit(d time.Duration) (int64, time.Duration, error) {
 // idle over 100 ms (from /proc/stat): the processes of earlier workloads
 // wind down (closing thousands of idle flows, collecting garbage) after
 // the workload itself has returned.
-func waitQuiet(max time.Duration) {
+func waitQuiet(max time.Duration) (waited time.Duration, quiet bool) {
 	idle := func() (idle, total float64) {
 		data, err := os.ReadFile("/proc/stat")
 		if err != nil {
@@ -391,14 +391,16 @@ func waitQuiet(max time.Duration) {
 		}
 		return idle, total
 	}
-	for end := time.Now().Add(max); time.Now().Before(end); {
+	start := time.Now()
+	for end := start.Add(max); time.Now().Before(end); {
 		i0, t0 := idle()
 		time.Sleep(100 * time.Millisecond)
 		i1, t1 := idle()
 		if t1 <= t0 || (i1-i0)/(t1-t0) >= 0.9 {
-			return
+			return time.Since(start), true
 		}
 	}
+	return time.Since(start), false
 }
 
 // cryptoSlice seals and opens packets for d; see cryptoLimit.
