@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/appconnector/appconnector/connector/upstream"
@@ -220,10 +221,13 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	gauge(m.draining, draining)
 }
 
-// handler serves the metrics.
+// handler serves the metrics, with the Go runtime's (go_*: goroutines,
+// GC, heap) and the process's (process_*: CPU, resident memory, open
+// descriptors and their limit, start time) that dashboards expect of any
+// Go exporter.
 func (m *metrics) handler() http.Handler {
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(m)
+	reg.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 

@@ -98,6 +98,22 @@ func TestMetricsAndHealthz(t *testing.T) {
 	if in := metricValue(t, body, `appconnector_tunnel_packets_total{direction="in"}`); in < 10 {
 		t.Errorf("tunnel packets in = %v", in)
 	}
+	// The Go runtime's and the process's standard series.
+	if g := metricValue(t, body, "go_goroutines"); g < 5 {
+		t.Errorf("go_goroutines = %v", g)
+	}
+	if v := metricValue(t, body, "go_gc_duration_seconds_count"); v < 0 {
+		t.Errorf("go_gc_duration_seconds_count = %v", v)
+	}
+	if fds, limit := metricValue(t, body, "process_open_fds"), metricValue(t, body, "process_max_fds"); fds < 3 || limit < fds {
+		t.Errorf("process_open_fds = %v, process_max_fds = %v", fds, limit)
+	}
+	if rss := metricValue(t, body, "process_resident_memory_bytes"); rss < 1<<20 {
+		t.Errorf("process_resident_memory_bytes = %v", rss)
+	}
+	if st := metricValue(t, body, "process_start_time_seconds"); st > float64(time.Now().Unix()+1) || st < float64(time.Now().Add(-time.Hour).Unix()) {
+		t.Errorf("process_start_time_seconds = %v, want this test process's start", st)
+	}
 
 	if code, body := scrape(t, e, "/healthz"); code != http.StatusOK || body != "ok\n" {
 		t.Errorf("/healthz while serving: %d %q", code, body)
