@@ -176,7 +176,9 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 			return err
 		}
 	}
-	log.Info("client up", "connectors", len(cfg.Interface.DNS), "routes", fmt.Sprint(c.Routes()), "accept-routes", f.acceptRoutes)
+	// A connector is a peer holding a DNS address; one with an IPv4 and
+	// an IPv6 address is still one connector.
+	log.Info("client up", "connectors", len(c.Health()), "peers", len(cfg.Peers), "routes", fmt.Sprint(c.Routes()), "accept-routes", f.acceptRoutes)
 	<-ctx.Done()
 	log.Info("shutting down")
 	return nil

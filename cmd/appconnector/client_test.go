@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -69,9 +70,12 @@ func TestClientSidecar(t *testing.T) {
 
 	dir := t.TempDir()
 	clientConf := &wireguard.Config{
-		Interface: wireguard.Interface{PrivateKey: clientKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.89.0.2/32")}, DNS: []netip.Addr{tunnel.Addr()}},
+		// One connector with an IPv4 and an IPv6 DNS address (the
+		// second is never asked: the first in its AllowedIPs is).
+		Interface: wireguard.Interface{PrivateKey: clientKey, Addresses: []netip.Prefix{netip.MustParsePrefix("10.89.0.2/32")},
+			DNS: []netip.Addr{tunnel.Addr(), netip.MustParseAddr("fd89::1")}},
 		Peers: []wireguard.Peer{{PublicKey: connKey.PublicKey(), Endpoint: fmt.Sprintf("127.0.0.1:%d", conn.Port()),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(tunnel.Addr(), 32)}}},
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(tunnel.Addr(), 32), netip.MustParsePrefix("fd89::1/128")}}},
 	}
 	var cb bytes.Buffer
 	clientConf.WriteTo(&cb)
@@ -83,9 +87,11 @@ func TestClientSidecar(t *testing.T) {
 	dnsAddr := netstacktest.ClosedPort(t, "udp", "127.0.0.1").String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logs), nil))
 	go func() {
 		done <- serveClient(ctx, clientFlags{config: confPath, listen: "127.0.0.1", socks5: socksAddr, http: httpAddr, dns: dnsAddr,
-			acceptRoutes: true, hostDNS: hostDNS.Addr}, testLogger(t))
+			acceptRoutes: true, hostDNS: hostDNS.Addr}, log)
 	}()
 	defer func() {
 		cancel()
@@ -100,6 +106,11 @@ func TestClientSidecar(t *testing.T) {
 		}
 		return err == nil
 	})
+
+	netstacktest.WaitFor(t, func() bool { return strings.Contains(logs.String(), `msg="client up"`) })
+	if !strings.Contains(logs.String(), "connectors=1 peers=1") {
+		t.Errorf("the client-up line does not count one connector:\n%s", logs.String())
+	}
 
 	target := fmt.Sprintf("http://app.example.com:%d/", appPort)
 	want := fmt.Sprintf("app says hi to app.example.com:%d", appPort)

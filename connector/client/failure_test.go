@@ -1,12 +1,15 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -398,5 +401,76 @@ func TestUpstreamFailureMovesQuestions(t *testing.T) {
 	}
 	if after := sick.conn.Stats().DNS; after.ServFail != before.ServFail || after.Answered != before.Answered {
 		t.Errorf("the connector whose upstream is down was asked for app names: %+v → %+v", before, after)
+	}
+}
+
+// lockedBuffer collects log output written from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (lb *lockedBuffer) Write(p []byte) (int, error) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	return lb.b.Write(p)
+}
+
+// lines returns the logged lines whose message is msg.
+func (lb *lockedBuffer) lines(msg string) []string {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	var out []string
+	for _, l := range strings.Split(lb.b.String(), "\n") {
+		if strings.Contains(l, "msg=\""+msg+"\"") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// TestConnectorUpDownLines: the client logs one line per connector when
+// it is first heard from and one when it stops answering, each naming
+// the connector (key, tunnel address, endpoint) and its round trip, and
+// nothing per probe in between.
+func TestConnectorUpDownLines(t *testing.T) {
+	netstacktest.CheckLeaks(t)
+	var logs lockedBuffer
+	s := newSetup(t, 2, func(c *client.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	netstacktest.WaitFor(t, func() bool { return len(logs.lines("connector up")) == 2 })
+	for i, tc := range s.connectors {
+		want := []string{"peer=" + tc.key.PublicKey().String()[:8], "tunnel=" + tc.tunnel.String(),
+			"endpoint=" + tc.peerFor().Endpoint, "rtt="}
+		found := false
+		for _, l := range logs.lines("connector up") {
+			if strings.Contains(l, want[0]) {
+				found = true
+				for _, w := range want {
+					if !strings.Contains(l, w) {
+						t.Errorf("connector %d: up line %q lacks %q", i+1, l, w)
+					}
+				}
+			}
+		}
+		if !found {
+			t.Errorf("connector %d: no up line", i+1)
+		}
+	}
+	time.Sleep(5 * 200 * time.Millisecond) // five more probes each
+	if n := len(logs.lines("connector up")); n != 2 {
+		t.Errorf("%d up lines after more probes, want 2", n)
+	}
+	s.connectors[0].conn.Close()
+	netstacktest.WaitFor(t, func() bool { return len(logs.lines("connector down")) == 1 })
+	down := logs.lines("connector down")[0]
+	for _, w := range []string{"level=WARN", "tunnel=" + s.connectors[0].tunnel.String(), "err="} {
+		if !strings.Contains(down, w) {
+			t.Errorf("down line %q lacks %q", down, w)
+		}
+	}
+	if n := len(logs.lines("connector up")); n != 2 {
+		t.Errorf("%d up lines, want 2: the other connector stayed up", n)
 	}
 }

@@ -58,7 +58,9 @@ type link struct {
 	dnsDown  bool
 	rtt      time.Duration
 	failures int
-	conns    map[*trackedConn]struct{}
+	// announced is the state last logged: 0 none yet, 1 up, -1 down.
+	announced int8
+	conns     map[*trackedConn]struct{}
 	// ready is closed when the first route set arrived.
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -171,9 +173,23 @@ func (l *link) probeLoop() {
 				l.stopWatch() // a stream from a dead connector never ends by itself
 			}
 		}
+		var announce int8
+		switch {
+		case err == nil && l.announced != 1:
+			announce = 1
+		case !healthy && l.announced != -1:
+			announce = -1
+		}
+		if announce != 0 {
+			l.announced = announce
+		}
+		rtt := l.rtt
 		l.mu.Unlock()
-		if wasHealthy != healthy {
-			l.c.log.Warn("connector health changed", "peer", l.name, "healthy", healthy, "err", err)
+		switch announce {
+		case 1:
+			l.c.log.Info("connector up", l.summary(rtt)...)
+		case -1:
+			l.c.log.Warn("connector down", append(l.summary(rtt), "err", err)...)
 		}
 		for _, tc := range dead {
 			tc.reset() // fail fast rather than hang on a dead connector
@@ -194,6 +210,13 @@ func (l *link) probeLoop() {
 		case <-t.C:
 		}
 	}
+}
+
+// summary is the link's one-line description for the log: which
+// connector (key, tunnel address, UDP endpoint) and its smoothed probe
+// round trip.
+func (l *link) summary(rtt time.Duration) []any {
+	return []any{"peer", l.name, "tunnel", l.dnsAddr, "endpoint", l.peer.Endpoint, "rtt", rtt.Round(10 * time.Microsecond)}
 }
 
 // probe sends one question the connector answers itself (REFUSED: no app
