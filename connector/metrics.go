@@ -1,12 +1,7 @@
 package connector
 
 import (
-	"bufio"
-	"encoding/hex"
-	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -239,8 +234,7 @@ type peerState struct {
 	rx, tx       uint64
 }
 
-// wireguardPeers reads the peers' state from the WireGuard device (its
-// UAPI "get" output: a public_key line starts each peer).
+// wireguardPeers reads the peers' state from the WireGuard device.
 func (c *Connector) wireguardPeers() []peerState {
 	ps, _ := c.readPeers()
 	return ps
@@ -249,39 +243,15 @@ func (c *Connector) wireguardPeers() []peerState {
 // readPeers is wireguardPeers with the device's error, if it could not
 // report its state.
 func (c *Connector) readPeers() ([]peerState, error) {
-	dump, err := c.wg.IpcGet()
+	states, err := wireguard.PeerStates(c.wg.Device)
 	if err != nil {
-		return nil, fmt.Errorf("read wireguard state: %w", err)
+		return nil, err
 	}
-	out := []peerState{}
-	sc := bufio.NewScanner(strings.NewReader(dump))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if !ok {
-			continue
-		}
-		if k == "public_key" {
-			b, err := hex.DecodeString(v)
-			if err != nil || len(b) != len(wireguard.Key{}) {
-				continue
-			}
-			out = append(out, peerState{key: wireguard.Key(b).String()})
-			continue
-		}
-		if len(out) == 0 {
-			continue // interface lines
-		}
-		p := &out[len(out)-1]
-		n, _ := strconv.ParseUint(v, 10, 64)
-		switch k {
-		case "endpoint":
-			p.endpoint = v
-		case "last_handshake_time_sec":
-			p.handshakeSec = int64(n)
-		case "rx_bytes":
-			p.rx = n
-		case "tx_bytes":
-			p.tx = n
+	out := make([]peerState, len(states))
+	for i, st := range states {
+		out[i] = peerState{key: st.PublicKey.String(), endpoint: st.Endpoint, rx: st.RxBytes, tx: st.TxBytes}
+		if !st.LastHandshake.IsZero() {
+			out[i].handshakeSec = st.LastHandshake.Unix()
 		}
 	}
 	return out, nil

@@ -26,6 +26,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -89,6 +90,11 @@ type Client struct {
 	// healthy connector when the one that answered is down.
 	namesMu sync.Mutex
 	names   map[netip.Addr]string
+
+	// routesVersion grows whenever a connector's routes or domains
+	// change; dnsCounts counts answered questions.
+	routesVersion atomic.Uint64
+	dnsCounts     dnsCounts
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc

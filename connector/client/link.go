@@ -42,6 +42,8 @@ type link struct {
 	dev  *wireguard.Device
 	http *http.Client
 
+	flowsTotal atomic.Uint64 // flows opened through the link
+
 	mu sync.Mutex // guards the fields after it
 	// static are the peer's AllowedIPs from the config; advertised come
 	// from the connector's route API; pinned are addresses the connector
@@ -60,7 +62,13 @@ type link struct {
 	failures int
 	// announced is the state last logged: 0 none yet, 1 up, -1 down.
 	announced int8
-	conns     map[*trackedConn]struct{}
+	// failovers counts the times the link was found down; probeRTT
+	// holds the probes' round trips; routesVersion is the version of the
+	// connector's last route set.
+	failovers     uint64
+	probeRTT      histogram
+	routesVersion uint64
+	conns         map[*trackedConn]struct{}
 	// ready is closed when the first route set arrived.
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -152,6 +160,7 @@ func (l *link) probeLoop() {
 			}
 			l.dnsDown = dnsDown
 			rtt := time.Since(start)
+			l.probeRTT.observe(rtt)
 			if l.rtt == 0 {
 				l.rtt = rtt
 			} else {
@@ -166,6 +175,7 @@ func (l *link) probeLoop() {
 		healthy := l.healthy
 		var dead []*trackedConn
 		if wasHealthy && !healthy {
+			l.failovers++
 			for tc := range l.conns {
 				dead = append(dead, tc)
 			}
@@ -330,6 +340,7 @@ func (l *link) watchOnce(url string) error {
 		changed := !slices.Equal(l.advertised, rs.Routes)
 		domainsChanged := !slices.Equal(l.domainList, rs.Domains)
 		l.advertised = rs.Routes
+		l.routesVersion = rs.Version
 		if domainsChanged {
 			l.domainList = rs.Domains
 			l.domains = apptype.NewDomainSet(rs.Domains)
@@ -342,6 +353,7 @@ func (l *link) watchOnce(url string) error {
 		}
 		l.readyOnce.Do(func() { close(l.ready) })
 		if changed || domainsChanged {
+			l.c.routesVersion.Add(1)
 			l.c.log.Debug("routes", "peer", l.name, "version", rs.Version, "routes", len(rs.Routes), "domains", strings.Join(rs.Domains, ","))
 		}
 	}
@@ -467,6 +479,7 @@ func (l *link) dial(ctx context.Context, network, addr string) (net.Conn, error)
 	}
 	l.conns[tc] = struct{}{}
 	l.mu.Unlock()
+	l.flowsTotal.Add(1)
 	return tc, nil
 }
 

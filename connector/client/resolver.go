@@ -47,16 +47,24 @@ const maxDNSInFlight = 256
 const connectorTry = 1500 * time.Millisecond
 
 // resolve answers one DNS message and says which connector answered it
-// (nil: the host's resolvers, or a local failure).
+// (nil: the host's resolvers, or a local failure), and counts the answer.
 func (c *Client) resolve(ctx context.Context, req *dns.Msg) (*dns.Msg, *link) {
+	r, l, route := c.resolveRoute(ctx, req)
+	c.dnsCounts.add(route, r.Rcode)
+	return r, l
+}
+
+// resolveRoute is resolve, also saying which way the answer came:
+// routeTunnel, routeHost or routeLocal.
+func (c *Client) resolveRoute(ctx context.Context, req *dns.Msg) (*dns.Msg, *link, int) {
 	if len(req.Question) != 1 || req.Opcode != dns.OpcodeQuery || req.Response {
-		return failure(req, dns.RcodeFormatError), nil
+		return failure(req, dns.RcodeFormatError), nil, routeLocal
 	}
 	select {
 	case c.dnsSlots <- struct{}{}:
 		defer func() { <-c.dnsSlots }()
 	default:
-		return failure(req, dns.RcodeServerFailure), nil
+		return failure(req, dns.RcodeServerFailure), nil, routeLocal
 	}
 	ctx, cancel := context.WithTimeout(ctx, dnsTimeout)
 	defer cancel()
@@ -84,21 +92,21 @@ func (c *Client) resolve(ctx context.Context, req *dns.Msg) (*dns.Msg, *link) {
 			addrs := answerAddrs(r)
 			l.pin(addrs, answerTTL(r))
 			c.remember(q.Name, addrs)
-			return r, l
+			return r, l, routeTunnel
 		}
 		if last != nil {
-			return last, lastLink
+			return last, lastLink, routeTunnel
 		}
 		if owned {
-			return failure(req, dns.RcodeServerFailure), nil
+			return failure(req, dns.RcodeServerFailure), nil, routeLocal
 		}
 	}
 	r, err := c.hostExchange(ctx, req)
 	if err != nil {
 		c.log.Debug("dns through the host failed", "name", q.Name, "err", err)
-		return failure(req, dns.RcodeServerFailure), nil
+		return failure(req, dns.RcodeServerFailure), nil, routeLocal
 	}
-	return r, nil
+	return r, nil, routeHost
 }
 
 // namesFor returns the healthy connectors serving an app that name

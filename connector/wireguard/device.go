@@ -3,6 +3,7 @@ package wireguard
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -145,35 +146,77 @@ func (d *Device) Close() {
 // LastHandshake returns when the device last completed a handshake with
 // the peer whose public key is peer; the zero Time if never.
 func (d *Device) LastHandshake(peer Key) (time.Time, error) {
-	get, err := d.IpcGet()
+	peers, err := PeerStates(d.Device)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("read wireguard state: %w", err)
+		return time.Time{}, err
 	}
-	want := "public_key=" + peer.Hex()
-	found := false
-	var sec, nsec int64
-lines:
-	for _, line := range strings.Split(get, "\n") {
-		k, v, _ := strings.Cut(line, "=")
-		switch {
-		case k == "public_key":
-			if found {
-				break lines // the next peer's
-			}
-			found = line == want
-		case found && k == "last_handshake_time_sec":
-			sec, _ = strconv.ParseInt(v, 10, 64)
-		case found && k == "last_handshake_time_nsec":
-			nsec, _ = strconv.ParseInt(v, 10, 64)
+	for _, p := range peers {
+		if p.PublicKey == peer {
+			return p.LastHandshake, nil
 		}
 	}
-	switch {
-	case !found:
-		return time.Time{}, fmt.Errorf("no peer %s", peer)
-	case sec == 0 && nsec == 0:
-		return time.Time{}, nil
+	return time.Time{}, fmt.Errorf("no peer %s", peer)
+}
+
+// PeerState is one peer as a device reports it.
+type PeerState struct {
+	PublicKey Key
+	// Endpoint is the ip:port of the peer's last authenticated packet,
+	// or the configured one; "" if none.
+	Endpoint         string
+	LastHandshake    time.Time // the zero Time if none
+	RxBytes, TxBytes uint64
+}
+
+// PeerStates reads each peer's state from a wireguard-go device (its
+// UAPI "get": a public_key line starts each peer).
+func PeerStates(d *device.Device) ([]PeerState, error) {
+	dump, err := d.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("read wireguard state: %w", err)
 	}
-	return time.Unix(sec, nsec), nil
+	var out []PeerState
+	var sec, nsec int64
+	done := func() {
+		if len(out) > 0 && (sec != 0 || nsec != 0) {
+			out[len(out)-1].LastHandshake = time.Unix(sec, nsec)
+		}
+		sec, nsec = 0, 0
+	}
+	sc := bufio.NewScanner(strings.NewReader(dump))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		if k == "public_key" {
+			done()
+			b, err := hex.DecodeString(v)
+			if err != nil || len(b) != len(Key{}) {
+				return nil, fmt.Errorf("read wireguard state: public_key %q", v)
+			}
+			out = append(out, PeerState{PublicKey: Key(b)})
+			continue
+		}
+		if len(out) == 0 {
+			continue // the interface's lines
+		}
+		p := &out[len(out)-1]
+		switch k {
+		case "endpoint":
+			p.Endpoint = v
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			p.RxBytes, _ = strconv.ParseUint(v, 10, 64)
+		case "tx_bytes":
+			p.TxBytes, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	done()
+	return out, nil
 }
 
 // ListenPort asks a wireguard-go device which UDP port it listens on.
