@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,7 +45,58 @@ type Group struct {
 	closed  bool
 	conns   map[net.Conn]struct{}  // client connections, counted for MaxConns
 	closers map[io.Closer]struct{} // listeners, upstream connections: anything else Close closes
+
+	accepted     atomic.Uint64
+	refused      [numRefusals]atomic.Uint64
+	authFailures atomic.Uint64
 }
+
+// Why a proxy refused a client, as Stats counts it.
+const (
+	RefusedLimit   = iota // the proxy was closed or at its connection limit
+	RefusedRequest        // a malformed, unsupported or abandoned request
+	RefusedPolicy         // the dial said the destination is not allowed (ErrNotAllowed)
+	RefusedDial           // the dial failed otherwise
+	numRefusals
+)
+
+// RefusalNames name the Refused... reasons, for metrics.
+var RefusalNames = [numRefusals]string{"limit", "request", "policy", "dial"}
+
+// Stats are a proxy's counters.
+type Stats struct {
+	Conns        uint64              // client connections accepted
+	Open         int                 // client connections open now
+	Refused      [numRefusals]uint64 // refusals, indexed by RefusedLimit...
+	AuthFailures uint64              // failed authentications (not in Refused)
+}
+
+// Stats returns g's counters.
+func (g *Group) Stats() Stats {
+	st := Stats{Conns: g.accepted.Load(), AuthFailures: g.authFailures.Load()}
+	for i := range st.Refused {
+		st.Refused[i] = g.refused[i].Load()
+	}
+	g.mu.Lock()
+	st.Open = len(g.conns)
+	g.mu.Unlock()
+	return st
+}
+
+// Refuse counts a refusal for reason (RefusedRequest...).
+func (g *Group) Refuse(reason int) { g.refused[reason].Add(1) }
+
+// RefuseDial counts a failed dial: a policy refusal if err says so.
+func (g *Group) RefuseDial(err error) {
+	if errors.Is(err, ErrNotAllowed) {
+		g.Refuse(RefusedPolicy)
+	} else {
+		g.Refuse(RefusedDial)
+	}
+}
+
+// AuthFailed counts a failed authentication.
+func (g *Group) AuthFailed() { g.authFailures.Add(1) }
 
 // Init prepares g for use.
 func (g *Group) Init() {
@@ -64,8 +116,16 @@ func (g *Group) IsClosed() bool {
 }
 
 // AddConn tracks the client connection c; it reports false if the group
-// is closed or already tracks limit connections.
-func (g *Group) AddConn(c net.Conn, limit int) bool { return track(g, g.conns, c, limit) }
+// is closed or already tracks limit connections. Either way it is
+// counted in Stats.
+func (g *Group) AddConn(c net.Conn, limit int) bool {
+	if !track(g, g.conns, c, limit) {
+		g.Refuse(RefusedLimit)
+		return false
+	}
+	g.accepted.Add(1)
+	return true
+}
 
 // RemoveConn forgets c.
 func (g *Group) RemoveConn(c net.Conn) { untrack(g, g.conns, c) }

@@ -170,6 +170,12 @@ func (p *Server) Serve(ln net.Listener) error {
 	return fmt.Errorf("httpproxy: serve on %v: %w", ln.Addr(), err)
 }
 
+// Stats returns the proxy's counters.
+func (p *Server) Stats() proxy.Stats {
+	p.init()
+	return p.g.Stats()
+}
+
 // Close closes every listener given to Serve, every client connection
 // (tunnels included) and every upstream connection, cancels requests and
 // dials in progress, and waits for every handler and tunnel goroutine
@@ -241,6 +247,7 @@ func (p *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !r.URL.IsAbs() || r.URL.Scheme != "http" || r.URL.Host == "" {
+		p.g.Refuse(proxy.RefusedRequest)
 		http.Error(w, "this is a proxy: send CONNECT host:port or a request with an absolute http:// URI", http.StatusBadRequest)
 		return
 	}
@@ -252,6 +259,7 @@ func (p *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	target := r.URL.Host
 	if !validHostPort(target) {
+		p.g.Refuse(proxy.RefusedRequest)
 		http.Error(w, "CONNECT target must be host:port", http.StatusBadRequest)
 		return
 	}
@@ -295,6 +303,7 @@ func (p *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 // dialFailed answers a failed dial: 403 for proxy.ErrNotAllowed, 504 for a
 // timeout, else 502.
 func (p *Server) dialFailed(w http.ResponseWriter, r *http.Request, err error) {
+	p.g.RefuseDial(err)
 	code := http.StatusBadGateway
 	switch {
 	case errors.Is(err, proxy.ErrNotAllowed):

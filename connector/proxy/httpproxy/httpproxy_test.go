@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/appconnector/appconnector/connector/proxy"
 	"github.com/appconnector/appconnector/connector/proxy/proxytest"
 	"github.com/appconnector/appconnector/netstack/netstacktest"
 )
@@ -258,7 +259,8 @@ func TestHTTPProxyUpgrade(t *testing.T) {
 
 func TestHTTPProxyErrors(t *testing.T) {
 	netstacktest.CheckLeaks(t)
-	addr := startHTTPProxy(t, &Server{DialTimeout: 50 * time.Millisecond})
+	p := &Server{DialTimeout: 50 * time.Millisecond}
+	addr := startHTTPProxy(t, p)
 	closedPort := netstacktest.ClosedPort(t, "tcp", "127.0.0.1").Port() // nothing listens there
 	for _, tt := range []struct {
 		host string
@@ -307,6 +309,15 @@ func TestHTTPProxyErrors(t *testing.T) {
 			t.Fatalf("status %s, want 400", resp.Status)
 		}
 	})
+	// Each answer above was counted by its reason (a request net/http
+	// rejects before the proxy sees it is not: "garbage").
+	st := p.Stats()
+	if st.Refused[proxy.RefusedPolicy] != 2 || st.Refused[proxy.RefusedDial] != 6 || st.Refused[proxy.RefusedRequest] != 5 {
+		t.Errorf("refusals %v (%v), want policy 2, dial 6, request 5", st.Refused, proxy.RefusalNames)
+	}
+	if st.Conns != 14 {
+		t.Errorf("%d connections counted, want 14", st.Conns)
+	}
 }
 
 func TestHTTPProxyGoClient(t *testing.T) {

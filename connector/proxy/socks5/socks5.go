@@ -177,6 +177,12 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// Stats returns the server's counters.
+func (s *Server) Stats() proxy.Stats {
+	s.init()
+	return s.g.Stats()
+}
+
 // Close closes every listener given to Serve and every client connection
 // and UDP association, cancels dials in progress, and waits for every
 // goroutine the server started. It is idempotent and always returns nil;
@@ -223,6 +229,11 @@ func (s *Server) serveConn(c net.Conn) {
 	if err != nil {
 		if re := (*socksReplyError)(nil); errors.As(err, &re) {
 			writeSOCKSReply(c, re.rep, nil)
+		}
+		if errors.Is(err, errAuthFailed) {
+			s.g.AuthFailed()
+		} else {
+			s.g.Refuse(proxy.RefusedRequest)
 		}
 		s.logf("socks5: %v: %v", c.RemoteAddr(), err)
 		return
@@ -296,6 +307,9 @@ func (s *Server) handshake(c net.Conn) (cmd byte, dst socksAddr, err error) {
 	return req[1], dst, nil
 }
 
+// errAuthFailed is a client's wrong username or password.
+var errAuthFailed = errors.New("wrong username or password")
+
 // authenticate runs the RFC 1929 username/password subnegotiation.
 func (s *Server) authenticate(c net.Conn) error {
 	var b [1 + 1 + 255 + 1 + 255]byte
@@ -320,7 +334,7 @@ func (s *Server) authenticate(c net.Conn) error {
 	okPass := subtle.ConstantTimeCompare(pass, []byte(s.Password))
 	if okUser&okPass != 1 {
 		c.Write([]byte{socksAuthVersion, 0x01})
-		return errors.New("auth: wrong username or password")
+		return fmt.Errorf("auth: %w", errAuthFailed)
 	}
 	if _, err := c.Write([]byte{socksAuthVersion, 0x00}); err != nil {
 		return fmt.Errorf("write auth status: %w", err)
@@ -331,6 +345,7 @@ func (s *Server) authenticate(c net.Conn) error {
 // connect serves CONNECT: dial first, then reply, then relay.
 func (s *Server) connect(c net.Conn, dst socksAddr) {
 	if dst.port == 0 {
+		s.g.Refuse(proxy.RefusedRequest)
 		s.reply(c, socksRepHostUnreachable, nil)
 		return
 	}
@@ -341,6 +356,7 @@ func (s *Server) connect(c net.Conn, dst socksAddr) {
 		err = errors.New("dial returned no connection")
 	}
 	if err != nil {
+		s.g.RefuseDial(err)
 		s.reply(c, socksDialReply(err), nil)
 		s.logf("socks5: %v: connect %v: %v", c.RemoteAddr(), dst, err)
 		return
@@ -541,6 +557,7 @@ func (s *Server) associate(control net.Conn, dst socksAddr) {
 	}
 	clientIP := remote.AddrPort().Addr().Unmap()
 	if dst.ip.IsValid() && !dst.ip.IsUnspecified() && dst.ip != clientIP {
+		s.g.Refuse(proxy.RefusedRequest)
 		s.reply(control, socksRepNotAllowed, nil)
 		s.logf("socks5: %v: udp associate from %v refused: not the client's address", remote, dst.ip)
 		return
@@ -551,6 +568,7 @@ func (s *Server) associate(control net.Conn, dst socksAddr) {
 	// (no credentials needed) take the association with the first
 	// datagram: the client must name its UDP port.
 	if dst.port == 0 && s.authRequired() {
+		s.g.Refuse(proxy.RefusedRequest)
 		s.reply(control, socksRepNotAllowed, nil)
 		s.logf("socks5: %v: udp associate refused: with authentication on, the request must name the client's UDP port", remote)
 		return

@@ -878,3 +878,65 @@ func TestSOCKS5UDPAssociateWithAuthNeedsClientPort(t *testing.T) {
 		t.Errorf("echo server received %q, want only the client's datagram", got)
 	}
 }
+
+// TestSOCKS5Stats: the server counts connections, failed
+// authentications, and refusals by reason.
+func TestSOCKS5Stats(t *testing.T) {
+	netstacktest.CheckLeaks(t)
+	s := &Server{Username: "alice", Password: "s3cret", MaxConns: 4}
+	addr := startSOCKS(t, s)
+	_, port := proxytest.HostPort(t, proxytest.TCPEcho(t, "tcp", "127.0.0.1:0"))
+	closedPort := netstacktest.ClosedPort(t, "tcp", "127.0.0.1").Port()
+	login := func(pass string) net.Conn {
+		c, _ := socksDial(t, addr, socksMethodUserPass)
+		c.Write(append(append([]byte{1, 5}, "alice"...), append([]byte{byte(len(pass))}, pass...)...))
+		var st [2]byte
+		io.ReadFull(c, st[:])
+		return c
+	}
+	connect := func(dst []byte) {
+		c := login("s3cret")
+		if rep, _ := socksRequest(t, c, socksCmdConnect, dst); rep == 0 {
+			echoHalfClose(t, c, "counted")
+		}
+		c.Close()
+	}
+	connect(socksAddrBytes("app.test", port))        // relayed
+	connect(socksAddrBytes("blocked.test", 443))     // policy
+	connect(socksAddrBytes("127.0.0.1", closedPort)) // dial
+	connect(socksAddrBytes("app.test", 0))           // request
+	for range 2 {
+		proxytest.ExpectEOF(t, login("guess")) // auth failures
+	}
+	c, _ := socksDial(t, addr, socksMethodNone) // no acceptable method: request
+	proxytest.ExpectEOF(t, c)
+
+	// Everything above is closed; wait until the server has let go.
+	netstacktest.WaitFor(t, func() bool { return s.Stats().Open == 0 })
+	st := s.Stats()
+	want := proxy.Stats{Conns: 7, AuthFailures: 2}
+	want.Refused[proxy.RefusedPolicy] = 1
+	want.Refused[proxy.RefusedDial] = 1
+	want.Refused[proxy.RefusedRequest] = 2
+	if st != want {
+		t.Errorf("stats %+v, want %+v", st, want)
+	}
+
+	// Beyond MaxConns: a limit refusal.
+	var held []net.Conn
+	for range 4 {
+		c, _ := socksDial(t, addr, socksMethodUserPass)
+		held = append(held, c)
+	}
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxytest.ExpectEOF(t, extra)
+	for _, c := range append(held, extra) {
+		c.Close()
+	}
+	if n := s.Stats().Refused[proxy.RefusedLimit]; n != 1 {
+		t.Errorf("limit refusals %d, want 1", n)
+	}
+}
