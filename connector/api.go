@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/appconnector/appconnector/connector/apptype"
+	"github.com/appconnector/appconnector/connector/netx"
 )
 
 // Two HTTP APIs:
@@ -252,15 +253,6 @@ func routeSet(v uint64, adv advertisement) apptype.RouteSet {
 // by DNS rebinding.
 func (c *Connector) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
-	guard := func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Header.Get("Origin") != "" || r.Header.Get("Sec-Fetch-Site") != "" || !adminHost(r.Host) {
-				http.Error(w, "forbidden: the admin API is not for browsers", http.StatusForbidden)
-				return
-			}
-			h.ServeHTTP(w, r)
-		})
-	}
 
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("format") == "allowed-ips" {
@@ -318,20 +310,7 @@ func (c *Connector) AdminHandler() http.Handler {
 			Approved int `json:"approved"`
 		}{n})
 	})
-	return guard(mux)
-}
-
-// adminHost reports whether an admin request's Host is one a local client
-// uses: "admin" (the unix socket) or a loopback address.
-func adminHost(host string) bool {
-	if host == "admin" {
-		return true
-	}
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	a, err := netip.ParseAddr(strings.Trim(host, "[]"))
-	return err == nil && a.IsLoopback()
+	return netx.NotForBrowsers(mux)
 }
 
 func nonNilRoutes(rs []apptype.Route) []apptype.Route {

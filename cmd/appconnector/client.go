@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/appconnector/appconnector/connector/client"
+	"github.com/appconnector/appconnector/connector/client/clientadmin"
 	"github.com/appconnector/appconnector/connector/logger"
 	"github.com/appconnector/appconnector/connector/proxy/httpproxy"
 	"github.com/appconnector/appconnector/connector/proxy/socks5"
@@ -25,7 +26,7 @@ type clientFlags struct {
 	config, listen, socks5, http, dns, logLevel string
 	socksUser, socksPass                        string
 	acceptRoutes                                bool
-	hostDNS, uapi                               string
+	hostDNS, uapi, admin                        string
 }
 
 // runClient is `appconnector client`: the sidecar.
@@ -42,6 +43,7 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&f.acceptRoutes, "accept-routes", true, "route app traffic through the connectors; false sends everything directly")
 	fs.StringVar(&f.hostDNS, "host-dns", "", "DNS `servers` for names of no app, ip[:port],... (default: /etc/resolv.conf)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&f.admin, "admin", "", "serve /healthz, /metrics and /v1/status on this `address`: a loopback IP:port or a unix socket path (none by default)")
 	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME` (one peer per connector): a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -162,22 +164,38 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 		log.Info("proxy", "kind", flagName, "addr", ln.Addr().String())
 		return nil
 	}
+	var socks *socks5.Server
 	if f.socks5 != "" {
-		s := &socks5.Server{Dial: c.DialContext, Username: f.socksUser, Password: f.socksPass,
+		socks = &socks5.Server{Dial: c.DialContext, Username: f.socksUser, Password: f.socksPass,
 			Logf: logger.Slog(log, slog.LevelInfo)}
-		if err := serve("socks5", f.socks5, s.Serve, s.Close); err != nil {
+		if err := serve("socks5", f.socks5, socks.Serve, socks.Close); err != nil {
 			return err
 		}
 	}
+	var httpProxy *httpproxy.Server
 	if f.http != "" {
-		p := &httpproxy.Server{Dial: c.DialContext,
+		httpProxy = &httpproxy.Server{Dial: c.DialContext,
 			Logf: logger.Slog(log, slog.LevelInfo)}
-		if err := serve("http", f.http, p.Serve, p.Close); err != nil {
+		if err := serve("http", f.http, httpProxy.Serve, httpProxy.Close); err != nil {
 			return err
 		}
 	}
 	// A connector is a peer holding a DNS address; one with an IPv4 and
 	// an IPv6 address is still one connector.
+	if f.admin != "" {
+		var proxies []clientadmin.Proxy
+		if socks != nil {
+			proxies = append(proxies, clientadmin.Proxy{Name: "socks5", Stats: socks.Stats})
+		}
+		if httpProxy != nil {
+			proxies = append(proxies, clientadmin.Proxy{Name: "http", Stats: httpProxy.Stats})
+		}
+		stopAdmin, err := serveAdmin(clientadmin.Handler(c, proxies), f.admin, "", log)
+		if err != nil {
+			return err
+		}
+		stops = append(stops, func() error { stopAdmin(); return nil })
+	}
 	log.Info("client up", "connectors", len(c.Health()), "peers", len(cfg.Peers), "routes", fmt.Sprint(c.Routes()), "accept-routes", f.acceptRoutes)
 	<-ctx.Done()
 	log.Info("shutting down")

@@ -87,11 +87,12 @@ func TestClientSidecar(t *testing.T) {
 	dnsAddr := netstacktest.ClosedPort(t, "udp", "127.0.0.1").String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	adminSock := filepath.Join(dir, "admin.sock")
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logs), nil))
 	go func() {
 		done <- serveClient(ctx, clientFlags{config: confPath, listen: "127.0.0.1", socks5: socksAddr, http: httpAddr, dns: dnsAddr,
-			acceptRoutes: true, hostDNS: hostDNS.Addr}, log)
+			acceptRoutes: true, hostDNS: hostDNS.Addr, admin: adminSock}, log)
 	}()
 	defer func() {
 		cancel()
@@ -182,5 +183,21 @@ func TestClientSidecar(t *testing.T) {
 		if err != nil || rcode != wantRcode {
 			t.Errorf("dns %s: %s %v, want %s", name, rcode, err, wantRcode)
 		}
+	}
+
+	// `appconnector status` reads it all back from the admin socket.
+	var out, errOut bytes.Buffer
+	if code := run([]string{"status", "--admin", adminSock}, nil, &out, &errOut); code != 0 {
+		t.Fatalf("appconnector status: exit %d: %s", code, errOut.String())
+	}
+	t.Logf("appconnector status:\n%s", out.String())
+	for _, want := range []string{connKey.PublicKey().String(), "10.89.0.1", " up ", "domains app.example.com",
+		"tunnel noerror", "host noerror", "host nxdomain", "proxy socks5: ", "proxy http: "} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("appconnector status lacks %q", want)
+		}
+	}
+	if fi, err := os.Stat(adminSock); err != nil || fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("admin socket: %v, mode %v; want private to its owner", err, fi.Mode())
 	}
 }

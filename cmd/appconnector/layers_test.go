@@ -22,7 +22,7 @@ var layers = [][]string{
 	{"connector/wireguard"},
 	{"connector/wireguard/wgtest"},
 	{"connector", "connector/client"},
-	{"connector/demo"},
+	{"connector/demo", "connector/client/clientadmin"},
 	{"cmd/appconnector", "bench"},
 }
 

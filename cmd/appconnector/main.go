@@ -4,6 +4,8 @@
 //
 //	appconnector up [--config FILE] [--policy FILE] [--state DIR] [--listen ADDR] ...
 //	appconnector routes [--json | --format allowed-ips] | routes approve PREFIX|--all
+//	appconnector client --config FILE [--socks5 ADDR] [--http ADDR] [--dns ADDR] [--admin ADDR] ...
+//	appconnector status --admin ADDR
 //	appconnector genkey
 //	appconnector pubkey < private.key
 package main
@@ -24,6 +26,7 @@ const usage = `usage:
   appconnector demo               run the whole loop on this machine (no config, no internet)
   appconnector up [flags]         run the connector (no flags: the embedded default setup)
   appconnector client [flags]     the client sidecar: SOCKS5, HTTP proxy and split DNS on loopback
+  appconnector status --admin A   print a running client's connectors, routes, DNS and proxy counters
   appconnector routes [flags]     list the routes of a running connector
   appconnector routes approve PREFIX|--all
                                   approve pending learned routes
@@ -56,6 +59,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return routes(args[1:], stdout, stderr)
 	case "client":
 		return runClient(args[1:], stdout, stderr)
+	case "status":
+		return status(args[1:], stdout, stderr)
 	case "genkey":
 		return genkey(stdout, stderr)
 	case "pubkey":

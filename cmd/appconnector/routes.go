@@ -150,7 +150,7 @@ func adminClient(admin, state string) (*http.Client, string, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "unix", sock)
 		if err != nil {
-			return nil, fmt.Errorf("is the connector running? %w", err)
+			return nil, fmt.Errorf("is it running? %w", err)
 		}
 		if err := checkSocketPeer(c, sock); err != nil {
 			c.Close()

@@ -209,7 +209,7 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 		return err
 	}
 	defer c.Close()
-	stopAdmin, err := serveAdmin(c, f.admin, dir, log)
+	stopAdmin, err := serveAdmin(c.AdminHandler(), f.admin, dir, log)
 	if err != nil {
 		return err
 	}
@@ -256,7 +256,7 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 // serveAdmin serves the admin API on addr (a loopback IP:port or a unix
 // socket path), or on admin.sock in dir if addr is empty. It returns a
 // function that stops it.
-func serveAdmin(c *connector.Connector, addr, dir string, log *slog.Logger) (func(), error) {
+func serveAdmin(h http.Handler, addr, dir string, log *slog.Logger) (func(), error) {
 	var ln net.Listener
 	var err error
 	switch {
@@ -278,7 +278,7 @@ func serveAdmin(c *connector.Connector, addr, dir string, log *slog.Logger) (fun
 			return nil, fmt.Errorf("admin: %w", err)
 		}
 	}
-	srv := &http.Server{Handler: c.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -469,7 +469,7 @@ func listenUnixPrivate(path string) (net.Listener, error) {
 		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("%s is in use by a running connector", path)
+			return nil, fmt.Errorf("%s is in use by a running process", path)
 		}
 		os.Remove(path)
 	}

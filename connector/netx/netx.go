@@ -1,7 +1,8 @@
-// Package netx holds the dial function type that every layer of
-// appconnector takes: the stack's host dials, the client's direct path and
-// the proxies' outbound connections. It is a leaf: it imports nothing of
-// appconnector.
+// Package netx holds what several layers of appconnector share about the
+// network: the dial function type (the stack's host dials, the client's
+// direct path, the proxies' outbound connections) and the guard in front
+// of the connector's and the client's admin APIs. It is a leaf: it
+// imports nothing of appconnector.
 package netx
 
 import (
