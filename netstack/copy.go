@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -131,25 +132,28 @@ func hostReader(c net.Conn, pool *bufPool, stream bool) readFunc {
 }
 
 // copyStream copies from read to dst until the source ends, then calls
-// end (the half-close of dst). It returns nil only if the source ended
-// cleanly (EOF) and end worked.
-func copyStream(dst net.Conn, read readFunc, pool *bufPool, end func() error) error {
+// end (the half-close of dst), adding the bytes it wrote to count. It
+// returns nil only if the source ended cleanly (EOF) and end worked;
+// fromSource says whether an error came from reading the source (else
+// from writing to or half-closing dst).
+func copyStream(dst net.Conn, read readFunc, pool *bufPool, end func() error, count *atomic.Uint64) (fromSource bool, err error) {
 	for {
-		b, n, err := read()
+		b, n, rerr := read()
 		if b != nil {
 			if n > 0 {
 				if _, werr := dst.Write((*b)[:n]); werr != nil {
 					pool.put(b)
-					return werr
+					return false, werr
 				}
+				count.Add(uint64(n))
 			}
 			pool.put(b)
 		}
-		if errors.Is(err, io.EOF) {
-			return end()
+		if errors.Is(rerr, io.EOF) {
+			return false, end()
 		}
-		if err != nil {
-			return err
+		if rerr != nil {
+			return true, rerr
 		}
 	}
 }

@@ -161,6 +161,16 @@ type Config struct {
 	// reply for this long. Zero means DefaultICMPIdleTimeout.
 	ICMPIdleTimeout time.Duration
 
+	// FlowRecords, if set, receives a FlowRecord when a forwarded TCP or
+	// UDP flow ends, when one is refused (by Allow or while draining, at a
+	// limit, or because its host dial failed), and every
+	// FlowRecordInterval for each flow still open. It is called on the
+	// packet path and from the flows' goroutines: it must not block.
+	FlowRecords func(FlowRecord)
+	// FlowRecordInterval is the time between interim records of an open
+	// flow. Zero means DefaultFlowRecordInterval.
+	FlowRecordInterval time.Duration
+
 	// Logf logs events that are rare or rate-limited. Nil discards.
 	Logf logger.Logf
 }
@@ -301,6 +311,11 @@ func New(dev *tun.Device, cfg Config) (*Stack, error) {
 		s.cancel()
 		return nil, err
 	}
+	if cfg.FlowRecords != nil {
+		s.mu.Lock()
+		s.goLocked(s.recordInterims)
+		s.mu.Unlock()
+	}
 	return s, nil
 }
 
@@ -310,6 +325,12 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.Dial == nil {
 		cfg.Dial = (&net.Dialer{}).DialContext
+	}
+	switch {
+	case cfg.FlowRecordInterval < 0:
+		return fmt.Errorf("netstack: FlowRecordInterval %v is negative", cfg.FlowRecordInterval)
+	case cfg.FlowRecordInterval == 0:
+		cfg.FlowRecordInterval = DefaultFlowRecordInterval
 	}
 	setDefault := func(p *int, d int, name string) error {
 		if *p < 0 {
@@ -472,6 +493,9 @@ func (s *Stack) Close() error {
 
 	s.cancel()
 	for _, f := range flows {
+		if f.acct != nil {
+			f.acct.setEnd(EndShutdown)
+		}
 		f.abort()
 	}
 	// Closing the gVisor stack aborts every endpoint, including
@@ -611,11 +635,17 @@ func (s *Stack) allow(f Flow) bool {
 	switch {
 	case s.draining.Load():
 		s.flowLog("%v: refused: draining", f)
+		if f.Proto != ICMP {
+			s.refused(f, EndPolicy, "draining")
+		}
 		return false
 	case s.isLocal(d), d.IsUnspecified(), d.Is4In6(), d.IsMulticast(), d == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 	case s.cfg.Allow != nil && s.cfg.Allow(f):
 		return true
 	}
 	s.flowLog("%v: refused by policy", f)
+	if f.Proto != ICMP {
+		s.refused(f, EndPolicy, "")
+	}
 	return false
 }

@@ -64,11 +64,13 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	if !s.limits.admit(peer, f.Dst.Addr(), true) {
 		s.stats.tcpLimited.Add(1)
 		s.flowLog("%v: refused: dial or flow limit reached for peer %s", f, peer)
+		s.refused(f, EndLimit, "")
 		r.Complete(true)
 		return
 	}
 	s.openTCP.Add(1)
 	defer s.openTCP.Add(-1)
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 	hc, err := s.dial(ctx, "tcp", f.Dst.String())
 	cancel()
@@ -78,6 +80,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		s.stats.tcpDialFailed.Add(1)
 		s.stats.dialFailed[dialFailure(err)].Add(1)
 		s.flowLog("%v: reset: %v", f, err)
+		s.refused(f, EndDialFailed, DialFailureNames[dialFailure(err)])
 		r.Complete(true)
 		return
 	}
@@ -105,6 +108,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		s.limits.flowDone(peer, f.Dst.Addr())
 		s.stats.handlerFailures.Add(1)
 		s.flowLog("%v: reset: complete handshake: %v", f, terr)
+		s.refused(f, EndPeerReset, "handshake")
 		r.Complete(true)
 		return
 	}
@@ -115,7 +119,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	ep.SetSockOpt(&idle)
 
 	pc := gonet.NewTCPConn(&wq, ep)
-	fc := &flowConn{abortFn: func() {
+	fc := &flowConn{acct: &flowAccount{f: f, start: start}, abortFn: func() {
 		if tc, ok := hc.(interface{ SetLinger(int) error }); ok {
 			tc.SetLinger(0) // close with RST
 		}
@@ -131,6 +135,9 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	readPeer, stop := peerReader(ep, &wq, pc, streamBufs)
 	defer stop()
 	s.proxyTCP(fc, ep, pc, readPeer, hc)
+	if rec, ok := fc.acct.final(EndClosed); ok {
+		s.record(rec)
+	}
 }
 
 // growStackFlag is never set; growStack reads it so that the compiler
@@ -165,9 +172,10 @@ func growStack() {
 func (s *Stack) proxyTCP(fc *flowConn, ep tcpip.Endpoint, pc *gonet.TCPConn, readPeer readFunc, hc net.Conn) {
 	up := make(chan error, 1)
 	var downDone atomic.Bool
+	acct := fc.acct
 	s.mu.Lock()
 	started := s.goLocked(func() {
-		err := copyStream(hc, readPeer, streamBufs, func() error {
+		peerSide, err := copyStream(hc, readPeer, streamBufs, func() error {
 			if downDone.Load() {
 				// The host has already ended its side and
 				// everything it sent was read: the Close below
@@ -176,19 +184,30 @@ func (s *Stack) proxyTCP(fc *flowConn, ep tcpip.Endpoint, pc *gonet.TCPConn, rea
 				return nil
 			}
 			return closeWrite(hc)
-		})
+		}, &acct.up)
 		if err != nil {
+			if peerSide {
+				acct.setEnd(peerEnd(err))
+			} else {
+				acct.setEnd(hostEnd(err))
+			}
 			fc.abort() // the host may be idle: wake the other direction
 		}
 		up <- err
 	})
 	s.mu.Unlock()
 	if !started {
+		acct.setEnd(EndShutdown)
 		fc.abort()
 		return
 	}
-	downErr := copyStream(pc, hostReader(hc, streamBufs, true), streamBufs, pc.CloseWrite)
+	hostSide, downErr := copyStream(pc, hostReader(hc, streamBufs, true), streamBufs, pc.CloseWrite, &acct.down)
 	if downErr != nil {
+		if hostSide {
+			acct.setEnd(hostEnd(downErr))
+		} else {
+			acct.setEnd(peerEnd(downErr))
+		}
 		fc.abort()
 	} else {
 		downDone.Store(true)
@@ -204,6 +223,7 @@ func (s *Stack) proxyTCP(fc *flowConn, ep tcpip.Endpoint, pc *gonet.TCPConn, rea
 type flowConn struct {
 	once    sync.Once
 	abortFn func()
+	acct    *flowAccount // for FlowRecords; nil for echo flows
 }
 
 // abort tears the flow down at once (RST for TCP). It is idempotent.

@@ -34,6 +34,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	if !s.limits.admit(peer, f.Dst.Addr(), false) {
 		s.stats.udpLimited.Add(1)
 		s.flowLog("%v: refused: flow limit reached for peer %s", f, peer)
+		s.refused(f, EndLimit, "")
 		return false
 	}
 	// Dialing UDP sends nothing and does not block: it only creates and
@@ -45,6 +46,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 		s.limits.flowDone(peer, f.Dst.Addr())
 		s.stats.udpHostRefused.Add(1)
 		s.flowLog("%v: refused: %v", f, err)
+		s.refused(f, EndDialFailed, DialFailureNames[dialFailure(err)])
 		return false
 	}
 	var wq waiter.Queue
@@ -58,6 +60,7 @@ func (s *Stack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	}
 	pc := gonet.NewUDPConn(&wq, ep)
 	fl := &udpFlow{s: s, f: f, peer: peer, pc: pc, hc: hc, start: time.Now()}
+	fl.fc.acct = &flowAccount{f: f, start: fl.start}
 	fl.readPeer, fl.stopPeer = peerReader(ep, &wq, pc, datagramBufs)
 	fl.fc.abortFn = func() {
 		hc.Close()
@@ -126,6 +129,7 @@ func (fl *udpFlow) up() {
 			fl.hostError(err)
 			return
 		}
+		fl.fc.acct.up.Add(uint64(n))
 	}
 }
 
@@ -145,6 +149,7 @@ func (fl *udpFlow) down() {
 			idle := time.Since(fl.start) - time.Duration(fl.last.Load())
 			if idle >= fl.timeout {
 				fl.s.stats.udpIdleClosed.Add(1)
+				fl.fc.acct.setEnd(EndIdle)
 				fl.fc.abort()
 				return
 			}
@@ -163,15 +168,18 @@ func (fl *udpFlow) down() {
 		_, err = fl.pc.Write((*b)[:n])
 		datagramBufs.put(b)
 		if err != nil {
+			fl.fc.acct.setEnd(EndPeerReset)
 			fl.fc.abort()
 			return
 		}
+		fl.fc.acct.down.Add(uint64(n))
 	}
 }
 
 // hostError ends the flow after the host socket failed. If the host said
 // the port is unreachable, the peer hears the same.
 func (fl *udpFlow) hostError(err error) {
+	fl.fc.acct.setEnd(EndHostReset)
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		fl.s.stats.udpHostRefused.Add(1)
 		if perr := fl.s.sendPortUnreachable(fl.f); perr != nil {
@@ -191,6 +199,9 @@ func (fl *udpFlow) done() {
 	fl.fc.abort()
 	fl.s.untrack(&fl.fc)
 	fl.s.limits.flowDone(fl.peer, fl.f.Dst.Addr())
+	if rec, ok := fl.fc.acct.final(EndClosed); ok {
+		fl.s.record(rec)
+	}
 }
 
 // sendPortUnreachable sends the peer an ICMP (v4) or ICMPv6 port
