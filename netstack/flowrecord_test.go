@@ -2,9 +2,11 @@ package netstack_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -43,7 +45,11 @@ func (r *records) waitFor(t *testing.T, what string, match func(netstack.FlowRec
 		if time.Now().After(deadline) {
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			t.Fatalf("no flow record: %s; have %+v", what, r.all)
+			var have []string
+			for _, fr := range r.all {
+				have = append(have, fmt.Sprintf("%v end=%q reason=%q", fr.Flow, fr.End, fr.Reason))
+			}
+			t.Fatalf("no flow record: %s; have %s", what, strings.Join(have, "; "))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -61,7 +67,7 @@ func TestFlowRecords(t *testing.T) {
 	var recs records
 	p := newPair(t, netstack.Config{Allow: allowLoopback, FlowRecords: recs.add,
 		UDPIdleTimeout: 300 * time.Millisecond, FlowRecordInterval: 100 * time.Millisecond})
-	ctx := ctxTimeout(t, 20*time.Second)
+	ctx := ctxTimeout(t, time.Minute)
 
 	t.Run("closed", func(t *testing.T) {
 		echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
@@ -100,16 +106,21 @@ func TestFlowRecords(t *testing.T) {
 		defer ln.Close()
 		go func() {
 			if c, err := ln.Accept(); err == nil {
+				io.ReadFull(c, make([]byte, 1)) // the flow is up
 				c.(*net.TCPConn).SetLinger(0)
 				c.Close()
 			}
 		}()
-		// The reset may reach the client before its dial returns.
 		dst := ln.Addr().(*net.TCPAddr).AddrPort()
-		if c, err := p.client.DialContext(ctx, "tcp", dst.String()); err == nil {
-			defer c.Close()
+		c, err := p.client.DialContext(ctx, "tcp", dst.String())
+		if err != nil {
+			t.Fatal(err)
 		}
-		recs.waitFor(t, "host reset", to(dst, netstack.EndHostReset))
+		defer c.Close()
+		c.Write([]byte("x"))
+		if fr := recs.waitFor(t, "host reset", to(dst, netstack.EndHostReset)); fr.BytesUp != 1 {
+			t.Errorf("record %+v: %d bytes up, want 1", fr, fr.BytesUp)
+		}
 	})
 	t.Run("reset_by_peer", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
