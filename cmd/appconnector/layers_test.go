@@ -16,7 +16,7 @@ const module = "github.com/appconnector/appconnector/"
 // imports only packages of layers below its own (test files aside).
 var layers = [][]string{
 	{"connector/logger", "connector/netx", "connector/apptype", "netstack/netstacktest", "connector/kerneltest"},
-	{"tun", "connector/proxy", "connector/upstream"},
+	{"tun", "connector/proxy", "connector/upstream", "connector/flowlog"},
 	{"netstack", "connector/dnszone", "connector/proxy/socks5", "connector/proxy/httpproxy", "connector/proxy/proxytest"},
 	{"connector/dnstest"},
 	{"connector/wireguard"},
