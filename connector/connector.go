@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/appconnector/appconnector/connector/apptype"
+	"github.com/appconnector/appconnector/connector/flowlog"
 	"github.com/appconnector/appconnector/connector/logger"
 	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
@@ -108,8 +109,15 @@ type Config struct {
 	FlushInterval time.Duration
 
 	// Netstack holds the forwarding limits and timeouts. Its Addresses,
-	// Allow, PeerOf and Logf fields are set by the Connector.
+	// Allow, PeerOf and Logf fields are set by the Connector, and its
+	// FlowRecords when FlowLog is set.
 	Netstack netstack.Config
+
+	// FlowLog, if set, receives a line for each forwarded flow when it
+	// ends and every Netstack.FlowRecordInterval while it is open, and
+	// the refused ones, aggregated. The caller opens and closes it (after
+	// the Connector's Close).
+	FlowLog *flowlog.Writer
 
 	// HostAddrs are the connector host's own addresses. Like loopback, they
 	// are forwarded to only if a route names exactly them (a /32 or /128),
@@ -133,15 +141,16 @@ type Config struct {
 // questions for app names, learns the answers as routes, and forwards the
 // peers' flows to app routes through host sockets.
 type Connector struct {
-	log   *slog.Logger
-	tags  []string
-	stack *netstack.Stack // wg.Stack, known before wg (DNS listens on it first)
-	wg    *wireguard.Device
-	peers peerTable
-	table *routeTable
-	dns   *dnsService
-	api   *peerAPI
-	port  uint16
+	log     *slog.Logger
+	tags    []string
+	stack   *netstack.Stack // wg.Stack, known before wg (DNS listens on it first)
+	wg      *wireguard.Device
+	peers   peerTable
+	flowLog *flowlog.Writer // nil: none
+	table   *routeTable
+	dns     *dnsService
+	api     *peerAPI
+	port    uint16
 
 	routesPath string // empty: no persistence
 	flushEvery time.Duration
@@ -243,6 +252,10 @@ func New(cfg Config) (*Connector, error) {
 	nc.Allow = func(f netstack.Flow) bool { return c.table.allow(c.peers.lookup(f.Src.Addr()), f.Dst.Addr()) }
 	nc.PeerOf = func(a netip.Addr) string { return c.peers.lookup(a).key }
 	nc.FlowsEnded = c.table.flowEnded
+	if cfg.FlowLog != nil {
+		c.flowLog = cfg.FlowLog
+		nc.FlowRecords = c.flowRecord
+	}
 	nc.Logf = logger.Slog(log.With("component", "netstack"), slog.LevelInfo)
 	wlog := log.With("component", "wireguard")
 	ctx, cancel := context.WithTimeout(c.ctx, orDefault(cfg.ResolveTimeout, 10*time.Second))

@@ -33,7 +33,7 @@ type metrics struct {
 	icmpRequests, icmpReplies, icmpProhibited     *prometheus.Desc
 	icmpErrorsDropped                             *prometheus.Desc
 	upQueries, upFailures, upLatency, upLastOK    *prometheus.Desc
-	dnsHealthy                                    *prometheus.Desc
+	dnsHealthy, flowLogLines                      *prometheus.Desc
 }
 
 func newMetrics(c *Connector) *metrics {
@@ -83,6 +83,7 @@ func newMetrics(c *Connector) *metrics {
 		upFailures:      d("dns_upstream_failures_total", "Questions a DNS upstream did not answer (error, timeout, malformed) or answered SERVFAIL.", "upstream"),
 		upLatency:       d("dns_upstream_latency_seconds", "Time a DNS upstream took to answer.", "upstream"),
 		upLastOK:        d("dns_upstream_last_answer_timestamp_seconds", "Unix time of a DNS upstream's last answer other than SERVFAIL; 0 if none.", "upstream"),
+		flowLogLines:    d("flow_log_lines_total", "Flow log lines written, dropped (the writer fell behind: a slow or stalled disk) or lost to a write error.", "result"),
 		dnsHealthy:      d("dns_healthy", "1 while some DNS upstream answered in the last 30 s (or none is configured); 0 makes /healthz 503."),
 		icmpErrorsDropped: d("icmp_errors_dropped_total", "ICMP errors from peers kept from the userspace stack, by reason: quoting another peer's flow, "+
 			"announcing an MTU below the minimum, over the peer's rate, malformed or fragmented.", "reason"),
@@ -96,7 +97,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.udpHostRefused, m.handlerFailures, m.dnsQueries, m.dnsTCPConns, m.dnsTCPRefused, m.apiConns, m.apiWatches, m.apiRefused, m.routes,
 		m.unsafeRefused, m.evictions, m.expired, m.capRefused, m.chainRefused, m.hostAddrRefused, m.stateWrites, m.tcpTimeouts, m.tcpRetransmits, m.tcpRecoveries, m.dupAckWindows, m.draining,
 		m.icmpRequests, m.icmpReplies, m.icmpProhibited, m.icmpErrorsDropped,
-		m.upQueries, m.upFailures, m.upLatency, m.upLastOK, m.dnsHealthy} {
+		m.upQueries, m.upFailures, m.upLatency, m.upLastOK, m.dnsHealthy, m.flowLogLines} {
 		ch <- d
 	}
 }
@@ -209,6 +210,12 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.hostAddrRefused, st.Routes.LocalRefused)
 	counter(m.stateWrites, m.c.stateWrites.Load(), "ok")
 	counter(m.stateWrites, m.c.stateWriteErrors.Load(), "error")
+	if fl := m.c.flowLog; fl != nil {
+		fs := fl.Stats()
+		counter(m.flowLogLines, fs.Written, "written")
+		counter(m.flowLogLines, fs.Dropped, "dropped")
+		counter(m.flowLogLines, fs.Errors, "error")
+	}
 	var draining float64
 	if m.c.draining.Load() {
 		draining = 1

@@ -566,6 +566,27 @@ func (t *routeTable) allowFromRoutes(p peerID, dst netip.Addr, flow bool) bool {
 	return false
 }
 
+// origin names the route that lets peer p reach dst, for flow logs: its
+// app, and the name it was learned from ("" for a configured route). For
+// a destination no route of p's covers, both are "".
+func (t *routeTable) origin(p peerID, dst netip.Addr) (app, domain string) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, a := range t.apps {
+		if a.usableBy(p) && a.covers.Contains(dst) {
+			return a.Name, ""
+		}
+	}
+	if r := t.learned[dst]; r != nil {
+		for _, c := range r.claims {
+			if c.app.usableBy(p) {
+				return c.app.Name, c.domain
+			}
+		}
+	}
+	return "", ""
+}
+
 // approve approves the pending routes inside prefix (all of them if
 // prefix is not valid) and returns how many it approved.
 func (t *routeTable) approve(prefix netip.Prefix) int {
