@@ -148,13 +148,15 @@ func TestEmbeddedDefault(t *testing.T) {
 	listen := netstacktest.ClosedPort(t, "udp", "127.0.0.1").String()
 	upstream := netstacktest.TCPEcho(t, "127.0.0.1:0")
 
+	flowLog := filepath.Join(dir, "flows.log")
 	var firstKey string
 	for round := range 2 {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		var out syncBuffer
+		reload := make(chan os.Signal, 1)
 		go func() {
-			done <- runUp(ctx, upFlags{state: state, policy: pol, listen: listen, tags: "tag:connector"}, nil, &out, testLogger(t))
+			done <- runUp(ctx, upFlags{state: state, policy: pol, listen: listen, tags: "tag:connector", flowLog: flowLog}, reload, &out, testLogger(t))
 		}()
 		clientPath := filepath.Join(state, "client.conf")
 		netstacktest.WaitFor(t, func() bool { return strings.Contains(out.String(), "client config: "+clientPath) })
@@ -169,9 +171,41 @@ func TestEmbeddedDefault(t *testing.T) {
 			t.Fatal("second start generated a new key")
 		}
 		clientPort := echoThroughClientConf(t, clientPath, upstream)
+		if round == 1 {
+			// logrotate's way: move the file, then SIGHUP.
+			if err := os.Rename(flowLog, flowLog+".1"); err != nil {
+				t.Fatal(err)
+			}
+			reload <- syscall.SIGHUP
+			netstacktest.WaitFor(t, func() bool { _, err := os.Stat(flowLog); return err == nil })
+			clientPort = echoThroughClientConf(t, clientPath, upstream)
+		}
 		cancel()
 		if err := <-done; err != nil {
 			t.Fatalf("round %d: up: %v", round, err)
+		}
+		// Each round's flows are in the flow log; after the SIGHUP, in
+		// the new file.
+		for _, name := range []string{flowLog, flowLog + ".1"} {
+			if round == 0 && name != flowLog {
+				continue
+			}
+			data, err := os.ReadFile(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var r struct {
+				Peer string         `json:"peer"`
+				Dst  netip.AddrPort `json:"dst"`
+				End  string         `json:"end"`
+			}
+			line, _, _ := strings.Cut(string(data), "\n")
+			if err := json.Unmarshal([]byte(line), &r); err != nil || r.Dst != upstream || r.Peer == "" || r.End == "" {
+				t.Errorf("round %d: %s: first line %q (%v), want a flow to %v", round, name, line, err, upstream)
+			}
+			if fi, err := os.Stat(name); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s: mode %v, %v; want 0600", name, fi.Mode(), err)
+			}
 		}
 		cc, _, err := wireguard.Load(clientPath)
 		if err != nil {

@@ -22,6 +22,8 @@ import (
 
 	"github.com/appconnector/appconnector/connector"
 	"github.com/appconnector/appconnector/connector/apptype"
+	"github.com/appconnector/appconnector/connector/flowlog"
+	"github.com/appconnector/appconnector/connector/logger"
 	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
 	"github.com/appconnector/appconnector/netstack"
@@ -36,6 +38,8 @@ type upFlags struct {
 	drainTimeout                            time.Duration
 	maxRoutes, maxRoutesPerApp              int
 	maxRoutesPerPeer                        int
+	flowLog                                 string
+	flowLogMaxSize                          int64
 }
 
 func up(args []string, stdout, stderr io.Writer) int {
@@ -61,6 +65,8 @@ func up(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxRoutes, "most learned routes in all")
 	fs.IntVar(&f.maxRoutesPerApp, "max-routes-per-app", connector.DefaultMaxRoutesPerApp, "most learned routes per app")
 	fs.IntVar(&f.maxRoutesPerPeer, "max-routes-per-peer", 0, "most learned routes one peer's questions may hold (0: --max-routes)")
+	fs.StringVar(&f.flowLog, "flow-log", "", "write a JSON line per flow to this `file` (created 0600): when it ends, every 5 minutes while open, and refused flows aggregated per second; reopened on SIGHUP")
+	fs.Int64Var(&f.flowLogMaxSize, "flow-log-max-size", 0, "rotate the flow log at this many `MiB`, keeping 3 older files (FILE.1 newest); 0: never (rotate with logrotate and SIGHUP)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -185,8 +191,16 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 		log.Warn("no state directory: learned routes will not survive a restart and there is no admin socket; pass --state")
 	}
 
+	flows, err := openFlowLog(f.flowLog, f.flowLogMaxSize, log)
+	if err != nil {
+		return err
+	}
+	if flows != nil {
+		defer flows.Close() // after the connector's Close, deferred below
+	}
 	caps := flowCaps(log)
 	c, err := connector.New(connector.Config{
+		FlowLog:            flows,
 		Netstack:           caps,
 		WireGuard:          cfg,
 		ListenAddr:         listenAddr,
@@ -242,15 +256,36 @@ func runUp(ctx context.Context, f upFlags, reload <-chan os.Signal, stdout io.Wr
 			}
 			return nil
 		case <-reload:
+			if flows != nil {
+				flows.Reopen()
+				log.Info("SIGHUP: reopening the flow log", "file", f.flowLog)
+			}
 			if policyFile != nil {
 				policyFile.reload(c, log, true)
-			} else {
-				log.Info("SIGHUP: no --policy file to re-read")
+			} else if flows == nil {
+				log.Info("SIGHUP: no --policy file to re-read, no --flow-log to reopen")
 			}
 		case <-poll:
 			policyFile.reload(c, log, false)
 		}
 	}
+}
+
+// openFlowLog opens the --flow-log file, if one is named.
+func openFlowLog(path string, maxMiB int64, log *slog.Logger) (*flowlog.Writer, error) {
+	if path == "" {
+		return nil, nil
+	}
+	if maxMiB < 0 {
+		return nil, fmt.Errorf("--flow-log-max-size %d: want 0 (no rotation) or a size in MiB", maxMiB)
+	}
+	w, err := flowlog.Open(flowlog.Config{Path: path, MaxSize: maxMiB << 20,
+		Logf: logger.RateLimit(logger.Slog(log, slog.LevelWarn), 1, 5)})
+	if err != nil {
+		return nil, fmt.Errorf("--flow-log: %w", err)
+	}
+	log.Info("flow log", "file", path, "max-size-mib", maxMiB)
+	return w, nil
 }
 
 // serveAdmin serves the admin API on addr (a loopback IP:port or a unix
