@@ -26,7 +26,8 @@ type clientFlags struct {
 	config, listen, socks5, http, dns, logLevel string
 	socksUser, socksPass                        string
 	acceptRoutes                                bool
-	hostDNS, uapi, admin                        string
+	hostDNS, uapi, admin, flowLog               string
+	flowLogMaxSize                              int64
 }
 
 // runClient is `appconnector client`: the sidecar.
@@ -43,6 +44,8 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&f.acceptRoutes, "accept-routes", true, "route app traffic through the connectors; false sends everything directly")
 	fs.StringVar(&f.hostDNS, "host-dns", "", "DNS `servers` for names of no app, ip[:port],... (default: /etc/resolv.conf)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&f.flowLog, "flow-log", "", "write a JSON line per flow to this `file` (created 0600): when it is closed, every 5 minutes while open, and failed dials aggregated per second; reopened on SIGHUP")
+	fs.Int64Var(&f.flowLogMaxSize, "flow-log-max-size", 0, "rotate the flow log at this many `MiB`, keeping 3 older files; 0: never")
 	fs.StringVar(&f.admin, "admin", "", "serve /healthz, /metrics and /v1/status on this `address`: a loopback IP:port or a unix socket path (none by default)")
 	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME` (one peer per connector): a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
 	if err := fs.Parse(args); err != nil {
@@ -71,14 +74,19 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serveClient(ctx, f, log); err != nil {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if err := serveClient(ctx, f, hup, log); err != nil {
 		fmt.Fprintf(stderr, "appconnector client: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
+// serveClient runs the sidecar until ctx ends. A value on reload reopens
+// the flow log.
+func serveClient(ctx context.Context, f clientFlags, reload <-chan os.Signal, log *slog.Logger) error {
 	cfg, warns, err := wireguard.Load(f.config)
 	if err != nil {
 		return err
@@ -105,7 +113,15 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 	if (f.socksUser == "") != (f.socksPass == "") {
 		return errors.New("--socks5-user and $APPCONNECTOR_SOCKS5_PASSWORD go together")
 	}
+	flows, err := openFlowLog(f.flowLog, f.flowLogMaxSize, log)
+	if err != nil {
+		return err
+	}
+	if flows != nil {
+		defer flows.Close() // after the client's Close, deferred below
+	}
 	c, err := client.New(client.Config{
+		FlowLog:      flows,
 		WireGuard:    cfg,
 		ListenAddr:   listenAddr,
 		IgnoreRoutes: !f.acceptRoutes,
@@ -197,9 +213,20 @@ func serveClient(ctx context.Context, f clientFlags, log *slog.Logger) error {
 		stops = append(stops, func() error { stopAdmin(); return nil })
 	}
 	log.Info("client up", "connectors", len(c.Health()), "peers", len(cfg.Peers), "routes", fmt.Sprint(c.Routes()), "accept-routes", f.acceptRoutes)
-	<-ctx.Done()
-	log.Info("shutting down")
-	return nil
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			return nil
+		case <-reload:
+			if flows != nil {
+				flows.Reopen()
+				log.Info("SIGHUP: reopening the flow log", "file", f.flowLog)
+			} else {
+				log.Info("SIGHUP: no --flow-log to reopen")
+			}
+		}
+	}
 }
 
 // listenLoopback listens on addr, which must be a loopback IP:port: the

@@ -88,11 +88,12 @@ func TestClientSidecar(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	adminSock := filepath.Join(dir, "admin.sock")
+	flowLog := filepath.Join(dir, "flows.log")
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logs), nil))
 	go func() {
 		done <- serveClient(ctx, clientFlags{config: confPath, listen: "127.0.0.1", socks5: socksAddr, http: httpAddr, dns: dnsAddr,
-			acceptRoutes: true, hostDNS: hostDNS.Addr, admin: adminSock}, log)
+			acceptRoutes: true, hostDNS: hostDNS.Addr, admin: adminSock, flowLog: flowLog}, nil, log)
 	}()
 	defer func() {
 		cancel()
@@ -200,4 +201,10 @@ func TestClientSidecar(t *testing.T) {
 	if fi, err := os.Stat(adminSock); err != nil || fi.Mode().Perm()&0o077 != 0 {
 		t.Errorf("admin socket: %v, mode %v; want private to its owner", err, fi.Mode())
 	}
+	// The proxies' flows are in the flow log as they close (the HTTP
+	// proxy may still hold a pooled one).
+	netstacktest.WaitFor(t, func() bool {
+		data, _ := os.ReadFile(flowLog)
+		return strings.Count(string(data), `"domain":"app.example.com","via":"connector"`) >= 3
+	})
 }

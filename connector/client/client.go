@@ -25,12 +25,14 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/appconnector/appconnector/connector/flowlog"
 	"github.com/appconnector/appconnector/connector/netx"
 	"github.com/appconnector/appconnector/connector/upstream"
 	"github.com/appconnector/appconnector/connector/wireguard"
@@ -71,6 +73,13 @@ type Config struct {
 	// about 3 s.
 	ProbeInterval, ProbeTimeout time.Duration
 
+	// FlowLog, if set, receives a line for each flow DialContext opened
+	// when it is closed, every FlowRecordInterval while it is open (zero:
+	// 5 minutes), and for dials that failed, aggregated. The caller opens
+	// and closes it (after the Client's Close).
+	FlowLog            *flowlog.Writer
+	FlowRecordInterval time.Duration
+
 	// Logger receives the client's logs. Nil discards them.
 	Logger *slog.Logger
 }
@@ -95,6 +104,7 @@ type Client struct {
 	// change; dnsCounts counts answered questions.
 	routesVersion atomic.Uint64
 	dnsCounts     dnsCounts
+	flows         flows
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -137,6 +147,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.dnsSlots = make(chan struct{}, maxDNSInFlight)
+	c.flows.open = map[*loggedConn]struct{}{}
 	// Each DNS address belongs to the peer with the most specific
 	// AllowedIPs holding it (default routes do not count): that peer is
 	// the connector answering there.
@@ -168,6 +179,13 @@ func New(cfg Config) (*Client, error) {
 	}
 	for _, l := range c.links {
 		c.goBG(l.run)
+	}
+	if cfg.FlowLog != nil {
+		interval := cfg.FlowRecordInterval
+		if interval <= 0 {
+			interval = defaultFlowRecordInterval
+		}
+		c.goBG(func() { c.recordOpenFlows(interval) })
 	}
 	// Wait (a little) for each connector's first route set, so the
 	// client knows the apps' names and routes before the first dial.
@@ -292,36 +310,47 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 		return nil, fmt.Errorf("client: dial %s %q: %w", network, address, err)
 	}
 	var addrs []netip.Addr
+	name := "" // the host name dialed, for the flow log
 	if a, err := netip.ParseAddr(host); err == nil {
 		if a.Zone() != "" {
 			return nil, fmt.Errorf("client: dial %s %s: addresses with a zone are not routed", network, address)
 		}
 		addrs = []netip.Addr{a.Unmap()}
 	} else {
+		name = host
 		if addrs, err = c.lookup(ctx, host, network); err != nil {
 			return nil, fmt.Errorf("client: dial %s %s: %w", network, address, err)
 		}
 	}
+	portNum, _ := strconv.ParseUint(port, 10, 16)
 	var errs []error
 	for _, a := range addrs {
 		dst := net.JoinHostPort(a.String(), port)
+		dstAP := netip.AddrPortFrom(a, uint16(portNum))
 		l, err := c.pick(a)
 		if errors.Is(err, errAllDown) && c.reresolve(ctx, a) {
 			l, err = c.pick(a)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%v: %w", a, err))
+			c.dialFailed(network, name, dstAP, "", "connector", err)
 			continue
 		}
 		var conn net.Conn
+		peer, via := "", "direct"
 		if l == nil {
 			conn, err = c.direct(ctx, network, dst)
 		} else {
 			conn, err = l.dial(ctx, network, dst)
+			peer, via = l.peer.PublicKey.String(), "connector"
+			if !l.dnsAddr.IsValid() {
+				via = "exit"
+			}
 		}
 		if err == nil {
-			return conn, nil
+			return c.logged(conn, network, name, peer, via), nil
 		}
+		c.dialFailed(network, name, dstAP, peer, via, err)
 		errs = append(errs, err)
 		if ctx.Err() != nil {
 			break

@@ -35,10 +35,13 @@ type Record struct {
 	App  string    `json:"app,omitempty"`  // the app whose route the destination is
 	// Domain is the name the route to the destination was learned from;
 	// empty for a configured route.
-	Domain string         `json:"domain,omitempty"`
-	Proto  string         `json:"proto"` // tcp, udp
-	Src    netip.AddrPort `json:"src"`   // the flow's inner source (the peer's tunnel address)
-	Dst    netip.AddrPort `json:"dst"`
+	Domain string `json:"domain,omitempty"`
+	// Via is, on a client's lines, the way the flow went: connector,
+	// exit (an exit peer) or direct.
+	Via   string         `json:"via,omitempty"`
+	Proto string         `json:"proto"` // tcp, udp
+	Src   netip.AddrPort `json:"src"`   // the flow's inner source (the peer's tunnel address)
+	Dst   netip.AddrPort `json:"dst"`
 	// Start is when the flow was opened (for refused flows, the first
 	// refusal in the line's second).
 	Start     time.Time `json:"start"`
