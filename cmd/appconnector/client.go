@@ -32,22 +32,8 @@ type clientFlags struct {
 
 // runClient is `appconnector client`: the sidecar.
 func runClient(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("appconnector client", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var f clientFlags
-	fs.StringVar(&f.config, "config", "", "wg-quick `file`: [Interface] with DNS = the connectors' tunnel addresses, one [Peer] per connector (required)")
-	fs.StringVar(&f.listen, "listen", "", "host `address` for the WireGuard sockets (default: all addresses)")
-	fs.StringVar(&f.socks5, "socks5", "", "serve SOCKS5 on this loopback `address`, e.g. 127.0.0.1:1080")
-	fs.StringVar(&f.http, "http", "", "serve an HTTP proxy (CONNECT and absolute URIs) on this loopback `address`, e.g. 127.0.0.1:8118")
-	fs.StringVar(&f.dns, "dns", "", "serve split DNS (UDP and TCP) on this loopback `address`, e.g. 127.0.0.1:5353")
-	fs.StringVar(&f.socksUser, "socks5-user", "", "require this SOCKS5 `username` (RFC 1929); the password comes from $APPCONNECTOR_SOCKS5_PASSWORD")
-	fs.BoolVar(&f.acceptRoutes, "accept-routes", true, "route app traffic through the connectors; false sends everything directly")
-	fs.StringVar(&f.hostDNS, "host-dns", "", "DNS `servers` for names of no app, ip[:port],... (default: /etc/resolv.conf)")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
-	fs.StringVar(&f.flowLog, "flow-log", "", "write a JSON line per flow to this `file` (created 0600): when it is closed, every 5 minutes while open, and failed dials aggregated per second; reopened on SIGHUP")
-	fs.Int64Var(&f.flowLogMaxSize, "flow-log-max-size", 0, "rotate the flow log at this many `MiB`, keeping 3 older files; 0: never")
-	fs.StringVar(&f.admin, "admin", "", "serve /healthz, /metrics and /v1/status on this `address`: a loopback IP:port or a unix socket path (none by default)")
-	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME` (one peer per connector): a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
+	fs := clientFlagSet(&f, stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -82,6 +68,26 @@ func runClient(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// clientFlagSet is the flag set of `appconnector client`, filling f.
+func clientFlagSet(f *clientFlags, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("appconnector client", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.config, "config", "", "wg-quick `file`: [Interface] with DNS = the connectors' tunnel addresses, one [Peer] per connector (required)")
+	fs.StringVar(&f.listen, "listen", "", "host `address` for the WireGuard sockets (default: all addresses)")
+	fs.StringVar(&f.socks5, "socks5", "", "serve SOCKS5 on this loopback `address`, e.g. 127.0.0.1:1080")
+	fs.StringVar(&f.http, "http", "", "serve an HTTP proxy (CONNECT and absolute URIs) on this loopback `address`, e.g. 127.0.0.1:8118")
+	fs.StringVar(&f.dns, "dns", "", "serve split DNS (UDP and TCP) on this loopback `address`, e.g. 127.0.0.1:5353")
+	fs.StringVar(&f.socksUser, "socks5-user", "", "require this SOCKS5 `username` (RFC 1929); the password comes from $APPCONNECTOR_SOCKS5_PASSWORD")
+	fs.BoolVar(&f.acceptRoutes, "accept-routes", true, "route app traffic through the connectors; false sends everything directly")
+	fs.StringVar(&f.hostDNS, "host-dns", "", "DNS `servers` for names of no app, ip[:port],... (default: /etc/resolv.conf)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&f.flowLog, "flow-log", "", "write a JSON line per flow to this `file` (created 0600): when it is closed, every 5 minutes while open, and failed dials aggregated per second; reopened on SIGHUP")
+	fs.Int64Var(&f.flowLogMaxSize, "flow-log-max-size", 0, "rotate the flow log at this many `MiB`, keeping 3 older files; 0: never")
+	fs.StringVar(&f.admin, "admin", "", "serve /healthz, /metrics and /v1/status on this `address`: a loopback IP:port or a unix socket path (none by default)")
+	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME` (one peer per connector): a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
+	return fs
 }
 
 // serveClient runs the sidecar until ctx ends. A value on reload reopens

@@ -201,6 +201,17 @@ func TestClientSidecar(t *testing.T) {
 	if fi, err := os.Stat(adminSock); err != nil || fi.Mode().Perm()&0o077 != 0 {
 		t.Errorf("admin socket: %v, mode %v; want private to its owner", err, fi.Mode())
 	}
+	// --healthz, the containers' probe: healthy now, unhealthy once the
+	// only connector is gone.
+	out.Reset()
+	if code := run([]string{"status", "--admin", adminSock, "--healthz"}, nil, &out, &errOut); code != 0 || out.String() != "ok: 1 of 1 connectors up\n" {
+		t.Errorf("status --healthz: exit %d, %q %q", code, out.String(), errOut.String())
+	}
+	conn.Close()
+	netstacktest.WaitFor(t, func() bool {
+		return run([]string{"status", "--admin", adminSock, "--healthz"}, nil, io.Discard, io.Discard) == 1
+	})
+
 	// The proxies' flows are in the flow log as they close (the HTTP
 	// proxy may still hold a pooled one).
 	netstacktest.WaitFor(t, func() bool {

@@ -15,12 +15,28 @@ import (
 	"github.com/appconnector/appconnector/connector/proxy"
 )
 
-// status prints a running client sidecar's /v1/status for a person.
-func status(args []string, stdout, stderr io.Writer) int {
+// statusFlags are the flags of `appconnector status`.
+type statusFlags struct {
+	admin           string
+	asJSON, healthz bool
+}
+
+// statusFlagSet is the flag set of `appconnector status`, filling f.
+func statusFlagSet(f *statusFlags, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("appconnector status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	admin := fs.String("admin", "", "the client's admin `address`, as given to `appconnector client --admin` (loopback IP:port or unix socket path; required)")
-	asJSON := fs.Bool("json", false, "print the status as the API gives it (JSON)")
+	fs.StringVar(&f.admin, "admin", "", "the admin `address` of a client (`appconnector client --admin`) or, with --healthz, of a connector: loopback IP:port or unix socket path (required)")
+	fs.BoolVar(&f.asJSON, "json", false, "print the status as the API gives it (JSON)")
+	fs.BoolVar(&f.healthz, "healthz", false, "only ask /healthz: print its answer, exit 0 if healthy, 1 if not (a container probe; it needs no shell)")
+	return fs
+}
+
+// status prints a running client sidecar's /v1/status for a person, or
+// with --healthz a client's or a connector's health.
+func status(args []string, stdout, stderr io.Writer) int {
+	var f statusFlags
+	fs := statusFlagSet(&f, stderr)
+	admin, asJSON := &f.admin, &f.asJSON
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -42,6 +58,15 @@ func status(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if f.healthz {
+		var body string
+		if err := call(ctx, hc, "GET", base+"/healthz", &body); err != nil {
+			fmt.Fprintf(stderr, "appconnector status: unhealthy: %v\n", err)
+			return 1
+		}
+		io.WriteString(stdout, body)
+		return 0
+	}
 	if *asJSON {
 		var raw string
 		if err := call(ctx, hc, "GET", base+"/v1/status", &raw); err != nil {

@@ -43,30 +43,8 @@ type upFlags struct {
 }
 
 func up(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("appconnector up", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var f upFlags
-	fs.StringVar(&f.config, "config", "", "wg-quick `file` of the connector's interface and peers (default: the embedded default setup in --state)")
-	fs.StringVar(&f.policy, "policy", "", "`file` of apps: a JSON list, {\"apps\": [...]}, or a Tailscale policy file (default: no apps, nothing forwarded); re-read on SIGHUP and on change")
-	fs.StringVar(&f.state, "state", "", "state `directory`: keys of the embedded default, learned routes, admin socket (default: $XDG_STATE_HOME/appconnector or ~/.local/state/appconnector)")
-	fs.StringVar(&f.listen, "listen", "", "host `address` for the WireGuard UDP socket, as IP or IP:port (default: all addresses)")
-	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
-	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "DNS `servers` for app names, tried in order: ip[:port], tls://host[:853] (DNS over TLS) or https://host/dns-query (DNS over HTTPS), comma-separated (default: the name servers of /etc/resolv.conf)")
-	fs.StringVar(&f.dnsUpstreamCA, "dns-upstream-ca", "", "PEM `file` of CA certificates trusted, besides the system's, for tls:// and https:// upstreams")
-	fs.BoolVar(&f.dnsForwardAll, "dns-forward-all", false, "also resolve names of no app (without learning routes); by default they are REFUSED")
-	fs.StringVar(&f.tags, "tags", connector.DefaultTag, "this connector's `tags`, comma-separated: it serves the apps whose connectors name one of them")
-	fs.StringVar(&f.admin, "admin", "", "admin API `address`: a loopback IP:port, or a unix socket path (default: admin.sock in --state)")
-	fs.DurationVar(&f.routeTTLMax, "route-ttl-max", connector.DefaultRouteTTLMax, "the longest a learned route lives after the last DNS answer that named it")
-	fs.DurationVar(&f.routeTTLMax, "route-ttl", connector.DefaultRouteTTLMax, "the older name of --route-ttl-max")
-	fs.DurationVar(&f.routeTTLMin, "route-ttl-min", connector.DefaultRouteTTLMin, "the shortest a learned route lives after the last DNS answer that named it; between the two, the answer's TTL decides (0: every route lives --route-ttl-max)")
-	fs.DurationVar(&f.routeGrace, "route-grace", connector.DefaultRouteGrace, "a learned route lives at least this long after its last flow ended (never expires while a flow uses it)")
-	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME`: a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
-	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, refuse new flows and wait this long for open ones to end before resetting them")
-	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxRoutes, "most learned routes in all")
-	fs.IntVar(&f.maxRoutesPerApp, "max-routes-per-app", connector.DefaultMaxRoutesPerApp, "most learned routes per app")
-	fs.IntVar(&f.maxRoutesPerPeer, "max-routes-per-peer", 0, "most learned routes one peer's questions may hold (0: --max-routes)")
-	fs.StringVar(&f.flowLog, "flow-log", "", "write a JSON line per flow to this `file` (created 0600): when it ends, every 5 minutes while open, and refused flows aggregated per second; reopened on SIGHUP")
-	fs.Int64Var(&f.flowLogMaxSize, "flow-log-max-size", 0, "rotate the flow log at this many `MiB`, keeping 3 older files (FILE.1 newest); 0: never (rotate with logrotate and SIGHUP)")
+	fs := upFlagSet(&f, stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -99,6 +77,34 @@ func up(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// upFlagSet is the flag set of `appconnector up`, filling f.
+func upFlagSet(f *upFlags, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("appconnector up", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.config, "config", "", "wg-quick `file` of the connector's interface and peers (default: the embedded default setup in --state)")
+	fs.StringVar(&f.policy, "policy", "", "`file` of apps: a JSON list, {\"apps\": [...]}, or a Tailscale policy file (default: no apps, nothing forwarded); re-read on SIGHUP and on change")
+	fs.StringVar(&f.state, "state", "", "state `directory`: keys of the embedded default, learned routes, admin socket (default: $XDG_STATE_HOME/appconnector or ~/.local/state/appconnector)")
+	fs.StringVar(&f.listen, "listen", "", "host `address` for the WireGuard UDP socket, as IP or IP:port (default: all addresses)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "DNS `servers` for app names, tried in order: ip[:port], tls://host[:853] (DNS over TLS) or https://host/dns-query (DNS over HTTPS), comma-separated (default: the name servers of /etc/resolv.conf)")
+	fs.StringVar(&f.dnsUpstreamCA, "dns-upstream-ca", "", "PEM `file` of CA certificates trusted, besides the system's, for tls:// and https:// upstreams")
+	fs.BoolVar(&f.dnsForwardAll, "dns-forward-all", false, "also resolve names of no app (without learning routes); by default they are REFUSED")
+	fs.StringVar(&f.tags, "tags", connector.DefaultTag, "this connector's `tags`, comma-separated: it serves the apps whose connectors name one of them")
+	fs.StringVar(&f.admin, "admin", "", "admin API `address`: a loopback IP:port, or a unix socket path (default: admin.sock in --state)")
+	fs.DurationVar(&f.routeTTLMax, "route-ttl-max", connector.DefaultRouteTTLMax, "the longest a learned route lives after the last DNS answer that named it")
+	fs.DurationVar(&f.routeTTLMax, "route-ttl", connector.DefaultRouteTTLMax, "the older name of --route-ttl-max")
+	fs.DurationVar(&f.routeTTLMin, "route-ttl-min", connector.DefaultRouteTTLMin, "the shortest a learned route lives after the last DNS answer that named it; between the two, the answer's TTL decides (0: every route lives --route-ttl-max)")
+	fs.DurationVar(&f.routeGrace, "route-grace", connector.DefaultRouteGrace, "a learned route lives at least this long after its last flow ended (never expires while a flow uses it)")
+	fs.StringVar(&f.uapi, "uapi", "", "serve WireGuard's status read-only for `wg show NAME`: a NAME (socket /var/run/wireguard/NAME.sock) or a socket path")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, refuse new flows and wait this long for open ones to end before resetting them")
+	fs.IntVar(&f.maxRoutes, "max-routes", connector.DefaultMaxRoutes, "most learned routes in all")
+	fs.IntVar(&f.maxRoutesPerApp, "max-routes-per-app", connector.DefaultMaxRoutesPerApp, "most learned routes per app")
+	fs.IntVar(&f.maxRoutesPerPeer, "max-routes-per-peer", 0, "most learned routes one peer's questions may hold (0: --max-routes)")
+	fs.StringVar(&f.flowLog, "flow-log", "", "write a JSON line per flow to this `file` (created 0600): when it ends, every 5 minutes while open, and refused flows aggregated per second; reopened on SIGHUP")
+	fs.Int64Var(&f.flowLogMaxSize, "flow-log-max-size", 0, "rotate the flow log at this many `MiB`, keeping 3 older files (FILE.1 newest); 0: never (rotate with logrotate and SIGHUP)")
+	return fs
 }
 
 // runUp loads the configuration, runs the connector until ctx ends, then
