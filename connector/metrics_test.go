@@ -72,6 +72,13 @@ func TestMetricsAndHealthz(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("/metrics: %d %s", code, body)
 	}
+	series := 0
+	for _, line := range strings.Split(body, "\n") {
+		if line != "" && !strings.HasPrefix(line, "#") {
+			series++
+		}
+	}
+	t.Logf("/metrics: %d series", series)
 	for series, want := range map[string]float64{
 		`appconnector_flows_total{proto="tcp"}`:                              1,
 		`appconnector_flows_refused_total{proto="tcp",reason="policy"}`:      1,
