@@ -263,3 +263,37 @@ func serveTCP(t *testing.T, fn func(net.Conn)) netip.AddrPort {
 	}()
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
+
+// TestFlowLogStalledDisk: with the flow log's file stalled (a pipe nobody
+// reads), flows go on as before; the lines that do not fit are dropped
+// and counted.
+func TestFlowLogStalledDisk(t *testing.T) {
+	netstacktest.CheckLeaks(t)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	fl, err := flowlog.Open(flowlog.Config{Out: pw, Queue: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	e := newEnvWith(t, connector.Config{FlowLog: fl}, testPolicy)
+	echo := netstacktest.TCPEcho(t, "127.0.0.1:0")
+	ctx := ctxTimeout(t, 2*time.Minute)
+	// A pipe holds 64 KiB: about 200 lines fill it, the queue takes 16.
+	parallel(1000, func(int) {
+		c, err := e.client.DialContext(ctx, "tcp", echo.String())
+		if err != nil {
+			t.Errorf("dial with the flow log stalled: %v", err)
+			return
+		}
+		netstacktest.EchoTCP(t, c, 100)
+		c.Close()
+	})
+	netstacktest.WaitFor(t, func() bool { return e.conn.Stats().Netstack.OpenFlows == 0 })
+	if st := fl.Stats(); st.Dropped == 0 {
+		t.Errorf("flow log stats %+v: nothing dropped, so the file was not stalled", st)
+	}
+}
