@@ -70,10 +70,9 @@ func TestFlowLog(t *testing.T) {
 		c.Close()
 	})
 
-	resetter := serveTCP(t, func(c net.Conn) { // the host resets once the flow is up
+	resetter := netstacktest.ServeTCP(t, "127.0.0.1:0", func(c net.Conn) { // the host resets once the flow is up
 		io.ReadFull(c, make([]byte, 1))
 		c.(*net.TCPConn).SetLinger(0)
-		c.Close()
 	})
 	parallel(n, func(int) {
 		c, err := e.client.DialContext(ctx, "tcp", resetter.String())
@@ -89,10 +88,9 @@ func TestFlowLog(t *testing.T) {
 		}
 	})
 
-	talker := serveTCP(t, func(c net.Conn) { // the peer resets: it closes with data unread
+	talker := netstacktest.ServeTCP(t, "127.0.0.1:0", func(c net.Conn) { // the peer resets: it closes with data unread
 		c.Write(make([]byte, 8<<10))
 		io.Copy(io.Discard, c)
-		c.Close()
 	})
 	parallel(n, func(int) {
 		c, err := e.client.DialContext(ctx, "tcp", talker.String())
@@ -238,30 +236,6 @@ func TestFlowLog(t *testing.T) {
 		}
 	}
 	t.Logf("%d lines for %d flows", line, 8*n)
-}
-
-// serveTCP serves each connection to a new loopback listener with fn.
-func serveTCP(t *testing.T, fn func(net.Conn)) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); fn(c) }()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
 // TestFlowLogStalledDisk: with the flow log's file stalled (a pipe nobody

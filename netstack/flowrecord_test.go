@@ -99,19 +99,10 @@ func TestFlowRecords(t *testing.T) {
 		}
 	})
 	t.Run("reset_by_host", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			if c, err := ln.Accept(); err == nil {
-				io.ReadFull(c, make([]byte, 1)) // the flow is up
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close()
-			}
-		}()
-		dst := ln.Addr().(*net.TCPAddr).AddrPort()
+		dst := netstacktest.ServeTCP(t, "127.0.0.1:0", func(c net.Conn) {
+			io.ReadFull(c, make([]byte, 1)) // the flow is up
+			c.(*net.TCPConn).SetLinger(0)
+		})
 		c, err := p.client.DialContext(ctx, "tcp", dst.String())
 		if err != nil {
 			t.Fatal(err)
@@ -123,19 +114,10 @@ func TestFlowRecords(t *testing.T) {
 		}
 	})
 	t.Run("reset_by_peer", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			if c, err := ln.Accept(); err == nil {
-				c.Write(make([]byte, 64<<10))
-				io.Copy(io.Discard, c)
-				c.Close()
-			}
-		}()
-		dst := ln.Addr().(*net.TCPAddr).AddrPort()
+		dst := netstacktest.ServeTCP(t, "127.0.0.1:0", func(c net.Conn) {
+			c.Write(make([]byte, 64<<10))
+			io.Copy(io.Discard, c)
+		})
 		c, err := p.client.DialContext(ctx, "tcp", dst.String())
 		if err != nil {
 			t.Fatal(err)

@@ -89,7 +89,7 @@ func TestClientSidecar(t *testing.T) {
 	done := make(chan error, 1)
 	adminSock := filepath.Join(dir, "admin.sock")
 	flowLog := filepath.Join(dir, "flows.log")
-	var logs syncBuffer
+	var logs netstacktest.SyncBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logs), nil))
 	go func() {
 		done <- serveClient(ctx, clientFlags{config: confPath, listen: "127.0.0.1", socks5: socksAddr, http: httpAddr, dns: dnsAddr,

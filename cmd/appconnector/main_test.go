@@ -153,7 +153,7 @@ func TestEmbeddedDefault(t *testing.T) {
 	for round := range 2 {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		var out syncBuffer
+		var out netstacktest.SyncBuffer
 		reload := make(chan os.Signal, 1)
 		go func() {
 			done <- runUp(ctx, upFlags{state: state, policy: pol, listen: listen, tags: "tag:connector", flowLog: flowLog}, reload, &out, testLogger(t))
@@ -651,21 +651,4 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package client_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -404,24 +403,10 @@ func TestUpstreamFailureMovesQuestions(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects log output written from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (lb *lockedBuffer) Write(p []byte) (int, error) {
-	lb.mu.Lock()
-	defer lb.mu.Unlock()
-	return lb.b.Write(p)
-}
-
-// lines returns the logged lines whose message is msg.
-func (lb *lockedBuffer) lines(msg string) []string {
-	lb.mu.Lock()
-	defer lb.mu.Unlock()
+// logLines returns the lines of a text log whose message is msg.
+func logLines(lb *netstacktest.SyncBuffer, msg string) []string {
 	var out []string
-	for _, l := range strings.Split(lb.b.String(), "\n") {
+	for _, l := range strings.Split(lb.String(), "\n") {
 		if strings.Contains(l, "msg=\""+msg+"\"") {
 			out = append(out, l)
 		}
@@ -435,16 +420,16 @@ func (lb *lockedBuffer) lines(msg string) []string {
 // nothing per probe in between.
 func TestConnectorUpDownLines(t *testing.T) {
 	netstacktest.CheckLeaks(t)
-	var logs lockedBuffer
+	var logs netstacktest.SyncBuffer
 	s := newSetup(t, 2, func(c *client.Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})
-	netstacktest.WaitFor(t, func() bool { return len(logs.lines("connector up")) == 2 })
+	netstacktest.WaitFor(t, func() bool { return len(logLines(&logs, "connector up")) == 2 })
 	for i, tc := range s.connectors {
 		want := []string{"peer=" + tc.key.PublicKey().String()[:8], "tunnel=" + tc.tunnel.String(),
 			"endpoint=" + tc.peerFor().Endpoint, "rtt="}
 		found := false
-		for _, l := range logs.lines("connector up") {
+		for _, l := range logLines(&logs, "connector up") {
 			if strings.Contains(l, want[0]) {
 				found = true
 				for _, w := range want {
@@ -459,18 +444,18 @@ func TestConnectorUpDownLines(t *testing.T) {
 		}
 	}
 	time.Sleep(5 * 200 * time.Millisecond) // five more probes each
-	if n := len(logs.lines("connector up")); n != 2 {
+	if n := len(logLines(&logs, "connector up")); n != 2 {
 		t.Errorf("%d up lines after more probes, want 2", n)
 	}
 	s.connectors[0].conn.Close()
-	netstacktest.WaitFor(t, func() bool { return len(logs.lines("connector down")) == 1 })
-	down := logs.lines("connector down")[0]
+	netstacktest.WaitFor(t, func() bool { return len(logLines(&logs, "connector down")) == 1 })
+	down := logLines(&logs, "connector down")[0]
 	for _, w := range []string{"level=WARN", "tunnel=" + s.connectors[0].tunnel.String(), "err="} {
 		if !strings.Contains(down, w) {
 			t.Errorf("down line %q lacks %q", down, w)
 		}
 	}
-	if n := len(logs.lines("connector up")); n != 2 {
+	if n := len(logLines(&logs, "connector up")); n != 2 {
 		t.Errorf("%d up lines, want 2: the other connector stayed up", n)
 	}
 }

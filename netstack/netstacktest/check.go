@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -146,4 +147,23 @@ func CheckLeaks(tb testing.TB) {
 	tb.Helper()
 	opt := goleak.IgnoreCurrent()
 	tb.Cleanup(func() { goleak.VerifyNone(tb, opt) })
+}
+
+// SyncBuffer is a bytes.Buffer that several goroutines may write to (a
+// log handler's output, say) while the test reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

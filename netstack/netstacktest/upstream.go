@@ -15,6 +15,18 @@ import (
 // close. It skips the test if addr cannot be bound (no IPv6, say).
 func TCPEcho(tb testing.TB, addr string) netip.AddrPort {
 	tb.Helper()
+	return ServeTCP(tb, addr, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c)
+	})
+}
+
+// ServeTCP serves each connection to addr with serve on a goroutine of
+// its own, closing the connection when serve returns, until the test
+// ends. It skips the test if addr cannot be bound.
+func ServeTCP(tb testing.TB, addr string, serve func(net.Conn)) netip.AddrPort {
+	tb.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		tb.Skipf("listen %s: %v", addr, err)
@@ -32,9 +44,7 @@ func TCPEcho(tb testing.TB, addr string) netip.AddrPort {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-				io.Copy(io.Discard, c)
+				serve(c)
 			}()
 		}
 	}()
