@@ -40,7 +40,7 @@ type Record struct {
 	// exit (an exit peer) or direct.
 	Via   string         `json:"via,omitempty"`
 	Proto string         `json:"proto"` // tcp, udp
-	Src   netip.AddrPort `json:"src"`   // the flow's inner source (the peer's tunnel address)
+	Src   netip.AddrPort `json:"src"`   // the flow's inner source (the peer's tunnel address); port 0 on an aggregated line
 	Dst   netip.AddrPort `json:"dst"`
 	// Start is when the flow was opened (for refused flows, the first
 	// refusal in the line's second).
@@ -183,6 +183,8 @@ func (w *Writer) Refused(r Record) {
 	if w.closed.Load() {
 		return
 	}
+	// One line stands for flows from many source ports: it names none.
+	r.Src = netip.AddrPortFrom(r.Src.Addr(), 0)
 	k := refusalKey{peer: r.Peer, proto: r.Proto, dst: r.Dst, end: r.End, reason: r.Reason}
 	w.refMu.Lock()
 	defer w.refMu.Unlock()
