@@ -193,7 +193,7 @@ func TestClientSidecar(t *testing.T) {
 	}
 	t.Logf("appconnector status:\n%s", out.String())
 	for _, want := range []string{connKey.PublicKey().String(), "10.89.0.1", " up ", "domains app.example.com",
-		"tunnel noerror", "host noerror", "host nxdomain", "proxy socks5: ", "proxy http: "} {
+		"tunnel noerror", "host noerror", "host nxdomain", "proxy socks5: ", "proxy http: ", "flow log: "} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("appconnector status lacks %q", want)
 		}

@@ -652,3 +652,53 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
 }
+
+// TestPolicyReloadFromConfigMap: a policy mounted from a Kubernetes
+// ConfigMap is a symlink through ..data, which the kubelet swaps
+// atomically for a new directory on a change; the connector takes the
+// new policy within its poll.
+func TestPolicyReloadFromConfigMap(t *testing.T) {
+	netstacktest.CheckLeaks(t)
+	dir := t.TempDir()
+	mount := filepath.Join(dir, "policy")
+	write := func(version, policy string) {
+		vdir := filepath.Join(mount, version)
+		if err := os.MkdirAll(vdir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(vdir, "apps.json"), []byte(policy), 0o644)
+		tmp := filepath.Join(mount, "..data_tmp")
+		os.Remove(tmp)
+		if err := os.Symlink(version, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(mount, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("..v1", `[{"name": "one", "connectors": ["*"], "routes": ["192.0.2.1/32"]}]`)
+	if err := os.Symlink("..data/apps.json", filepath.Join(mount, "apps.json")); err != nil {
+		t.Fatal(err)
+	}
+	var logs netstacktest.SyncBuffer
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, &logs), nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runUp(ctx, upFlags{state: filepath.Join(dir, "state"), policy: filepath.Join(mount, "apps.json"),
+			listen: netstacktest.ClosedPort(t, "udp", "127.0.0.1").String(), tags: "tag:connector"}, nil, io.Discard, log)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("up: %v", err)
+		}
+	}()
+	netstacktest.WaitFor(t, func() bool { return strings.Contains(logs.String(), `msg=serving apps=1`) })
+	write("..v2", `[{"name": "one", "connectors": ["*"], "routes": ["192.0.2.1/32"]},
+		{"name": "two", "connectors": ["*"], "routes": ["192.0.2.2/32"]}]`)
+	netstacktest.WaitFor(t, func() bool { return strings.Contains(logs.String(), `msg="policy reloaded"`) })
+	if !strings.Contains(logs.String(), "apps=2") {
+		t.Errorf("the reloaded policy does not have two apps:\n%s", logs.String())
+	}
+}

@@ -118,6 +118,9 @@ func printStatus(w io.Writer, st clientadmin.Status, now time.Time) {
 		dns = []string{"no questions yet"}
 	}
 	fmt.Fprintf(w, "dns: %s\n", strings.Join(dns, ", "))
+	if fl := st.FlowLog; fl != nil {
+		fmt.Fprintf(w, "flow log: %d lines written, %d dropped, %d write errors\n", fl.Written, fl.Dropped, fl.Errors)
+	}
 
 	for _, p := range st.Proxies {
 		line := fmt.Sprintf("proxy %s: %d connections (%d open)", p.Name, p.Conns, p.Open)

@@ -67,6 +67,7 @@ func TestClientFlowLog(t *testing.T) {
 		t.Fatal("a flow through a stopped connector still reads")
 	}
 	held.Close()
+	netstacktest.WaitFor(t, func() bool { st := s.client.Status().FlowLog; return st != nil && st.Written >= 4 })
 	s.client.Close()
 	fl.Close()
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/appconnector/appconnector/connector/flowlog"
 	"github.com/appconnector/appconnector/connector/wireguard"
 )
 
@@ -18,6 +19,8 @@ type Status struct {
 	Connectors []ConnectorStatus `json:"connectors"`
 	Routes     RouteStatus       `json:"routes"`
 	DNS        []DNSCount        `json:"dns"`
+	// FlowLog counts the flow log's lines, if the client has one.
+	FlowLog *flowlog.Stats `json:"flow_log,omitempty"`
 }
 
 // Connector states, as ConnectorStatus.State reports them.
@@ -182,6 +185,10 @@ func (c *Client) Status() Status {
 	}
 	slices.Sort(st.Routes.Domains)
 	st.Routes.Domains = slices.Compact(st.Routes.Domains)
+	if c.cfg.FlowLog != nil {
+		fs := c.cfg.FlowLog.Stats()
+		st.FlowLog = &fs
+	}
 	for r, route := range dnsRoutes {
 		for q, result := range dnsResults {
 			st.DNS = append(st.DNS, DNSCount{Route: route, Result: result, Questions: c.dnsCounts[r][q].Load()})

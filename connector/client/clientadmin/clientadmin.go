@@ -126,7 +126,7 @@ type metrics struct {
 	flowsOpen, flows, failovers, connRoutes           *prometheus.Desc
 	routes, routesVersion                             *prometheus.Desc
 	proxyConns, proxyOpen, proxyRefused, proxyAuthBad *prometheus.Desc
-	dnsQuestions                                      *prometheus.Desc
+	dnsQuestions, flowLogLines                        *prometheus.Desc
 }
 
 func newMetrics(c *client.Client, proxies []Proxy) *metrics {
@@ -152,12 +152,13 @@ func newMetrics(c *client.Client, proxies []Proxy) *metrics {
 		proxyRefused:  d("proxy_refused_total", "Requests the proxy refused: at its connection limit, malformed, refused by policy, or whose dial failed.", "proxy", "reason"),
 		proxyAuthBad:  d("proxy_auth_failures_total", "Failed authentications on the proxy.", "proxy"),
 		dnsQuestions:  d("dns_questions_total", "DNS questions answered, by route (tunnel, host, local) and result (the rcode).", "route", "result"),
+		flowLogLines:  d("flow_log_lines_total", "Flow log lines written, dropped (the writer fell behind: a slow or stalled disk) or lost to a write error.", "result"),
 	}
 }
 
 func (m *metrics) descs() []*prometheus.Desc {
 	return []*prometheus.Desc{m.up, m.dnsHealthy, m.rtt, m.handshake, m.rx, m.tx, m.flowsOpen, m.flows, m.failovers,
-		m.connRoutes, m.routes, m.routesVersion, m.proxyConns, m.proxyOpen, m.proxyRefused, m.proxyAuthBad, m.dnsQuestions}
+		m.connRoutes, m.routes, m.routesVersion, m.proxyConns, m.proxyOpen, m.proxyRefused, m.proxyAuthBad, m.dnsQuestions, m.flowLogLines}
 }
 
 // Describe implements prometheus.Collector.
@@ -217,5 +218,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, d := range st.DNS {
 		counter(m.dnsQuestions, d.Questions, d.Route, d.Result)
+	}
+	if fl := st.FlowLog; fl != nil {
+		counter(m.flowLogLines, fl.Written, "written")
+		counter(m.flowLogLines, fl.Dropped, "dropped")
+		counter(m.flowLogLines, fl.Errors, "error")
 	}
 }
