@@ -85,7 +85,8 @@ func TestContainerImage(t *testing.T) {
 
 	// The image, from the repository's Containerfile, offline: modules
 	// come from this machine's module cache.
-	build := exec.Command(podman, "build", "--isolation=chroot", "--build-arg", "GO_IMAGE="+goImage,
+	// --layers=false: no intermediate images are left behind.
+	build := exec.Command(podman, "build", "--isolation=chroot", "--layers=false", "--build-arg", "GO_IMAGE="+goImage,
 		"--build-arg", "GOPROXY=off", "--build-arg", "GOFLAGS=-mod=mod",
 		"-v", modcache+":/go/pkg/mod", "-v", gocache+":/root/.cache/go-build",
 		"-f", "cmd/appconnector/deploy/Containerfile", "-t", tag, ".")
