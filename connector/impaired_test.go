@@ -98,17 +98,19 @@ func (p *impairedPath) direction(in *net.UDPConn, route func(*net.UDPAddr) (*net
 	}
 }
 
-// TestTransferOverLossyPath moves 64 MiB through the tunnel over a path
+// TestTransferOverLossyPath moves 32 MiB through the tunnel over a path
 // that loses 1% of the datagrams each way and adds 20 ms to the round trip
-// (10 ms each way), and checks that every byte arrives intact. (At this
-// loss rate TCP's throughput is bound by the loss, not the machine:
-// ~1 MB/s, so the test takes about a minute.)
+// (10 ms each way), and checks that every byte arrives intact, hundreds
+// of lost datagrams later (365 in one run). (At this loss rate TCP's
+// throughput is bound by the loss, not the machine: ~0.8 MB/s, so the
+// test takes 30–45 s; it moved 64 MiB until the suite neared CI's time
+// budget, and the kernel-peer tier now covers lossy transfers at length.)
 func TestTransferOverLossyPath(t *testing.T) {
 	if testing.Short() {
-		t.Skip("64 MiB over a lossy path: skipped in -short")
+		t.Skip("32 MiB over a lossy path: skipped in -short")
 	}
 	netstacktest.CheckLeaks(t)
-	const size = 64 << 20
+	const size = 32 << 20
 	path := newImpairedPath(t, 0.01, 10*time.Millisecond)
 	e := newEnvVia(t, connector.Config{}, testPolicy, func(conn netip.AddrPort) netip.AddrPort {
 		path.start(conn)
@@ -153,5 +155,5 @@ func TestTransferOverLossyPath(t *testing.T) {
 		t.Fatalf("the upstream received different bytes (hash %x, sent %x)", got, h.Sum(nil))
 	}
 	d := time.Since(start)
-	t.Logf("64 MiB intact in %v (%.1f MB/s) with %d datagrams dropped", d.Round(time.Millisecond), size/d.Seconds()/1e6, path.dropped.Load())
+	t.Logf("%d MiB intact in %v (%.1f MB/s) with %d datagrams dropped", size>>20, d.Round(time.Millisecond), size/d.Seconds()/1e6, path.dropped.Load())
 }
